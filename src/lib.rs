@@ -1,13 +1,27 @@
 //! lifeboat: the disaster-recovery Private Service Edge data plane.
 //!
-//! Pure cores (preamble, refusal, segments, wire, dr) take bytes and return
-//! decisions; the async shells (edge, connector, client) own sockets, timers
-//! and tasks.
+//! Pure cores (preamble, refusal, segments, wire, dr::record) take bytes and
+//! return decisions; the async shells (edge, connector, client) own sockets,
+//! timers and tasks.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod backoff;
+pub mod check;
+pub mod client;
+pub mod config;
+pub mod connector;
+pub mod demo;
+pub mod dr;
+pub mod edge;
+pub mod metrics;
 pub mod pki;
 pub mod preamble;
+pub mod process;
 pub mod refusal;
 pub mod segments;
+pub mod shutdown;
+pub mod splice;
+pub mod transport;
 pub mod trust;
 pub mod wire;

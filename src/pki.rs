@@ -1,1 +1,584 @@
-//! (in progress)
+//! Offline CA tooling behind `lifeboat pki`: `init`, `issue`, `revoke`.
+//!
+//! Owns the on-disk layout of a CA directory: `ca.pem`, `ca.key` (0600),
+//! `ca.crl`, and `<name>.pem` / `<name>.key` (0600) per issued certificate.
+//! Every certificate carries exactly one SPIFFE URI SAN (see `trust`); the CA
+//! carries `spiffe://<trust_domain>` so `issue` can read the trust domain
+//! back. Keys are ECDSA P-256. Files are written to a temporary file in the
+//! same directory and renamed, so a crash never leaves half a key or CRL.
+//! Never talks to the network.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, ensure, Context};
+use rcgen::string::Ia5String;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PublicKeyData, RevocationReason, RevokedCertParams, SanType, SerialNumber,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+use x509_parser::num_bigint::BigUint;
+
+use crate::trust::{check_trust_domain, Role, SpiffeId};
+
+/// Certificates start this long before "now", to absorb clock skew between
+/// the machine that issues and the machines that verify.
+const BACKDATE: Duration = Duration::minutes(5);
+/// `nextUpdate` of every CRL written. lifeboat keeps honouring a CRL past
+/// its nextUpdate (see `trust::verify`), so this is advisory for other tools.
+const CRL_VALIDITY: Duration = Duration::days(30);
+
+/// What `lifeboat pki issue` is asked for.
+#[derive(Debug, Clone)]
+pub struct IssueOptions {
+    /// The CA directory (holds `ca.pem`, `ca.key`; receives `<name>.pem/.key`).
+    pub dir: PathBuf,
+    pub role: Role,
+    /// Edge name, connector name, or client user name: 1-255 of
+    /// `[A-Za-z0-9._-]`, not `.`, `..` or `ca`.
+    pub name: String,
+    /// Connector group: required for a connector, refused otherwise.
+    pub group: Option<String>,
+    /// Extra DNS SANs (an edge used as an HTTPS proxy by curl needs these).
+    pub dns: Vec<String>,
+    /// Extra IP SANs.
+    pub ips: Vec<IpAddr>,
+    /// Validity in days from now (ignored for an end overridden below).
+    pub days: u32,
+    /// Test hook: start of validity instead of now minus 5 minutes.
+    pub not_before: Option<OffsetDateTime>,
+    /// Test hook: end of validity instead of now plus `days`.
+    pub not_after: Option<OffsetDateTime>,
+}
+
+impl IssueOptions {
+    /// Options for a 365-day certificate with no extra SANs.
+    pub fn new(dir: impl Into<PathBuf>, role: Role, name: impl Into<String>) -> Self {
+        Self {
+            dir: dir.into(),
+            role,
+            name: name.into(),
+            group: None,
+            dns: Vec::new(),
+            ips: Vec::new(),
+            days: 365,
+            not_before: None,
+            not_after: None,
+        }
+    }
+}
+
+/// Creates a CA in `dir`: `ca.pem`, `ca.key` (0600) and an empty `ca.crl`, so
+/// configs can name the CRL from day one. Refuses to overwrite a `ca.key`.
+pub fn init(dir: &Path, trust_domain: &str, days: u32) -> anyhow::Result<()> {
+    check_trust_domain(trust_domain).context("--trust-domain")?;
+    ensure!(days > 0, "--days must be at least 1");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key_path = dir.join("ca.key");
+    if key_path.exists() {
+        bail!(
+            "{} already exists; refusing to overwrite a CA key",
+            key_path.display()
+        );
+    }
+
+    let key = KeyPair::generate().context("generating the CA key")?;
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(&format!("lifeboat CA {trust_domain}"));
+    params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(format!(
+        "spiffe://{trust_domain}"
+    ))?)];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(random_serial());
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::days(days.into());
+    let cert = params.self_signed(&key).context("signing the CA certificate")?;
+
+    // The key first, without clobbering: of two racing `init`s one fails here.
+    write_file(&key_path, key.serialize_pem().as_bytes(), Secret::Yes, Clobber::No)?;
+    write_file(&dir.join("ca.pem"), cert.pem().as_bytes(), Secret::No, Clobber::Yes)?;
+    let issuer = Issuer::new(params, key);
+    write_crl(dir, &issuer, Vec::new(), &BigUint::from(1u8))
+}
+
+/// Issues `<name>.pem` (the leaf certificate alone) and `<name>.key` (0600)
+/// in `opts.dir`, signed by the CA there; returns their paths. Re-issuing a
+/// name replaces both files (renewal).
+pub fn issue(opts: &IssueOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
+    match (opts.role, &opts.group) {
+        (Role::Connector, None) => bail!("--group is required for a connector"),
+        (Role::Edge | Role::Client, Some(_)) => {
+            bail!("--group is only for connectors, not for a {}", opts.role)
+        }
+        _ => {}
+    }
+    ensure!(
+        crate::trust::valid_segment(&opts.name),
+        "invalid --name {:?}: use 1-255 of A-Z a-z 0-9 . _ - (not . or ..)",
+        opts.name
+    );
+    ensure!(opts.name != "ca", "--name ca is reserved for the CA's own files");
+    if let Some(group) = &opts.group {
+        ensure!(
+            crate::trust::valid_segment(group),
+            "invalid --group {group:?}: use 1-255 of A-Z a-z 0-9 . _ - (not . or ..)"
+        );
+    }
+    ensure!(
+        opts.days > 0 || opts.not_after.is_some(),
+        "--days must be at least 1"
+    );
+
+    let ca = Ca::load(&opts.dir)?;
+    let id = SpiffeId {
+        trust_domain: ca.trust_domain.clone(),
+        role: opts.role,
+        name: opts.name.clone(),
+        group: opts.group.clone(),
+    };
+    // The grammar's own check, so `issue` never writes an id `trust` refuses.
+    ensure!(
+        SpiffeId::parse(&id.uri()).as_ref() == Ok(&id),
+        "{id} is not a valid SPIFFE id"
+    );
+
+    let mut sans = vec![SanType::URI(Ia5String::try_from(id.uri())?)];
+    for dns in &opts.dns {
+        rustls_pki_types::DnsName::try_from(dns.as_str())
+            .map_err(|_| anyhow!("invalid --dns {dns:?}"))?;
+        sans.push(SanType::DnsName(Ia5String::try_from(dns.as_str())?));
+    }
+    sans.extend(opts.ips.iter().copied().map(SanType::IpAddress));
+
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(&opts.name);
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match opts.role {
+        Role::Edge => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Role::Connector | Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    params.not_before = opts.not_before.unwrap_or(now - BACKDATE);
+    params.not_after = opts
+        .not_after
+        .unwrap_or(now + Duration::days(opts.days.into()));
+    ensure!(
+        params.not_after > params.not_before,
+        "the certificate would end before it starts"
+    );
+
+    let key = KeyPair::generate().context("generating the key")?;
+    let cert = params
+        .signed_by(&key, &ca.issuer)
+        .with_context(|| format!("signing {id}"))?;
+    let cert_path = opts.dir.join(format!("{}.pem", opts.name));
+    let key_path = opts.dir.join(format!("{}.key", opts.name));
+    write_file(&key_path, key.serialize_pem().as_bytes(), Secret::Yes, Clobber::Yes)?;
+    write_file(&cert_path, cert.pem().as_bytes(), Secret::No, Clobber::Yes)?;
+    Ok((cert_path, key_path))
+}
+
+/// Adds the certificate in `cert` to `dir/ca.crl`, keeping every entry already
+/// there, with the CRL number incremented and a fresh 30-day nextUpdate.
+/// Revoking an already revoked certificate just re-signs the CRL.
+pub fn revoke(dir: &Path, cert: &Path) -> anyhow::Result<()> {
+    let ca = Ca::load(dir)?;
+    let der = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .next()
+        .ok_or_else(|| anyhow!("{}: no certificate found", cert.display()))?
+        .with_context(|| format!("reading {}", cert.display()))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| anyhow!("{}: cannot parse certificate: {e}", cert.display()))?;
+    ensure!(
+        crate::trust::issued_by(&der, &ca.der),
+        "{} was not issued by the CA in {}",
+        cert.display(),
+        dir.display()
+    );
+    ensure!(
+        !x509.is_ca(),
+        "{} is a CA certificate; revoking it has no effect (replace the CA instead)",
+        cert.display()
+    );
+    let serial = x509.serial.to_bytes_be();
+
+    let crl_path = dir.join("ca.crl");
+    let (mut revoked, number) = if crl_path.exists() {
+        read_crl(&crl_path, &ca.subject)?
+    } else {
+        (Vec::new(), BigUint::from(0u8))
+    };
+    if !revoked.iter().any(|r| r.serial_number.as_ref() == serial) {
+        revoked.push(RevokedCertParams {
+            serial_number: SerialNumber::from(serial),
+            revocation_time: OffsetDateTime::now_utc(),
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    write_crl(dir, &ca.issuer, revoked, &(number + 1u8))
+}
+
+/// The CA of a directory, ready to sign.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    trust_domain: String,
+    /// Raw DER subject name, to match the issuer of a CRL.
+    subject: Vec<u8>,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn load(dir: &Path) -> anyhow::Result<Self> {
+        let cert_path = dir.join("ca.pem");
+        let key_path = dir.join("ca.key");
+        let pem = fs::read_to_string(&cert_path)
+            .with_context(|| format!("reading {}", cert_path.display()))?;
+        let key_pem = fs::read_to_string(&key_path)
+            .with_context(|| format!("reading {}", key_path.display()))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .with_context(|| format!("{}: bad private key", key_path.display()))?;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .with_context(|| format!("{}: no certificate", cert_path.display()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| anyhow!("{}: cannot parse certificate: {e}", cert_path.display()))?;
+        ensure!(
+            x509.public_key().raw == key.subject_public_key_info().as_slice(),
+            "{} does not belong to {}",
+            key_path.display(),
+            cert_path.display()
+        );
+        let trust_domain = ca_trust_domain(&der)
+            .with_context(|| format!("{}: no spiffe://<trust domain> URI SAN", cert_path.display()))?;
+        let subject = x509.subject().as_raw().to_vec();
+        let issuer = Issuer::from_ca_cert_der(&der, key)
+            .with_context(|| format!("{}: unusable CA certificate", cert_path.display()))?;
+        Ok(Self {
+            issuer,
+            trust_domain,
+            subject,
+            der,
+        })
+    }
+}
+
+/// The trust domain named by the CA's `spiffe://<td>` URI SAN.
+fn ca_trust_domain(der: &[u8]) -> anyhow::Result<String> {
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| anyhow!("bad certificate: {e}"))?;
+    let san = x509
+        .subject_alternative_name()
+        .map_err(|e| anyhow!("bad subjectAltName: {e}"))?
+        .ok_or_else(|| anyhow!("no subjectAltName"))?;
+    for name in &san.value.general_names {
+        if let x509_parser::extensions::GeneralName::URI(uri) = name {
+            if let Some(td) = uri.strip_prefix("spiffe://") {
+                let td = td.trim_end_matches('/');
+                check_trust_domain(td)?;
+                return Ok(td.to_owned());
+            }
+        }
+    }
+    bail!("no spiffe:// URI SAN")
+}
+
+/// Entries and CRL number of an existing CRL (PEM or DER) of this CA.
+fn read_crl(path: &Path, ca_subject: &[u8]) -> anyhow::Result<(Vec<RevokedCertParams>, BigUint)> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let der = if bytes.starts_with(b"-----BEGIN") {
+        rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&bytes)
+            .with_context(|| format!("{}: bad PEM", path.display()))?
+            .as_ref()
+            .to_vec()
+    } else {
+        bytes
+    };
+    let (_, crl) = x509_parser::parse_x509_crl(&der)
+        .map_err(|e| anyhow!("{}: cannot parse CRL: {e}", path.display()))?;
+    ensure!(
+        crl.issuer().as_raw() == ca_subject,
+        "{} is not a CRL of this CA; refusing to merge it",
+        path.display()
+    );
+    let entries = crl
+        .iter_revoked_certificates()
+        .map(|r| RevokedCertParams {
+            serial_number: SerialNumber::from(r.user_certificate.to_bytes_be()),
+            revocation_time: r.revocation_date.to_datetime(),
+            reason_code: r.reason_code().and_then(|(_, code)| reason(code.0)),
+            invalidity_date: r.invalidity_date().map(|(_, t)| t.to_datetime()),
+        })
+        .collect();
+    let number = crl.crl_number().cloned().unwrap_or_default();
+    Ok((entries, number))
+}
+
+fn reason(code: u8) -> Option<RevocationReason> {
+    use RevocationReason as R;
+    Some(match code {
+        0 => R::Unspecified,
+        1 => R::KeyCompromise,
+        2 => R::CaCompromise,
+        3 => R::AffiliationChanged,
+        4 => R::Superseded,
+        5 => R::CessationOfOperation,
+        6 => R::CertificateHold,
+        8 => R::RemoveFromCrl,
+        9 => R::PrivilegeWithdrawn,
+        10 => R::AaCompromise,
+        _ => return None,
+    })
+}
+
+fn write_crl(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    revoked_certs: Vec<RevokedCertParams>,
+    number: &BigUint,
+) -> anyhow::Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let params = CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + CRL_VALIDITY,
+        crl_number: SerialNumber::from(number.to_bytes_be()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(issuer).context("signing the CRL")?;
+    let pem = crl.pem().context("encoding the CRL")?;
+    write_file(&dir.join("ca.crl"), pem.as_bytes(), Secret::No, Clobber::Yes)
+}
+
+fn common_name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+/// 16 random bytes, top bit clear (positive) and second bit set (so the DER
+/// INTEGER is exactly 16 bytes, never shortened).
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&bytes)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Secret {
+    Yes,
+    No,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clobber {
+    Yes,
+    No,
+}
+
+/// Writes via a temporary file in the same directory and a rename; secrets
+/// are 0600 from creation on, never world-readable even for an instant.
+fn write_file(path: &Path, contents: &[u8], secret: Secret, clobber: Clobber) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if secret == Secret::Yes { 0o600 } else { 0o644 };
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+    }
+    tmp.write_all(contents)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    let persisted = match clobber {
+        Clobber::Yes => tmp.persist(path).map(drop),
+        Clobber::No => tmp.persist_noclobber(path).map(drop),
+    };
+    persisted.map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn crl_serials(dir: &Path) -> (Vec<Vec<u8>>, BigUint) {
+        let ca = Ca::load(dir).unwrap();
+        let (entries, number) = read_crl(&dir.join("ca.crl"), &ca.subject).unwrap();
+        (entries.iter().map(|e| e.serial_number.to_bytes()).collect(), number)
+    }
+
+    fn serial_of(path: &Path) -> Vec<u8> {
+        let der = CertificateDer::from_pem_file(path).unwrap();
+        let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+        x509.serial.to_bytes_be()
+    }
+
+    #[test]
+    fn init_writes_ca_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "lifeboat.test", 10).unwrap();
+        assert_eq!(mode(&dir.path().join("ca.key")), 0o600);
+        assert_eq!(mode(&dir.path().join("ca.pem")), 0o644);
+        let key_before = fs::read(dir.path().join("ca.key")).unwrap();
+
+        let err = init(dir.path(), "lifeboat.test", 10).unwrap_err();
+        assert!(err.to_string().contains("refusing to overwrite"), "{err:#}");
+        assert_eq!(fs::read(dir.path().join("ca.key")).unwrap(), key_before);
+
+        let ca = Ca::load(dir.path()).unwrap();
+        assert_eq!(ca.trust_domain, "lifeboat.test");
+        let der = CertificateDer::from_pem_file(dir.path().join("ca.pem")).unwrap();
+        let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(x509.is_ca());
+        let bc = x509.basic_constraints().unwrap().unwrap().value;
+        assert_eq!(bc.path_len_constraint, Some(0));
+        let ku = x509.key_usage().unwrap().unwrap().value;
+        assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
+        let validity = x509.validity().time_to_expiration().unwrap();
+        assert!(validity > Duration::days(9) && validity <= Duration::days(10));
+        // The empty CRL is there from the start.
+        let (serials, number) = crl_serials(dir.path());
+        assert!(serials.is_empty());
+        assert_eq!(number, BigUint::from(1u8));
+    }
+
+    #[test]
+    fn init_refuses_bad_trust_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(init(dir.path(), "Lifeboat.Test", 10).is_err());
+        assert!(init(dir.path(), "", 10).is_err());
+        assert!(!dir.path().join("ca.key").exists());
+    }
+
+    #[test]
+    fn issue_per_role() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "lifeboat.test", 10).unwrap();
+
+        let mut edge = IssueOptions::new(dir.path(), Role::Edge, "edge-1");
+        edge.dns = vec!["edge.example.com".into()];
+        edge.ips = vec!["127.0.0.1".parse().unwrap()];
+        let (cert, key) = issue(&edge).unwrap();
+        assert_eq!(cert, dir.path().join("edge-1.pem"));
+        assert_eq!(key, dir.path().join("edge-1.key"));
+        assert_eq!(mode(&key), 0o600);
+        let der = CertificateDer::from_pem_file(&cert).unwrap();
+        assert_eq!(
+            crate::trust::spiffe_id_of(&der).unwrap().uri(),
+            "spiffe://lifeboat.test/edge/edge-1"
+        );
+        let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = x509.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        assert_eq!(x509.serial.to_bytes_be().len(), 16);
+        let sans = &x509.subject_alternative_name().unwrap().unwrap().value.general_names;
+        assert_eq!(sans.len(), 3, "{sans:?}");
+
+        let mut conn = IssueOptions::new(dir.path(), Role::Connector, "c1");
+        conn.group = Some("dc-east".into());
+        let (cert, _) = issue(&conn).unwrap();
+        let der = CertificateDer::from_pem_file(&cert).unwrap();
+        assert_eq!(
+            crate::trust::spiffe_id_of(&der).unwrap().uri(),
+            "spiffe://lifeboat.test/connector/dc-east/c1"
+        );
+        let (_, x509) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = x509.extended_key_usage().unwrap().unwrap().value;
+        assert!(!eku.server_auth && eku.client_auth);
+        // Certificate files hold the leaf only.
+        assert_eq!(
+            CertificateDer::pem_file_iter(&cert).unwrap().count(),
+            1,
+            "leaf only"
+        );
+    }
+
+    #[test]
+    fn issue_refuses_bad_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "lifeboat.test", 10).unwrap();
+        let err = |opts: IssueOptions| format!("{:#}", issue(&opts).unwrap_err());
+
+        let conn = IssueOptions::new(dir.path(), Role::Connector, "c1");
+        assert!(err(conn).contains("--group is required"));
+        let mut client = IssueOptions::new(dir.path(), Role::Client, "alice");
+        client.group = Some("g".into());
+        assert!(err(client).contains("only for connectors"));
+        for bad in ["", ".", "..", "a/b", "al ice", "ca"] {
+            let opts = IssueOptions::new(dir.path(), Role::Client, bad);
+            let msg = err(opts);
+            assert!(msg.contains("--name"), "{bad:?}: {msg}");
+        }
+        let mut conn = IssueOptions::new(dir.path(), Role::Connector, "c1");
+        conn.group = Some("a/b".into());
+        assert!(err(conn).contains("--group"));
+        let mut edge = IssueOptions::new(dir.path(), Role::Edge, "e");
+        edge.dns = vec!["not a name".into()];
+        assert!(err(edge).contains("--dns"));
+        // No CA there at all: the message names the file.
+        let empty = tempfile::tempdir().unwrap();
+        let msg = err(IssueOptions::new(empty.path(), Role::Client, "alice"));
+        assert!(msg.contains("ca.pem"), "{msg}");
+        assert!(!dir.path().join("ca.pem.pem").exists());
+    }
+
+    #[test]
+    fn revoke_accumulates_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), "lifeboat.test", 10).unwrap();
+        let (a, _) = issue(&IssueOptions::new(dir.path(), Role::Client, "alice")).unwrap();
+        let (b, _) = issue(&IssueOptions::new(dir.path(), Role::Client, "bob")).unwrap();
+
+        revoke(dir.path(), &a).unwrap();
+        let (serials, n1) = crl_serials(dir.path());
+        assert_eq!(serials, vec![serial_of(&a)]);
+
+        revoke(dir.path(), &b).unwrap();
+        let (serials, n2) = crl_serials(dir.path());
+        assert_eq!(serials, vec![serial_of(&a), serial_of(&b)]);
+        assert_eq!(n2, n1.clone() + 1u8);
+
+        // Idempotent: no duplicate entry, but a fresh number.
+        revoke(dir.path(), &a).unwrap();
+        let (serials, n3) = crl_serials(dir.path());
+        assert_eq!(serials.len(), 2);
+        assert_eq!(n3, n2 + 1u8);
+    }
+
+    #[test]
+    fn revoke_refuses_foreign_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        init(dir.path(), "lifeboat.test", 10).unwrap();
+        init(other.path(), "lifeboat.test", 10).unwrap();
+        let (foreign, _) = issue(&IssueOptions::new(other.path(), Role::Client, "eve")).unwrap();
+        let msg = format!("{:#}", revoke(dir.path(), &foreign).unwrap_err());
+        assert!(msg.contains("not issued by the CA"), "{msg}");
+        let msg = format!("{:#}", revoke(dir.path(), &dir.path().join("ca.pem")).unwrap_err());
+        assert!(msg.contains("CA certificate"), "{msg}");
+    }
+}

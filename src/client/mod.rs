@@ -1,0 +1,285 @@
+//! The user-side agent: local SOCKS5, HTTP CONNECT and port-forward
+//! listeners whose flows ride one QUIC tunnel to an edge.
+
+mod http;
+pub mod socks5;
+pub mod tunnel;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::{ClientConfig, Limits};
+use crate::dr::DrMode;
+use crate::metrics::{Metrics, NO_SEGMENT};
+use crate::preamble::Dest;
+use crate::refusal::Refusal;
+use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
+use crate::transport::{quic, stream_code, ALPN_CLIENT};
+use crate::trust::Trust;
+use tunnel::{OpenError, Tunnel};
+
+/// What a local listener does with its connections.
+#[derive(Debug, Clone)]
+pub enum ListenerKind {
+    Socks,
+    Http,
+    Forward(Dest),
+}
+
+impl ListenerKind {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Socks => "socks",
+            Self::Http => "http",
+            Self::Forward(_) => "forward",
+        }
+    }
+}
+
+/// State shared by the client's tasks.
+pub struct ClientState {
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub mode: watch::Receiver<DrMode>,
+    pub tunnel: Arc<Tunnel>,
+    pub flows: Arc<Semaphore>,
+    pub abort: CancellationToken,
+}
+
+/// A bound client, ready to run.
+pub struct Client {
+    state: Arc<ClientState>,
+    listeners: Vec<(ListenerKind, TcpListener)>,
+    stop_tunnel: CancellationToken,
+}
+
+impl Client {
+    pub async fn bind(
+        cfg: ClientConfig,
+        file: &Path,
+        mode: watch::Receiver<DrMode>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let trust = Trust::load(cfg.tls.files(), &cfg.trust_domain)
+            .with_context(|| format!("loading [tls] of {}", file.display()))?;
+        let mut listeners = Vec::new();
+        let mut wanted: Vec<(ListenerKind, SocketAddr)> = Vec::new();
+        if let Some(a) = cfg.listen.socks {
+            wanted.push((ListenerKind::Socks, a));
+        }
+        if let Some(a) = cfg.listen.http {
+            wanted.push((ListenerKind::Http, a));
+        }
+        for f in &cfg.forwards {
+            let dest = Dest::parse(&f.to).map_err(|e| anyhow::anyhow!("forward to `{}`: {e}", f.to))?;
+            wanted.push((ListenerKind::Forward(dest), f.listen));
+        }
+        for (kind, addr) in wanted {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {} listener {addr}", kind.as_str()))?;
+            info!("listening {} {}", kind.as_str(), l.local_addr()?);
+            listeners.push((kind, l));
+        }
+        let bind: SocketAddr = if cfg.edges.iter().any(|e| e.starts_with('[')) {
+            "[::]:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let endpoint = quic::client_endpoint(bind, &trust, ALPN_CLIENT, &cfg.limits, 0)?;
+        let stop_tunnel = CancellationToken::new();
+        let tunnel = Tunnel::start(
+            endpoint,
+            cfg.edges.clone(),
+            cfg.limits.clone(),
+            Arc::clone(&metrics),
+            stop_tunnel.clone(),
+        );
+        let (local, ca) = trust.expiry_unix();
+        metrics.cert_expiry.with_label_values(&["local"]).set(local as f64);
+        metrics.cert_expiry.with_label_values(&["ca"]).set(ca as f64);
+        Ok(Self {
+            state: Arc::new(ClientState {
+                flows: Arc::new(Semaphore::new(cfg.limits.max_flows)),
+                metrics,
+                limits: cfg.limits,
+                mode,
+                tunnel,
+                abort: CancellationToken::new(),
+            }),
+            listeners,
+            stop_tunnel,
+        })
+    }
+
+    /// Bound listener addresses by kind.
+    pub fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|(k, l)| l.local_addr().ok().map(|a| (k.clone(), a)))
+            .collect()
+    }
+
+    pub fn state(&self) -> Arc<ClientState> {
+        Arc::clone(&self.state)
+    }
+
+    pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        for (kind, listener) in self.listeners {
+            let state = Arc::clone(&self.state);
+            let t = tracker.clone();
+            let drain = drain.clone();
+            tracker.spawn(accept_loop(state, kind, listener, t, drain));
+        }
+        drain.cancelled().await;
+        tracker.close();
+        if tokio::time::timeout(self.state.limits.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("drain deadline passed; aborting remaining flows");
+            self.state.abort.cancel();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
+        }
+        self.stop_tunnel.cancel();
+        info!("client stopped");
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    state: Arc<ClientState>,
+    kind: ListenerKind,
+    listener: TcpListener,
+    tracker: TaskTracker,
+    drain: CancellationToken,
+) {
+    loop {
+        // Take a flow permit before accepting: over the bound, connections wait in the backlog.
+        let permit = tokio::select! {
+            p = Arc::clone(&state.flows).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = drain.cancelled() => return,
+        };
+        let (sock, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: survive, back off a little.
+                    warn!("accept on {} listener: {e}", kind.as_str());
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.cancelled() => return,
+        };
+        let state = Arc::clone(&state);
+        let kind = kind.clone();
+        let span = tracing::debug_span!("flow", listener = kind.as_str(), %peer);
+        tracker.spawn(
+            async move {
+                let _permit = permit;
+                let _ = sock.set_nodelay(true);
+                match kind {
+                    ListenerKind::Socks => socks_flow(&state, sock).await,
+                    ListenerKind::Http => http::flow(&state, sock).await,
+                    ListenerKind::Forward(dest) => forward_flow(&state, sock, dest).await,
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Open a flow through the tunnel, honouring the client's own view of DR mode.
+pub(crate) async fn open(state: &ClientState, dest: &Dest) -> Result<(Side, bytes::Bytes), OpenError> {
+    if *state.mode.borrow() == DrMode::Off {
+        return Err(OpenError::Refused {
+            status: Refusal::DrInactive.status(),
+            refusal: Some(Refusal::DrInactive),
+            reason: "DR mode is off in this client's view".into(),
+        });
+    }
+    let started = Instant::now();
+    let r = state.tunnel.open(dest).await;
+    let m = &state.metrics;
+    m.flow_setup.observe(started.elapsed().as_secs_f64());
+    match &r {
+        Ok(_) => m.flows_total.with_label_values(&[NO_SEGMENT, "ok"]).inc(),
+        Err(OpenError::Refused { refusal: Some(w), .. }) => m.refused_unmatched(*w).inc(),
+        Err(_) => m.flows_total.with_label_values(&[NO_SEGMENT, "no-tunnel"]).inc(),
+    }
+    r
+}
+
+/// Splice an accepted local connection with an opened flow.
+pub(crate) async fn carry(state: &ClientState, sock: TcpStream, mut edge: Side, early: bytes::Bytes) {
+    let m = &state.metrics;
+    m.flows_active.inc();
+    let (r, w) = sock.into_split();
+    let mut local = Side { recv: RecvHalf::tcp(r), send: SendHalf::Tcp(w) };
+    if !early.is_empty() && local.send.write(early).await.is_err() {
+        edge.send.abort(stream_code::ABORTED);
+        m.flows_active.dec();
+        return;
+    }
+    let up = m.flow_bytes.with_label_values(&[NO_SEGMENT, "up"]);
+    let down = m.flow_bytes.with_label_values(&[NO_SEGMENT, "down"]);
+    let abort = state.abort.clone();
+    let outcome = splice::splice(&mut local, &mut edge, Counters { up: &up, down: &down }, async move {
+        abort.cancelled().await;
+        stream_code::SHUTDOWN
+    })
+    .await;
+    let reason = match outcome.end {
+        splice::End::Done => "done",
+        splice::End::Reset => "reset",
+        splice::End::Stopped(_) => "shutdown",
+    };
+    m.flows_closed.with_label_values(&[reason]).inc();
+    m.flows_active.dec();
+    debug!(up = outcome.up, down = outcome.down, result = reason, "flow ended");
+}
+
+async fn socks_flow(state: &ClientState, mut sock: TcpStream) {
+    let dest = match tokio::time::timeout(state.limits.preamble_timeout, socks5::handshake(&mut sock)).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            debug!("SOCKS handshake: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    match open(state, &dest).await {
+        Ok((edge, early)) => {
+            if socks5::reply(&mut sock, socks5::rep::SUCCEEDED).await.is_err() {
+                return;
+            }
+            carry(state, sock, edge, early).await;
+        }
+        Err(e) => {
+            let code = match &e {
+                OpenError::Refused { refusal, .. } => socks5::reply_for(*refusal),
+                OpenError::NoTunnel(_) | OpenError::Broken(_) => socks5::rep::NETWORK_UNREACHABLE,
+            };
+            debug!(%dest, "flow refused: {e}");
+            let _ = socks5::reply(&mut sock, code).await;
+        }
+    }
+}
+
+async fn forward_flow(state: &ClientState, sock: TcpStream, dest: Dest) {
+    match open(state, &dest).await {
+        Ok((edge, early)) => carry(state, sock, edge, early).await,
+        Err(e) => warn!(%dest, "forward refused: {e}"),
+    }
+}

@@ -1,0 +1,147 @@
+//! One flow at the connector: read the edge's flow header, resolve
+//! (`[dns] hosts` first, then the system resolver), connect within
+//! `connect_timeout`, answer, splice.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use super::ConnectorState;
+use crate::metrics::NO_SEGMENT;
+use crate::preamble::Host;
+use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
+use crate::transport::stream_code;
+use crate::wire::{self, FailKind, FlowHeader, FlowReply};
+
+pub(super) async fn serve(state: Arc<ConnectorState>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let m = &state.metrics;
+    let started = Instant::now();
+    let header = match tokio::time::timeout(state.limits.preamble_timeout, read_header(&mut recv)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            debug!("bad flow header from edge: {e}");
+            let _ = send.reset(stream_code::ABORTED.into());
+            let _ = recv.stop(stream_code::ABORTED.into());
+            return;
+        }
+        Err(_) => {
+            let _ = send.reset(stream_code::ABORTED.into());
+            let _ = recv.stop(stream_code::ABORTED.into());
+            return;
+        }
+    };
+    m.flows_active.inc();
+    let (header, early) = header;
+    let connected = tokio::time::timeout(state.limits.connect_timeout, connect(&state, &header)).await;
+    let tcp = match connected {
+        Ok(Ok(s)) => s,
+        Ok(Err((kind, message))) => {
+            fail(&state, &mut send, kind, message).await;
+            debug!(flow = header.flow_id, dest = %header.dest, client = %header.client, "app unreachable");
+            return;
+        }
+        Err(_) => {
+            fail(&state, &mut send, FailKind::Timeout, format!("no answer from {} within {:?}", header.dest, state.limits.connect_timeout)).await;
+            return;
+        }
+    };
+    let mut out = BytesMut::with_capacity(8);
+    wire::encode_flow_reply(&FlowReply::Connected, &mut out);
+    if send.write_chunk(out.freeze()).await.is_err() {
+        m.flows_active.dec();
+        return;
+    }
+    m.flows_total.with_label_values(&[NO_SEGMENT, "ok"]).inc();
+    m.flow_setup.observe(started.elapsed().as_secs_f64());
+    let _ = tcp.set_nodelay(true);
+    let (r, w) = tcp.into_split();
+    let mut app = Side { recv: RecvHalf::tcp(r), send: SendHalf::Tcp(w) };
+    if !early.is_empty() && app.send.write(early.freeze()).await.is_err() {
+        m.flows_active.dec();
+        return;
+    }
+    let mut edge = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
+    let up = m.flow_bytes.with_label_values(&[NO_SEGMENT, "up"]);
+    let down = m.flow_bytes.with_label_values(&[NO_SEGMENT, "down"]);
+    let abort = state.abort.clone();
+    let outcome = splice::splice(&mut edge, &mut app, Counters { up: &up, down: &down }, async move {
+        abort.cancelled().await;
+        stream_code::SHUTDOWN
+    })
+    .await;
+    let reason = match outcome.end {
+        splice::End::Done => "done",
+        splice::End::Reset => "reset",
+        splice::End::Stopped(_) => "shutdown",
+    };
+    m.flows_closed.with_label_values(&[reason]).inc();
+    m.flows_active.dec();
+    if state.access_log {
+        info!(flow = header.flow_id, client = %header.client, segment = %header.segment, dest = %header.dest,
+            up = outcome.up, down = outcome.down, duration_ms = started.elapsed().as_millis() as u64, result = reason, "flow");
+    }
+}
+
+async fn fail(state: &ConnectorState, send: &mut quinn::SendStream, kind: FailKind, message: String) {
+    let word = if kind == FailKind::Timeout { "upstream-timeout" } else { "upstream-failed" };
+    state.metrics.flows_total.with_label_values(&[NO_SEGMENT, word]).inc();
+    let mut out = BytesMut::with_capacity(64 + message.len());
+    wire::encode_flow_reply(&FlowReply::Failed { kind, message }, &mut out);
+    let _ = send.write_chunk(out.freeze()).await;
+    let _ = send.finish();
+    state.metrics.flows_active.dec();
+}
+
+async fn read_header(recv: &mut quinn::RecvStream) -> Result<(FlowHeader, BytesMut), wire::WireError> {
+    let mut buf = BytesMut::new();
+    loop {
+        match recv.read_chunk(wire::MAX_HEADER, true).await {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            _ => return Err(wire::WireError::Malformed("stream ended before the flow header")),
+        }
+        if let Some((h, used)) = wire::parse_flow_header(&buf)? {
+            let rest = buf.split_off(used);
+            return Ok((h, rest));
+        }
+        if buf.len() > wire::MAX_HEADER {
+            return Err(wire::WireError::TooLarge);
+        }
+    }
+}
+
+async fn connect(state: &ConnectorState, h: &FlowHeader) -> Result<TcpStream, (FailKind, String)> {
+    let port = h.dest.port;
+    let addrs: Vec<SocketAddr> = match &h.dest.host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, port)],
+        Host::Name(name) => match state.hosts.get(name.as_str()) {
+            Some(ip) => vec![SocketAddr::new(*ip, port)],
+            None => match tokio::net::lookup_host((name.as_str(), port)).await {
+                Ok(a) => a.collect(),
+                Err(e) => return Err((FailKind::Resolve, format!("cannot resolve {name}: {e}"))),
+            },
+        },
+    };
+    if addrs.is_empty() {
+        return Err((FailKind::Resolve, format!("{} has no address", h.dest)));
+    }
+    let mut last: Option<io::Error> = None;
+    for a in &addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.unwrap_or_else(|| io::Error::other("no address"));
+    let kind = match e.kind() {
+        io::ErrorKind::ConnectionRefused => FailKind::Refused,
+        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => FailKind::Unreachable,
+        io::ErrorKind::TimedOut => FailKind::Timeout,
+        _ => FailKind::Other,
+    };
+    Err((kind, format!("connect to {}: {e}", h.dest)))
+}

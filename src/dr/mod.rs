@@ -1,0 +1,91 @@
+//! DR mode: what it is (`DrMode`), where it comes from (`Trigger`), the TXT
+//! record format (`record`) and the async watcher that feeds the mode to the
+//! roles (`trigger`). The record parser and the mode decision are pure.
+
+pub mod record;
+pub mod trigger;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// The DR mode: standby, test (test users only), or active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DrMode {
+    Off,
+    Test,
+    On,
+}
+
+impl DrMode {
+    pub const ALL: [Self; 3] = [Self::Off, Self::Test, Self::On];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Test => "test",
+            Self::On => "on",
+        }
+    }
+
+    /// Whether a client flow of a user (test user or not) is served in this mode.
+    pub fn allows(self, is_test_user: bool) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Test => is_test_user,
+            Self::On => true,
+        }
+    }
+}
+
+impl fmt::Display for DrMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DrMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            "test" => Ok(Self::Test),
+            "on" => Ok(Self::On),
+            other => Err(format!("`{other}` is not a DR mode (on, test or off)")),
+        }
+    }
+}
+
+/// `[dr] trigger`: where the DR mode comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Poll the TXT record of this name.
+    Dns(String),
+    /// A fixed mode.
+    Static(DrMode),
+    /// A file holding the same text as the TXT record.
+    File(PathBuf),
+}
+
+impl FromStr for Trigger {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("dns", name)) if !name.is_empty() => Ok(Self::Dns(name.to_string())),
+            Some(("static", mode)) => mode.parse().map(Self::Static),
+            Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+            _ => Err(format!(
+                "`{s}` is not a trigger: use `dns:NAME`, `static:on|test|off` or `file:PATH`"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Trigger {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,266 @@
+//! One client flow at the edge: preamble, DR mode and segment checks,
+//! connector choice (with one retry on another connector), the answer, then
+//! the splice. Every refusal is answered with its status and word.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info, Span};
+
+use super::registry::{ActiveGuard, ConnectorTunnel};
+use super::EdgeState;
+use crate::preamble::{self, ConnectRequest};
+use crate::refusal::Refusal;
+use crate::segments::Lookup;
+use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
+use crate::transport::stream_code;
+use crate::trust::SpiffeId;
+use crate::wire::{self, FailKind, FlowHeader, FlowReply};
+
+/// Extra time the edge gives a connector beyond its own connect timeout.
+const REPLY_MARGIN: Duration = Duration::from_secs(2);
+
+/// Serve one client stream.
+pub(super) async fn serve(
+    state: Arc<EdgeState>,
+    peer: Arc<SpiffeId>,
+    id: u64,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    _permit: OwnedSemaphorePermit,
+) {
+    let m = &state.metrics;
+    m.flows_active.inc();
+    let started = Instant::now();
+    let policy = state.policy.load_full();
+    let limits = &policy.limits;
+
+    let head = tokio::time::timeout(
+        limits.preamble_timeout,
+        read_preamble(&mut recv, limits.preamble_bytes),
+    )
+    .await;
+    let (req, early) = match head {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => {
+            // The stream ended or was reset before a whole preamble: nobody to answer.
+            m.flows_active.dec();
+            return;
+        }
+        Ok(Err(refusal)) => {
+            refuse(&state, &mut send, &mut recv, refusal, None, started).await;
+            return;
+        }
+        Err(_) => {
+            debug!("no complete preamble within {:?}", limits.preamble_timeout);
+            refuse(&state, &mut send, &mut recv, Refusal::BadRequest, Some("no complete CONNECT preamble in time"), started).await;
+            return;
+        }
+    };
+    let dest = req.dest;
+    Span::current().record("dest", tracing::field::display(&dest));
+
+    let is_test_user = policy.test_users.contains(&peer.name);
+    let mode = *state.mode.borrow();
+    if !mode.allows(is_test_user) {
+        let r = if mode == crate::dr::DrMode::Off { Refusal::DrInactive } else { Refusal::NotAllowed };
+        refuse(&state, &mut send, &mut recv, r, None, started).await;
+        return;
+    }
+    let segment = match policy.matcher.lookup(&dest) {
+        Lookup::Hit(s) => s,
+        Lookup::WrongPort(_) => {
+            refuse(&state, &mut send, &mut recv, Refusal::NotDrSegment, Some("port is outside the DR segment's ports"), started).await;
+            return;
+        }
+        Lookup::Miss => {
+            refuse(&state, &mut send, &mut recv, Refusal::NotDrSegment, None, started).await;
+            return;
+        }
+    };
+    let seg_m = &policy.segment_metrics[segment.index];
+
+    let header = FlowHeader { flow_id: id, segment: segment.name.clone(), dest: dest.clone(), client: peer.uri() };
+    let reply_timeout = limits.connect_timeout + REPLY_MARGIN;
+    let mut tried: Vec<u64> = Vec::with_capacity(2);
+    let mut last = Refusal::NoConnector;
+    let mut upstream = None;
+    while tried.len() < 2 {
+        let Some(tunnel) = state.registry.pick(&segment.connector_groups, &tried) else { break };
+        tried.push(tunnel.id);
+        match open_upstream(&tunnel, &header, reply_timeout).await {
+            Ok(sides) => {
+                upstream = Some((sides, ActiveGuard::new(Arc::clone(&tunnel)), tunnel));
+                break;
+            }
+            Err(r) => {
+                debug!(connector = %tunnel.peer, "connector could not reach {dest}: {}", r.word());
+                last = r;
+            }
+        }
+    }
+    let Some((mut app_side, _guard, tunnel)) = upstream else {
+        seg_m.refusal(last).inc();
+        answer_refusal(&state, &mut send, &mut recv, last, None, started).await;
+        return;
+    };
+
+    if send.write_all(preamble::ESTABLISHED).await.is_err() {
+        app_side.send.abort(stream_code::ABORTED);
+        app_side.recv.abort(stream_code::ABORTED);
+        m.flows_active.dec();
+        return;
+    }
+    m.flow_setup.observe(started.elapsed().as_secs_f64());
+    seg_m.ok.inc();
+    let mut early_up = 0u64;
+    if !early.is_empty() {
+        early_up = early.len() as u64;
+        seg_m.bytes_up.inc_by(early_up);
+        if app_side.send.write(early).await.is_err() {
+            app_side.send.abort(stream_code::ABORTED);
+        }
+    }
+
+    let mut client_side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
+    let mut mode_rx = state.mode.clone();
+    let abort = state.abort.clone();
+    let stop = async move {
+        loop {
+            tokio::select! {
+                changed = mode_rx.changed() => {
+                    if changed.is_err() { std::future::pending::<()>().await; }
+                    if !mode_rx.borrow_and_update().allows(is_test_user) {
+                        return stream_code::DR_NARROWED;
+                    }
+                }
+                _ = abort.cancelled() => return stream_code::SHUTDOWN,
+            }
+        }
+    };
+    let outcome = splice::splice(
+        &mut client_side,
+        &mut app_side,
+        Counters { up: &seg_m.bytes_up, down: &seg_m.bytes_down },
+        stop,
+    )
+    .await;
+    let reason = match outcome.end {
+        splice::End::Done => "done",
+        splice::End::Reset => "reset",
+        splice::End::Stopped(stream_code::DR_NARROWED) => "dr-narrowed",
+        splice::End::Stopped(_) => "shutdown",
+    };
+    m.flows_closed.with_label_values(&[reason]).inc();
+    m.flows_active.dec();
+    if policy.access_log {
+        info!(
+            client = %peer, segment = %segment.name, %dest, connector = %tunnel.peer,
+            up = outcome.up + early_up, down = outcome.down,
+            duration_ms = started.elapsed().as_millis() as u64, result = reason,
+            "flow"
+        );
+    } else {
+        debug!(up = outcome.up + early_up, down = outcome.down, result = reason, "flow ended");
+    }
+}
+
+/// Read until a whole preamble is in; returns the request and any bytes after it.
+/// `Ok(None)` when the stream ends first.
+async fn read_preamble(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+) -> Result<Option<(ConnectRequest, Bytes)>, Refusal> {
+    let mut buf = BytesMut::new();
+    loop {
+        let room = limit.saturating_sub(buf.len()).max(1);
+        match recv.read_chunk(room, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => {
+                return if buf.is_empty() { Ok(None) } else { Err(Refusal::BadRequest) };
+            }
+        }
+        match preamble::parse_request(&buf, limit) {
+            Ok(Some((req, used))) => {
+                let rest = buf.split_off(used).freeze();
+                return Ok(Some((req, rest)));
+            }
+            Ok(None) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Open a flow on a connector tunnel and wait for its answer.
+async fn open_upstream(
+    tunnel: &ConnectorTunnel,
+    header: &FlowHeader,
+    reply_timeout: Duration,
+) -> Result<Side, Refusal> {
+    let (mut send, mut recv) = tunnel.conn.open_bi().await.map_err(|_| Refusal::UpstreamFailed)?;
+    let mut out = BytesMut::with_capacity(256);
+    wire::encode_flow_header(header, &mut out).map_err(|_| Refusal::BadRequest)?;
+    send.write_chunk(out.freeze()).await.map_err(|_| Refusal::UpstreamFailed)?;
+    let reply = tokio::time::timeout(reply_timeout, read_reply(&mut recv)).await;
+    match reply {
+        Ok(Ok(FlowReply::Connected)) => Ok(Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) }),
+        Ok(Ok(FlowReply::Failed { kind: FailKind::Timeout, .. })) => Err(Refusal::UpstreamTimeout),
+        Ok(Ok(FlowReply::Failed { .. })) | Ok(Err(())) => Err(Refusal::UpstreamFailed),
+        Err(_) => {
+            let _ = send.reset(stream_code::ABORTED.into());
+            let _ = recv.stop(stream_code::ABORTED.into());
+            Err(Refusal::UpstreamTimeout)
+        }
+    }
+}
+
+async fn read_reply(recv: &mut quinn::RecvStream) -> Result<FlowReply, ()> {
+    let mut buf = BytesMut::new();
+    loop {
+        match recv.read_chunk(wire::MAX_HEADER, true).await {
+            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+            _ => return Err(()),
+        }
+        match wire::parse_flow_reply(&buf) {
+            Ok(Some((r, used))) => {
+                // The connector sends nothing after its reply until we send data.
+                debug_assert_eq!(used, buf.len());
+                return Ok(r);
+            }
+            Ok(None) if buf.len() < wire::MAX_HEADER => continue,
+            _ => return Err(()),
+        }
+    }
+}
+
+/// Refuse a flow that matched no segment.
+async fn refuse(
+    state: &EdgeState,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    r: Refusal,
+    reason: Option<&str>,
+    started: Instant,
+) {
+    state.metrics.refused_unmatched(r).inc();
+    answer_refusal(state, send, recv, r, reason, started).await;
+}
+
+async fn answer_refusal(
+    state: &EdgeState,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    r: Refusal,
+    reason: Option<&str>,
+    started: Instant,
+) {
+    debug!(word = r.word(), "refused");
+    let body = r.encode_response(reason.unwrap_or(r.default_reason()));
+    let _ = send.write_chunk(body).await;
+    let _ = send.finish();
+    let _ = recv.stop(stream_code::ABORTED.into());
+    state.metrics.flow_setup.observe(started.elapsed().as_secs_f64());
+    state.metrics.flows_active.dec();
+}

@@ -1,0 +1,82 @@
+//! The connector tunnels an edge holds, by connector group, and the choice
+//! of one for a flow: fewest active flows among the connected connectors of
+//! the groups that serve the segment.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::trust::SpiffeId;
+
+/// One connector tunnel.
+pub struct ConnectorTunnel {
+    pub id: u64,
+    pub peer: SpiffeId,
+    pub group: String,
+    pub conn: quinn::Connection,
+    /// Flows currently carried.
+    pub active: AtomicUsize,
+}
+
+/// Holds a connector's flow count up for as long as it lives.
+pub struct ActiveGuard(Arc<ConnectorTunnel>);
+
+impl ActiveGuard {
+    pub fn new(t: Arc<ConnectorTunnel>) -> Self {
+        t.active.fetch_add(1, Ordering::Relaxed);
+        Self(t)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Connector tunnels by group.
+#[derive(Default)]
+pub struct Registry {
+    groups: DashMap<String, Vec<Arc<ConnectorTunnel>>>,
+}
+
+impl Registry {
+    pub fn add(&self, t: Arc<ConnectorTunnel>) {
+        self.groups.entry(t.group.clone()).or_default().push(t);
+    }
+
+    pub fn remove(&self, group: &str, id: u64) {
+        if let Some(mut v) = self.groups.get_mut(group) {
+            v.retain(|t| t.id != id);
+        }
+    }
+
+    /// Connected connectors of a group.
+    pub fn count(&self, group: &str) -> usize {
+        self.groups.get(group).map_or(0, |v| v.len())
+    }
+
+    /// The least loaded live connector of any of `groups`, skipping `exclude`.
+    pub fn pick(&self, groups: &[String], exclude: &[u64]) -> Option<Arc<ConnectorTunnel>> {
+        let mut best: Option<(usize, &Arc<ConnectorTunnel>)> = None;
+        let mut refs = Vec::with_capacity(groups.len());
+        for g in groups {
+            if let Some(v) = self.groups.get(g) {
+                refs.push(v);
+            }
+        }
+        for v in &refs {
+            for t in v.iter() {
+                if exclude.contains(&t.id) || t.conn.close_reason().is_some() {
+                    continue;
+                }
+                let load = t.active.load(Ordering::Relaxed);
+                if best.is_none_or(|(l, _)| load < l) {
+                    best = Some((load, t));
+                }
+            }
+        }
+        best.map(|(_, t)| Arc::clone(t))
+    }
+}

@@ -1,0 +1,248 @@
+//! Prometheus metrics: one [`Metrics`] per role instance, each with its own
+//! registry (tests run several roles in one process). Every series with a
+//! fixed label set exists from start-up; labels come only from fixed words
+//! and config names, never from users, addresses or ports.
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
+
+use crate::dr::DrMode;
+use crate::refusal::Refusal;
+
+/// Label value for flows refused before any segment matched.
+pub const NO_SEGMENT: &str = "-";
+
+/// Flow setup histogram buckets, 50 µs to 10 s.
+const SETUP_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Handshake results counted in `lifeboat_handshakes_total{result}`.
+pub const HANDSHAKE_RESULTS: &[&str] = &[
+    "ok",
+    "unknown-ca",
+    "expired",
+    "not-yet-valid",
+    "revoked",
+    "wrong-role",
+    "foreign-trust-domain",
+    "no-identity",
+    "bad-certificate",
+    "no-certificate",
+    "timeout",
+    "shed",
+    "other",
+];
+
+/// Reasons counted in `lifeboat_flows_closed_total{reason}`.
+pub const CLOSE_REASONS: &[&str] = &[
+    "done",
+    "reset",
+    "error",
+    "dr-narrowed",
+    "tunnel-lost",
+    "shutdown",
+];
+
+/// All handles of one role instance.
+pub struct Metrics {
+    pub registry: Registry,
+    pub dr_mode: IntGaugeVec,
+    pub dr_trigger_lookups: IntCounterVec,
+    pub dr_last_good_lookup: Gauge,
+    pub tunnels_active: IntGaugeVec,
+    pub handshakes: IntCounterVec,
+    pub flows_active: IntGauge,
+    pub flows_total: IntCounterVec,
+    pub flow_bytes: IntCounterVec,
+    pub flow_setup: Histogram,
+    pub connectors_connected: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub segment_ready: IntGaugeVec,
+    pub dr_transitions: IntCounterVec,
+    pub flows_closed: IntCounterVec,
+    pub transport_fallbacks: IntCounterVec,
+    pub cert_expiry: GaugeVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(format!("lifeboat_{name}"), help)
+}
+
+impl Metrics {
+    /// Build and register every metric; `role` is "edge", "connector" or "client".
+    pub fn new(role: &'static str) -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definitions are static and valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let m = Self {
+            dr_mode: reg!(IntGaugeVec::new(
+                opts("dr_mode", "1 for the current DR mode"),
+                &["mode"]
+            )),
+            dr_trigger_lookups: reg!(IntCounterVec::new(
+                opts("dr_trigger_lookups_total", "DR trigger lookups by result"),
+                &["result"]
+            )),
+            dr_last_good_lookup: reg!(Gauge::with_opts(opts(
+                "dr_trigger_last_success_timestamp_seconds",
+                "Unix time of the last successful DR trigger lookup"
+            ))),
+            tunnels_active: reg!(IntGaugeVec::new(
+                opts("tunnels_active", "Tunnels up, by peer role and transport"),
+                &["role", "transport"]
+            )),
+            handshakes: reg!(IntCounterVec::new(
+                opts("handshakes_total", "Tunnel handshakes by peer role, transport and result"),
+                &["role", "transport", "result"]
+            )),
+            flows_active: reg!(IntGauge::with_opts(opts("flows_active", "Flows in progress"))),
+            flows_total: reg!(IntCounterVec::new(
+                opts("flows_total", "Flows by segment and result (ok or a Lifeboat-Error word)"),
+                &["segment", "result"]
+            )),
+            flow_bytes: reg!(IntCounterVec::new(
+                opts("flow_bytes_total", "Payload bytes by segment and direction"),
+                &["segment", "direction"]
+            )),
+            flow_setup: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "lifeboat_flow_setup_seconds",
+                    "Time from a flow's preamble to its answer"
+                )
+                .buckets(SETUP_BUCKETS.to_vec())
+            )),
+            connectors_connected: reg!(IntGaugeVec::new(
+                opts("connectors_connected", "Connector tunnels up, by connector group"),
+                &["group"]
+            )),
+            config_reloads: reg!(IntCounterVec::new(
+                opts("config_reloads_total", "Config reloads by result"),
+                &["result"]
+            )),
+            segment_ready: reg!(IntGaugeVec::new(
+                opts(
+                    "segment_ready",
+                    "1 when a connector of a group serving the DR segment is connected"
+                ),
+                &["segment"]
+            )),
+            dr_transitions: reg!(IntCounterVec::new(
+                opts("dr_transitions_total", "DR mode transitions"),
+                &["from", "to"]
+            )),
+            flows_closed: reg!(IntCounterVec::new(
+                opts("flows_closed_total", "Established flows closed, by reason"),
+                &["reason"]
+            )),
+            transport_fallbacks: reg!(IntCounterVec::new(
+                opts("transport_fallbacks_total", "Tunnels that fell back from QUIC to TLS"),
+                &["role"]
+            )),
+            cert_expiry: reg!(GaugeVec::new(
+                opts("cert_expiry_timestamp_seconds", "notAfter of our certificate and the CA"),
+                &["cert"]
+            )),
+            build_info: reg!(IntGaugeVec::new(
+                opts("build_info", "Build information"),
+                &["version"]
+            )),
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for mode in DrMode::ALL {
+            m.dr_mode.with_label_values(&[mode.as_str()]).set(0);
+        }
+        for r in ["ok", "timeout", "servfail", "nxdomain", "malformed", "ignored", "error"] {
+            m.dr_trigger_lookups.with_label_values(&[r]);
+        }
+        for (peer, transport) in [
+            ("client", "quic"),
+            ("client", "tls"),
+            ("connector", "quic"),
+            ("connector", "tls"),
+            ("edge", "quic"),
+            ("edge", "tls"),
+        ] {
+            m.tunnels_active.with_label_values(&[peer, transport]);
+            for r in HANDSHAKE_RESULTS {
+                m.handshakes.with_label_values(&[peer, transport, r]);
+            }
+        }
+        for r in ["ok", "error", "refused"] {
+            m.config_reloads.with_label_values(&[r]);
+        }
+        for r in CLOSE_REASONS {
+            m.flows_closed.with_label_values(&[r]);
+        }
+        m.transport_fallbacks.with_label_values(&[role]);
+        for w in Refusal::ALL {
+            m.flows_total.with_label_values(&[NO_SEGMENT, w.word()]);
+        }
+        m
+    }
+
+    /// Set `lifeboat_dr_mode{mode}` to 1 for `mode`, 0 for the others.
+    pub fn set_dr_mode(&self, mode: DrMode) {
+        for m in DrMode::ALL {
+            self.dr_mode
+                .with_label_values(&[m.as_str()])
+                .set(i64::from(m == mode));
+        }
+    }
+
+    /// The per-segment handles, resolved once per compiled config.
+    pub fn segment(&self, name: &str) -> SegmentMetrics {
+        SegmentMetrics {
+            ok: self.flows_total.with_label_values(&[name, "ok"]),
+            refused: Refusal::ALL.map(|w| self.flows_total.with_label_values(&[name, w.word()])),
+            bytes_up: self.flow_bytes.with_label_values(&[name, "up"]),
+            bytes_down: self.flow_bytes.with_label_values(&[name, "down"]),
+            ready: self.segment_ready.with_label_values(&[name]),
+        }
+    }
+
+    /// The counter for a refusal before any segment matched.
+    pub fn refused_unmatched(&self, r: Refusal) -> IntCounter {
+        self.flows_total.with_label_values(&[NO_SEGMENT, r.word()])
+    }
+
+    /// Prometheus text exposition of the registry.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let enc = prometheus::TextEncoder::new();
+        // Encoding into a String cannot fail for well-formed metric families.
+        let _ = enc.encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// Handles for one segment, so the hot path never formats a label.
+#[derive(Clone)]
+pub struct SegmentMetrics {
+    pub ok: IntCounter,
+    pub refused: [IntCounter; 9],
+    pub bytes_up: IntCounter,
+    pub bytes_down: IntCounter,
+    pub ready: IntGauge,
+}
+
+impl SegmentMetrics {
+    pub fn refusal(&self, r: Refusal) -> &IntCounter {
+        let i = Refusal::ALL.iter().position(|&x| x == r).unwrap_or(0);
+        &self.refused[i]
+    }
+}

@@ -1,0 +1,204 @@
+//! Moving a flow's bytes both ways. Payload travels as `bytes::Bytes`
+//! chunks: a QUIC chunk read at the edge is written to the other QUIC stream
+//! as the same allocation (no copy); a TCP read fills a reusable `BytesMut`
+//! once and the frozen chunk moves on as it is. Flow control is the
+//! transports' own: a chunk is read only after the previous one was accepted
+//! by the other side, so a slow reader holds at most one chunk plus its
+//! stream window, and never stalls another flow.
+//!
+//! Half-close is carried through (EOF becomes FIN and FIN becomes
+//! `shutdown(Write)`); an error or reset on either side aborts both sides of
+//! the flow.
+
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use prometheus::IntCounter;
+use quinn::VarInt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::transport::stream_code;
+
+/// Largest chunk read from TCP at once.
+const TCP_CHUNK: usize = 64 * 1024;
+
+/// The receiving half of one side of a flow.
+pub enum RecvHalf {
+    Quic(quinn::RecvStream),
+    Tcp {
+        read: OwnedReadHalf,
+        buf: BytesMut,
+    },
+}
+
+/// The sending half of one side of a flow.
+pub enum SendHalf {
+    Quic(quinn::SendStream),
+    Tcp(OwnedWriteHalf),
+}
+
+impl RecvHalf {
+    pub fn tcp(read: OwnedReadHalf) -> Self {
+        Self::Tcp {
+            read,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next chunk, `None` at a clean end of stream.
+    pub async fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        match self {
+            Self::Quic(r) => match r.read_chunk(usize::MAX, true).await {
+                Ok(Some(c)) => Ok(Some(c.bytes)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+            },
+            Self::Tcp { read, buf } => {
+                if buf.capacity() < TCP_CHUNK / 4 {
+                    buf.reserve(TCP_CHUNK);
+                }
+                let n = read.read_buf(buf).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                Ok(Some(buf.split().freeze()))
+            }
+        }
+    }
+
+    /// Abort: tell the peer we will read no more.
+    pub fn abort(&mut self, code: u32) {
+        if let Self::Quic(r) = self {
+            let _ = r.stop(VarInt::from_u32(code));
+        }
+    }
+}
+
+impl SendHalf {
+    pub async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
+        match self {
+            Self::Quic(s) => s
+                .write_chunk(chunk)
+                .await
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e)),
+            Self::Tcp(w) => w.write_all(&chunk).await,
+        }
+    }
+
+    /// Half-close: no more data from us.
+    pub async fn finish(&mut self) -> io::Result<()> {
+        match self {
+            Self::Quic(s) => s
+                .finish()
+                .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e)),
+            Self::Tcp(w) => w.shutdown().await,
+        }
+    }
+
+    /// Abort: reset the stream (QUIC) or make the close a RST (TCP).
+    pub fn abort(&mut self, code: u32) {
+        match self {
+            Self::Quic(s) => {
+                let _ = s.reset(VarInt::from_u32(code));
+            }
+            Self::Tcp(w) => {
+                // Linger 0 turns the close into a RST; it does not block with a zero timeout.
+                let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(std::time::Duration::ZERO));
+            }
+        }
+    }
+}
+
+/// One side of a flow.
+pub struct Side {
+    pub recv: RecvHalf,
+    pub send: SendHalf,
+}
+
+/// How a splice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both directions reached a clean end of stream.
+    Done,
+    /// One side failed or reset; both were aborted.
+    Reset,
+    /// The caller's `stop` future fired; both were aborted with its code.
+    Stopped(u32),
+}
+
+/// Byte counts of a finished splice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub end: End,
+    /// Bytes from `a` to `b` (client to app).
+    pub up: u64,
+    /// Bytes from `b` to `a`.
+    pub down: u64,
+}
+
+/// Counters bumped as bytes move (per segment).
+pub struct Counters<'a> {
+    pub up: &'a IntCounter,
+    pub down: &'a IntCounter,
+}
+
+async fn pump(
+    from: &mut RecvHalf,
+    to: &mut SendHalf,
+    count: &mut u64,
+    counter: &IntCounter,
+) -> io::Result<()> {
+    while let Some(chunk) = from.read_chunk().await? {
+        let n = chunk.len() as u64;
+        to.write(chunk).await?;
+        *count += n;
+        counter.inc_by(n);
+    }
+    to.finish().await
+}
+
+/// Splice `a` (client side) and `b` (app side) until both directions end,
+/// one fails, or `stop` resolves with a stream error code.
+pub async fn splice(
+    a: &mut Side,
+    b: &mut Side,
+    counters: Counters<'_>,
+    stop: impl std::future::Future<Output = u32>,
+) -> Outcome {
+    let (mut up, mut down) = (0u64, 0u64);
+    let end = {
+        let up_fut = pump(&mut a.recv, &mut b.send, &mut up, counters.up);
+        let down_fut = pump(&mut b.recv, &mut a.send, &mut down, counters.down);
+        tokio::pin!(up_fut, down_fut, stop);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut up_fut, if !up_done => {
+                    if r.is_err() { break End::Reset; }
+                    up_done = true;
+                }
+                r = &mut down_fut, if !down_done => {
+                    if r.is_err() { break End::Reset; }
+                    down_done = true;
+                }
+                code = &mut stop => break End::Stopped(code),
+            }
+            if up_done && down_done {
+                break End::Done;
+            }
+        }
+    };
+    let code = match end {
+        End::Done => None,
+        End::Reset => Some(stream_code::ABORTED),
+        End::Stopped(c) => Some(c),
+    };
+    if let Some(code) = code {
+        a.recv.abort(code);
+        a.send.abort(code);
+        b.recv.abort(code);
+        b.send.abort(code);
+    }
+    Outcome { end, up, down }
+}

@@ -1,0 +1,126 @@
+//! Tunnel transports. QUIC (`quic`) carries many flows per connection as
+//! bidirectional streams. Both legs share the ALPN names, the tunnel error
+//! type and the flow halves in `crate::splice`.
+
+pub mod quic;
+
+use std::fmt;
+
+/// ALPN of client tunnels (and of standard clients speaking the CONNECT preamble).
+pub const ALPN_CLIENT: &[u8] = b"lifeboat/1";
+/// ALPN of connector tunnels: lets the edge tell connectors from clients before any flow.
+pub const ALPN_CONNECTOR: &[u8] = b"lifeboat-connector/1";
+
+/// QUIC application close codes the edge and agents use.
+pub mod close_code {
+    /// Normal shutdown.
+    pub const DONE: u32 = 0;
+    /// The peer's certificate role does not fit the tunnel it asked for.
+    pub const WRONG_ROLE: u32 = 0x10;
+    /// Too many tunnels.
+    pub const OVERLOADED: u32 = 0x11;
+    /// The tunnel is being drained (address left DNS, or shutdown).
+    pub const DRAINING: u32 = 0x12;
+}
+
+/// Stream error codes (QUIC RESET_STREAM / STOP_SENDING).
+pub mod stream_code {
+    /// The other side of the flow went away with an error.
+    pub const ABORTED: u32 = 1;
+    /// DR mode narrowed and this flow is no longer allowed.
+    pub const DR_NARROWED: u32 = 2;
+    /// Shutdown deadline passed.
+    pub const SHUTDOWN: u32 = 3;
+}
+
+/// Which transport a tunnel runs over (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    Quic,
+    Tls,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a tunnel could not be set up or ended.
+#[derive(thiserror::Error, Debug)]
+pub enum TunnelError {
+    #[error("QUIC connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("QUIC connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("handshake did not finish within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("peer identity: {0}")]
+    Identity(String),
+    #[error("no address for edge `{0}`")]
+    NoAddress(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl TunnelError {
+    /// The word for `lifeboat_handshakes_total{result}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connection(e) => crate::trust::classify_quic(e),
+            Self::Timeout(_) => "timeout",
+            Self::Identity(_) => "wrong-role",
+            Self::Connect(_) | Self::NoAddress(_) | Self::Io(_) => "other",
+        }
+    }
+}
+
+/// One edge address to dial, with the name to present as SNI.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EdgeAddr {
+    pub addr: std::net::SocketAddr,
+    pub server_name: String,
+}
+
+/// Resolve `edges` entries (`host:port`; every address of a name is an edge).
+/// Entries that do not resolve are skipped and returned as errors beside the addresses.
+pub async fn resolve_edges(edges: &[String]) -> (Vec<EdgeAddr>, Vec<TunnelError>) {
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    for e in edges {
+        let host = match crate::preamble::Dest::parse(e) {
+            Ok(d) => match d.host {
+                crate::preamble::Host::Name(n) => n,
+                crate::preamble::Host::Ip(ip) => ip.to_string(),
+            },
+            Err(_) => {
+                errs.push(TunnelError::NoAddress(e.clone()));
+                continue;
+            }
+        };
+        match tokio::net::lookup_host(e.as_str()).await {
+            Ok(addrs) => {
+                for addr in addrs {
+                    let a = EdgeAddr {
+                        addr,
+                        server_name: host.clone(),
+                    };
+                    if !out.contains(&a) {
+                        out.push(a);
+                    }
+                }
+            }
+            Err(_) => errs.push(TunnelError::NoAddress(e.clone())),
+        }
+    }
+    (out, errs)
+}

@@ -1,0 +1,132 @@
+//! QUIC endpoints (quinn): socket setup, transport parameters from
+//! `[limits]`, and the peer identity of an established connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TokioRuntime, TransportConfig, VarInt};
+use rustls::pki_types::CertificateDer;
+
+use super::TunnelError;
+use crate::config::Limits;
+use crate::trust::{spiffe_id_of, Role, SpiffeId, Trust};
+
+/// UDP socket buffer size asked of the kernel (it may grant less).
+const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Transport parameters for one side. `incoming_bidi` is how many flows the
+/// peer may open at once towards us (0 where the peer never opens any).
+pub fn transport_config(limits: &Limits, incoming_bidi: u32) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(incoming_bidi))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(limits.flow_window))
+        .receive_window(VarInt::from_u32(limits.tunnel_window))
+        .send_window(u64::from(limits.tunnel_window))
+        .keep_alive_interval(Some(limits.keepalive()))
+        .max_idle_timeout(Some(idle(limits.idle_timeout)));
+    t
+}
+
+fn idle(d: Duration) -> IdleTimeout {
+    // Durations past QUIC's varint range are clamped to the largest allowed.
+    IdleTimeout::try_from(d).unwrap_or_else(|_| IdleTimeout::from(VarInt::MAX))
+}
+
+/// Bind a UDP socket with large buffers for an endpoint.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack where the address is the unspecified v6 address.
+        let _ = sock.set_only_v6(!addr.ip().is_unspecified());
+    }
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// The edge's server endpoint: clients and connectors, ALPN decides the role.
+pub fn server_endpoint(
+    addr: SocketAddr,
+    trust: &Arc<Trust>,
+    limits: &Limits,
+) -> Result<Endpoint, TunnelError> {
+    let tls = trust.server_config(
+        &[Role::Client, Role::Connector],
+        &[super::ALPN_CLIENT, super::ALPN_CONNECTOR],
+    );
+    let crypto = QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|e| TunnelError::Identity(format!("TLS config unusable for QUIC: {e}")))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config(
+        limits,
+        limits.max_flows_per_tunnel,
+    )));
+    // Address validation costs a round trip; the edge asks for it only when
+    // handshakes pile up (see the accept loop), not on every connection.
+    server.migration(true);
+    let socket = udp_socket(addr)?;
+    Ok(Endpoint::new(
+        EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(TokioRuntime),
+    )?)
+}
+
+/// A client-side endpoint (client or connector) with its default config.
+pub fn client_endpoint(
+    bind: SocketAddr,
+    trust: &Arc<Trust>,
+    alpn: &[u8],
+    limits: &Limits,
+    incoming_bidi: u32,
+) -> Result<Endpoint, TunnelError> {
+    let tls = trust.client_config(&[alpn]);
+    let crypto = QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| TunnelError::Identity(format!("TLS config unusable for QUIC: {e}")))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport_config(limits, incoming_bidi)));
+    let socket = udp_socket(bind)?;
+    let mut ep = Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(TokioRuntime))?;
+    ep.set_default_client_config(client);
+    Ok(ep)
+}
+
+/// Connect to an edge, bounded by `handshake_timeout`.
+pub async fn connect(
+    ep: &Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<quinn::Connection, TunnelError> {
+    let connecting = ep.connect(addr, server_name)?;
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(TunnelError::Timeout(timeout)),
+    }
+}
+
+/// The ALPN protocol a connection agreed on.
+pub fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// The peer's SPIFFE identity (its certificate was verified in the handshake).
+pub fn peer_id(conn: &quinn::Connection) -> Result<SpiffeId, TunnelError> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| TunnelError::Identity("peer presented no certificate".into()))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| TunnelError::Identity("peer presented no certificate".into()))?;
+    spiffe_id_of(leaf).map_err(|e| TunnelError::Identity(e.to_string()))
+}
