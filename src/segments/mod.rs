@@ -212,9 +212,9 @@ impl Matcher {
             }
         }
         m.v4 = v4.into_iter().collect();
-        m.v4.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        m.v4.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
         m.v6 = v6.into_iter().collect();
-        m.v6.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        m.v6.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
         Ok(m)
     }
 
