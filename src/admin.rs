@@ -30,16 +30,23 @@ pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Bind the admin listener and log its address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let l = TcpListener::bind(addr).await?;
+    let l = crate::transport::tcp_listener(addr)?;
     info!("listening admin {}", l.local_addr()?);
     Ok(l)
 }
 
 /// Serve admin requests until `stop`.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Readiness, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+    stop: CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
         let (sock, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(e) => { debug!("admin accept: {e}"); continue; } },
             _ = stop.cancelled() => return,
@@ -53,17 +60,24 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Readines
                 let ready = Arc::clone(&ready);
                 async move { Ok::<_, Infallible>(answer(&req, &metrics, &ready)) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(sock), svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), svc);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -73,12 +87,24 @@ fn answer(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Resp
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n", PLAIN);
     }
     match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, metrics.encode(), "text/plain; version=0.0.4; charset=utf-8"),
+        "/metrics" => text(
+            StatusCode::OK,
+            metrics.encode(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
         "/readyz" => match ready() {
             Ok(()) => text(StatusCode::OK, "ready\n", PLAIN),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), PLAIN),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+                PLAIN,
+            ),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n", PLAIN),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n",
+            PLAIN,
+        ),
     }
 }

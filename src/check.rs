@@ -31,28 +31,64 @@ pub fn run(path: &Path) -> anyhow::Result<String> {
         "edge" => {
             let cfg: EdgeConfig = config::from_text(path, &text)?;
             let matcher = config::compile_segments(&cfg, path, &text)?;
-            let _ = writeln!(out, "{}: valid edge config ({} DR segments)", path.display(), matcher.segments().len());
-            let _ = writeln!(out, "{:<20} {:<40} {:<16} DR connector groups", "segment", "matches", "tcp ports");
+            let _ = writeln!(
+                out,
+                "{}: valid edge config ({} DR segments)",
+                path.display(),
+                matcher.segments().len()
+            );
+            let _ = writeln!(
+                out,
+                "{:<20} {:<40} {:<16} DR connector groups",
+                "segment", "matches", "tcp ports"
+            );
             for seg in &cfg.segments {
-                let what = seg.domains.iter().chain(&seg.cidrs).cloned().collect::<Vec<_>>().join(",");
+                let what = seg
+                    .domains
+                    .iter()
+                    .chain(&seg.cidrs)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",");
                 let ports = seg.tcp_ports.join(",");
                 match matcher.segments().iter().find(|s| s.name == seg.name) {
                     Some(s) => {
-                        let _ = writeln!(out, "{:<20} {:<40} {:<16} {}", seg.name, what, ports, s.connector_groups.join(","));
+                        let _ = writeln!(
+                            out,
+                            "{:<20} {:<40} {:<16} {}",
+                            seg.name,
+                            what,
+                            ports,
+                            s.connector_groups.join(",")
+                        );
                     }
                     None => {
-                        let _ = writeln!(out, "{:<20} {:<40} {:<16} not reachable in DR: `dr = false`", seg.name, what, ports);
+                        let _ = writeln!(
+                            out,
+                            "{:<20} {:<40} {:<16} not reachable in DR: `dr = false`",
+                            seg.name, what, ports
+                        );
                     }
                 }
             }
         }
         "connector" => {
             let cfg: ConnectorConfig = config::from_text(path, &text)?;
-            let _ = writeln!(out, "{}: valid connector config; edges {:?}", path.display(), cfg.edges);
+            let _ = writeln!(
+                out,
+                "{}: valid connector config; edges {:?}",
+                path.display(),
+                cfg.edges
+            );
         }
         _ => {
             let cfg: ClientConfig = config::from_text(path, &text)?;
-            let _ = writeln!(out, "{}: valid client config; edges {:?}", path.display(), cfg.edges);
+            let _ = writeln!(
+                out,
+                "{}: valid client config; edges {:?}",
+                path.display(),
+                cfg.edges
+            );
         }
     }
     Ok(out)

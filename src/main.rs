@@ -11,7 +11,11 @@ use lifeboat::config::ConfigError;
 use lifeboat::trust::Role;
 
 #[derive(Parser)]
-#[command(name = "lifeboat", version, about = "Disaster-recovery Private Service Edge data plane")]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Disaster-recovery Private Service Edge data plane"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -102,7 +106,9 @@ enum PkiCommand {
 fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -110,20 +116,40 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Edge { config } => runtime()?.block_on(lifeboat::process::edge(&config))?,
-        Command::Connector { config } => runtime()?.block_on(lifeboat::process::connector(&config))?,
+        Command::Connector { config } => {
+            runtime()?.block_on(lifeboat::process::connector(&config))?
+        }
         Command::Client { config } => runtime()?.block_on(lifeboat::process::client(&config))?,
         Command::Pki { command } => match command {
-            PkiCommand::Init { dir, trust_domain, days } => {
+            PkiCommand::Init {
+                dir,
+                trust_domain,
+                days,
+            } => {
                 lifeboat::pki::init(&dir, &trust_domain, days)?;
-                println!("wrote {} and {}", dir.join("ca.pem").display(), dir.join("ca.key").display());
+                println!(
+                    "wrote {} and {}",
+                    dir.join("ca.pem").display(),
+                    dir.join("ca.key").display()
+                );
             }
-            PkiCommand::Issue { dir, role, name, group, dns, ip, days } => {
+            PkiCommand::Issue {
+                dir,
+                role,
+                name,
+                group,
+                dns,
+                ip,
+                days,
+            } => {
                 let (cert, key) = lifeboat::pki::issue(&lifeboat::pki::IssueOptions {
                     dir,
                     role,
@@ -139,7 +165,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             PkiCommand::Revoke { dir, cert } => {
                 lifeboat::pki::revoke(&dir, &cert)?;
-                println!("revoked {}; CRL at {}", cert.display(), dir.join("ca.crl").display());
+                println!(
+                    "revoked {}; CRL at {}",
+                    cert.display(),
+                    dir.join("ca.crl").display()
+                );
             }
         },
         Command::Check { config } => {
@@ -159,7 +189,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; its roles' lifecycle logs would drown it.
-    let level = if matches!(cli.command, Command::Demo { .. }) { "warn" } else { "info" };
+    let level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
     init_tracing(cli.log_format, level);
     match run(cli) {
         Ok(code) => code,

@@ -16,8 +16,8 @@ pub const NO_SEGMENT: &str = "-";
 
 /// Flow setup histogram buckets, 50 µs to 10 s.
 const SETUP_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Handshake results counted in `lifeboat_handshakes_total{result}`.
@@ -104,12 +104,21 @@ impl Metrics {
                 &["role", "transport"]
             )),
             handshakes: reg!(IntCounterVec::new(
-                opts("handshakes_total", "Tunnel handshakes by peer role, transport and result"),
+                opts(
+                    "handshakes_total",
+                    "Tunnel handshakes by peer role, transport and result"
+                ),
                 &["role", "transport", "result"]
             )),
-            flows_active: reg!(IntGauge::with_opts(opts("flows_active", "Flows in progress"))),
+            flows_active: reg!(IntGauge::with_opts(opts(
+                "flows_active",
+                "Flows in progress"
+            ))),
             flows_total: reg!(IntCounterVec::new(
-                opts("flows_total", "Flows by segment and result (ok or a Lifeboat-Error word)"),
+                opts(
+                    "flows_total",
+                    "Flows by segment and result (ok or a Lifeboat-Error word)"
+                ),
                 &["segment", "result"]
             )),
             flow_bytes: reg!(IntCounterVec::new(
@@ -124,7 +133,10 @@ impl Metrics {
                 .buckets(SETUP_BUCKETS.to_vec())
             )),
             connectors_connected: reg!(IntGaugeVec::new(
-                opts("connectors_connected", "Connector tunnels up, by connector group"),
+                opts(
+                    "connectors_connected",
+                    "Connector tunnels up, by connector group"
+                ),
                 &["group"]
             )),
             config_reloads: reg!(IntCounterVec::new(
@@ -147,11 +159,17 @@ impl Metrics {
                 &["reason"]
             )),
             transport_fallbacks: reg!(IntCounterVec::new(
-                opts("transport_fallbacks_total", "Tunnels that fell back from QUIC to TLS"),
+                opts(
+                    "transport_fallbacks_total",
+                    "Tunnels that fell back from QUIC to TLS"
+                ),
                 &["role"]
             )),
             cert_expiry: reg!(GaugeVec::new(
-                opts("cert_expiry_timestamp_seconds", "notAfter of our certificate and the CA"),
+                opts(
+                    "cert_expiry_timestamp_seconds",
+                    "notAfter of our certificate and the CA"
+                ),
                 &["cert"]
             )),
             build_info: reg!(IntGaugeVec::new(
@@ -166,7 +184,15 @@ impl Metrics {
         for mode in DrMode::ALL {
             m.dr_mode.with_label_values(&[mode.as_str()]).set(0);
         }
-        for r in ["ok", "timeout", "servfail", "nxdomain", "malformed", "ignored", "error"] {
+        for r in [
+            "ok",
+            "timeout",
+            "servfail",
+            "nxdomain",
+            "malformed",
+            "ignored",
+            "error",
+        ] {
             m.dr_trigger_lookups.with_label_values(&[r]);
         }
         for (peer, transport) in [

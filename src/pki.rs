@@ -100,11 +100,23 @@ pub fn init(dir: &Path, trust_domain: &str, days: u32) -> anyhow::Result<()> {
     params.serial_number = Some(random_serial());
     params.not_before = now - BACKDATE;
     params.not_after = now + Duration::days(days.into());
-    let cert = params.self_signed(&key).context("signing the CA certificate")?;
+    let cert = params
+        .self_signed(&key)
+        .context("signing the CA certificate")?;
 
     // The key first, without clobbering: of two racing `init`s one fails here.
-    write_file(&key_path, key.serialize_pem().as_bytes(), Secret::Yes, Clobber::No)?;
-    write_file(&dir.join("ca.pem"), cert.pem().as_bytes(), Secret::No, Clobber::Yes)?;
+    write_file(
+        &key_path,
+        key.serialize_pem().as_bytes(),
+        Secret::Yes,
+        Clobber::No,
+    )?;
+    write_file(
+        &dir.join("ca.pem"),
+        cert.pem().as_bytes(),
+        Secret::No,
+        Clobber::Yes,
+    )?;
     let issuer = Issuer::new(params, key);
     write_crl(dir, &issuer, Vec::new(), &BigUint::from(1u8))
 }
@@ -125,7 +137,10 @@ pub fn issue(opts: &IssueOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
         "invalid --name {:?}: use 1-255 of A-Z a-z 0-9 . _ - (not . or ..)",
         opts.name
     );
-    ensure!(opts.name != "ca", "--name ca is reserved for the CA's own files");
+    ensure!(
+        opts.name != "ca",
+        "--name ca is reserved for the CA's own files"
+    );
     if let Some(group) = &opts.group {
         ensure!(
             crate::trust::valid_segment(group),
@@ -188,7 +203,12 @@ pub fn issue(opts: &IssueOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
         .with_context(|| format!("signing {id}"))?;
     let cert_path = opts.dir.join(format!("{}.pem", opts.name));
     let key_path = opts.dir.join(format!("{}.key", opts.name));
-    write_file(&key_path, key.serialize_pem().as_bytes(), Secret::Yes, Clobber::Yes)?;
+    write_file(
+        &key_path,
+        key.serialize_pem().as_bytes(),
+        Secret::Yes,
+        Clobber::Yes,
+    )?;
     write_file(&cert_path, cert.pem().as_bytes(), Secret::No, Clobber::Yes)?;
     Ok((cert_path, key_path))
 }
@@ -264,8 +284,12 @@ impl Ca {
             key_path.display(),
             cert_path.display()
         );
-        let trust_domain = ca_trust_domain(&der)
-            .with_context(|| format!("{}: no spiffe://<trust domain> URI SAN", cert_path.display()))?;
+        let trust_domain = ca_trust_domain(&der).with_context(|| {
+            format!(
+                "{}: no spiffe://<trust domain> URI SAN",
+                cert_path.display()
+            )
+        })?;
         let subject = x509.subject().as_raw().to_vec();
         let issuer = Issuer::from_ca_cert_der(&der, key)
             .with_context(|| format!("{}: unusable CA certificate", cert_path.display()))?;
@@ -363,7 +387,12 @@ fn write_crl(
     };
     let crl = params.signed_by(issuer).context("signing the CRL")?;
     let pem = crl.pem().context("encoding the CRL")?;
-    write_file(&dir.join("ca.crl"), pem.as_bytes(), Secret::No, Clobber::Yes)
+    write_file(
+        &dir.join("ca.crl"),
+        pem.as_bytes(),
+        Secret::No,
+        Clobber::Yes,
+    )
 }
 
 fn common_name(cn: &str) -> DistinguishedName {
@@ -394,7 +423,12 @@ enum Clobber {
 
 /// Writes via a temporary file in the same directory and a rename; secrets
 /// are 0600 from creation on, never world-readable even for an instant.
-fn write_file(path: &Path, contents: &[u8], secret: Secret, clobber: Clobber) -> anyhow::Result<()> {
+fn write_file(
+    path: &Path,
+    contents: &[u8],
+    secret: Secret,
+    clobber: Clobber,
+) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
@@ -413,7 +447,9 @@ fn write_file(path: &Path, contents: &[u8], secret: Secret, clobber: Clobber) ->
         Clobber::Yes => tmp.persist(path).map(drop),
         Clobber::No => tmp.persist_noclobber(path).map(drop),
     };
-    persisted.map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))
+    persisted
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]
@@ -428,7 +464,10 @@ mod tests {
     fn crl_serials(dir: &Path) -> (Vec<Vec<u8>>, BigUint) {
         let ca = Ca::load(dir).unwrap();
         let (entries, number) = read_crl(&dir.join("ca.crl"), &ca.subject).unwrap();
-        (entries.iter().map(|e| e.serial_number.to_bytes()).collect(), number)
+        (
+            entries.iter().map(|e| e.serial_number.to_bytes()).collect(),
+            number,
+        )
     }
 
     fn serial_of(path: &Path) -> Vec<u8> {
@@ -495,7 +534,12 @@ mod tests {
         let eku = x509.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && eku.client_auth);
         assert_eq!(x509.serial.to_bytes_be().len(), 16);
-        let sans = &x509.subject_alternative_name().unwrap().unwrap().value.general_names;
+        let sans = &x509
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names;
         assert_eq!(sans.len(), 3, "{sans:?}");
 
         let mut conn = IssueOptions::new(dir.path(), Role::Connector, "c1");
@@ -578,7 +622,10 @@ mod tests {
         let (foreign, _) = issue(&IssueOptions::new(other.path(), Role::Client, "eve")).unwrap();
         let msg = format!("{:#}", revoke(dir.path(), &foreign).unwrap_err());
         assert!(msg.contains("not issued by the CA"), "{msg}");
-        let msg = format!("{:#}", revoke(dir.path(), &dir.path().join("ca.pem")).unwrap_err());
+        let msg = format!(
+            "{:#}",
+            revoke(dir.path(), &dir.path().join("ca.pem")).unwrap_err()
+        );
         assert!(msg.contains("CA certificate"), "{msg}");
     }
 }

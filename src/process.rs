@@ -34,7 +34,8 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
     let (cfg, text) = config::load_with_text::<EdgeConfig>(file)?;
     let (drain, mut reload) = signals()?;
     let metrics = Arc::new(Metrics::new("edge"));
-    let mode = crate::dr::trigger::start(cfg.dr.trigger.as_ref(), Arc::clone(&metrics), drain.clone())?;
+    let mode =
+        crate::dr::trigger::start(cfg.dr.trigger.as_ref(), Arc::clone(&metrics), drain.clone())?;
     let admin_addr = cfg.listen.admin;
     let edge = Edge::bind(cfg, file, &text, mode, Arc::clone(&metrics))?;
     let state = edge.state();
@@ -73,7 +74,11 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
         let l = admin::bind(addr).await?;
         let m = Arc::clone(&metrics);
         let ready: Readiness = Arc::new(move || {
-            if tunnels_up(&m) { Ok(()) } else { Err("no edge tunnel is up".into()) }
+            if tunnels_up(&m) {
+                Ok(())
+            } else {
+                Err("no edge tunnel is up".into())
+            }
         });
         tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
     }
@@ -101,14 +106,19 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
     let cfg = config::load::<ClientConfig>(file)?;
     let (drain, mut reload) = signals()?;
     let metrics = Arc::new(Metrics::new("client"));
-    let mode = crate::dr::trigger::start(cfg.dr.trigger.as_ref(), Arc::clone(&metrics), drain.clone())?;
+    let mode =
+        crate::dr::trigger::start(cfg.dr.trigger.as_ref(), Arc::clone(&metrics), drain.clone())?;
     let admin_addr = cfg.listen.admin;
     let client = Client::bind(cfg, file, mode, Arc::clone(&metrics)).await?;
     if let Some(addr) = admin_addr {
         let l = admin::bind(addr).await?;
         let m = Arc::clone(&metrics);
         let ready: Readiness = Arc::new(move || {
-            if tunnels_up(&m) { Ok(()) } else { Err("no edge is reachable".into()) }
+            if tunnels_up(&m) {
+                Ok(())
+            } else {
+                Err("no edge is reachable".into())
+            }
         });
         tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
     }

@@ -26,10 +26,7 @@ const TCP_CHUNK: usize = 64 * 1024;
 /// The receiving half of one side of a flow.
 pub enum RecvHalf {
     Quic(quinn::RecvStream),
-    Tcp {
-        read: OwnedReadHalf,
-        buf: BytesMut,
-    },
+    Tcp { read: OwnedReadHalf, buf: BytesMut },
 }
 
 /// The sending half of one side of a flow.
@@ -104,7 +101,8 @@ impl SendHalf {
             }
             Self::Tcp(w) => {
                 // Linger 0 turns the close into a RST; it does not block with a zero timeout.
-                let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(std::time::Duration::ZERO));
+                let _ =
+                    socket2::SockRef::from(w.as_ref()).set_linger(Some(std::time::Duration::ZERO));
             }
         }
     }

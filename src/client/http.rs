@@ -35,7 +35,9 @@ pub(super) async fn flow(state: &ClientState, mut sock: TcpStream) {
         }
         Err(_) => {
             let r = Refusal::BadRequest;
-            let _ = sock.write_all(&r.encode_response("no complete CONNECT preamble in time")).await;
+            let _ = sock
+                .write_all(&r.encode_response("no complete CONNECT preamble in time"))
+                .await;
             return;
         }
         _ => return,
@@ -53,9 +55,19 @@ pub(super) async fn flow(state: &ClientState, mut sock: TcpStream) {
         Err(e) => {
             debug!(dest = %req.dest, "flow refused: {e}");
             let (r, reason) = match e {
-                OpenError::Refused { refusal: Some(r), reason, .. } => (r, reason),
-                OpenError::Refused { refusal: None, reason, .. } => (Refusal::UpstreamFailed, reason),
-                OpenError::NoTunnel(why) | OpenError::Broken(why) => (Refusal::NoConnector, format!("no tunnel to an edge: {why}")),
+                OpenError::Refused {
+                    refusal: Some(r),
+                    reason,
+                    ..
+                } => (r, reason),
+                OpenError::Refused {
+                    refusal: None,
+                    reason,
+                    ..
+                } => (Refusal::UpstreamFailed, reason),
+                OpenError::NoTunnel(why) | OpenError::Broken(why) => {
+                    (Refusal::NoConnector, format!("no tunnel to an edge: {why}"))
+                }
             };
             let _ = sock.write_all(&r.encode_response(&reason)).await;
         }

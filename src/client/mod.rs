@@ -80,12 +80,12 @@ impl Client {
             wanted.push((ListenerKind::Http, a));
         }
         for f in &cfg.forwards {
-            let dest = Dest::parse(&f.to).map_err(|e| anyhow::anyhow!("forward to `{}`: {e}", f.to))?;
+            let dest =
+                Dest::parse(&f.to).map_err(|e| anyhow::anyhow!("forward to `{}`: {e}", f.to))?;
             wanted.push((ListenerKind::Forward(dest), f.listen));
         }
         for (kind, addr) in wanted {
-            let l = TcpListener::bind(addr)
-                .await
+            let l = crate::transport::tcp_listener(addr)
                 .with_context(|| format!("binding {} listener {addr}", kind.as_str()))?;
             info!("listening {} {}", kind.as_str(), l.local_addr()?);
             listeners.push((kind, l));
@@ -105,8 +105,14 @@ impl Client {
             stop_tunnel.clone(),
         );
         let (local, ca) = trust.expiry_unix();
-        metrics.cert_expiry.with_label_values(&["local"]).set(local as f64);
-        metrics.cert_expiry.with_label_values(&["ca"]).set(ca as f64);
+        metrics
+            .cert_expiry
+            .with_label_values(&["local"])
+            .set(local as f64);
+        metrics
+            .cert_expiry
+            .with_label_values(&["ca"])
+            .set(ca as f64);
         Ok(Self {
             state: Arc::new(ClientState {
                 flows: Arc::new(Semaphore::new(cfg.limits.max_flows)),
@@ -201,7 +207,10 @@ async fn accept_loop(
 }
 
 /// Open a flow through the tunnel, honouring the client's own view of DR mode.
-pub(crate) async fn open(state: &ClientState, dest: &Dest) -> Result<(Side, bytes::Bytes), OpenError> {
+pub(crate) async fn open(
+    state: &ClientState,
+    dest: &Dest,
+) -> Result<(Side, bytes::Bytes), OpenError> {
     if *state.mode.borrow() == DrMode::Off {
         return Err(OpenError::Refused {
             status: Refusal::DrInactive.status(),
@@ -215,18 +224,31 @@ pub(crate) async fn open(state: &ClientState, dest: &Dest) -> Result<(Side, byte
     m.flow_setup.observe(started.elapsed().as_secs_f64());
     match &r {
         Ok(_) => m.flows_total.with_label_values(&[NO_SEGMENT, "ok"]).inc(),
-        Err(OpenError::Refused { refusal: Some(w), .. }) => m.refused_unmatched(*w).inc(),
-        Err(_) => m.flows_total.with_label_values(&[NO_SEGMENT, "no-tunnel"]).inc(),
+        Err(OpenError::Refused {
+            refusal: Some(w), ..
+        }) => m.refused_unmatched(*w).inc(),
+        Err(_) => m
+            .flows_total
+            .with_label_values(&[NO_SEGMENT, "no-tunnel"])
+            .inc(),
     }
     r
 }
 
 /// Splice an accepted local connection with an opened flow.
-pub(crate) async fn carry(state: &ClientState, sock: TcpStream, mut edge: Side, early: bytes::Bytes) {
+pub(crate) async fn carry(
+    state: &ClientState,
+    sock: TcpStream,
+    mut edge: Side,
+    early: bytes::Bytes,
+) {
     let m = &state.metrics;
     m.flows_active.inc();
     let (r, w) = sock.into_split();
-    let mut local = Side { recv: RecvHalf::tcp(r), send: SendHalf::Tcp(w) };
+    let mut local = Side {
+        recv: RecvHalf::tcp(r),
+        send: SendHalf::Tcp(w),
+    };
     if !early.is_empty() && local.send.write(early).await.is_err() {
         edge.send.abort(stream_code::ABORTED);
         m.flows_active.dec();
@@ -235,10 +257,18 @@ pub(crate) async fn carry(state: &ClientState, sock: TcpStream, mut edge: Side, 
     let up = m.flow_bytes.with_label_values(&[NO_SEGMENT, "up"]);
     let down = m.flow_bytes.with_label_values(&[NO_SEGMENT, "down"]);
     let abort = state.abort.clone();
-    let outcome = splice::splice(&mut local, &mut edge, Counters { up: &up, down: &down }, async move {
-        abort.cancelled().await;
-        stream_code::SHUTDOWN
-    })
+    let outcome = splice::splice(
+        &mut local,
+        &mut edge,
+        Counters {
+            up: &up,
+            down: &down,
+        },
+        async move {
+            abort.cancelled().await;
+            stream_code::SHUTDOWN
+        },
+    )
     .await;
     let reason = match outcome.end {
         splice::End::Done => "done",
@@ -247,21 +277,32 @@ pub(crate) async fn carry(state: &ClientState, sock: TcpStream, mut edge: Side, 
     };
     m.flows_closed.with_label_values(&[reason]).inc();
     m.flows_active.dec();
-    debug!(up = outcome.up, down = outcome.down, result = reason, "flow ended");
+    debug!(
+        up = outcome.up,
+        down = outcome.down,
+        result = reason,
+        "flow ended"
+    );
 }
 
 async fn socks_flow(state: &ClientState, mut sock: TcpStream) {
-    let dest = match tokio::time::timeout(state.limits.preamble_timeout, socks5::handshake(&mut sock)).await {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => {
-            debug!("SOCKS handshake: {e}");
-            return;
-        }
-        Err(_) => return,
-    };
+    let dest =
+        match tokio::time::timeout(state.limits.preamble_timeout, socks5::handshake(&mut sock))
+            .await
+        {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                debug!("SOCKS handshake: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
     match open(state, &dest).await {
         Ok((edge, early)) => {
-            if socks5::reply(&mut sock, socks5::rep::SUCCEEDED).await.is_err() {
+            if socks5::reply(&mut sock, socks5::rep::SUCCEEDED)
+                .await
+                .is_err()
+            {
                 return;
             }
             carry(state, sock, edge, early).await;

@@ -46,7 +46,9 @@ pub fn reply_for(r: Option<Refusal>) -> u8 {
         Some(Refusal::DrInactive | Refusal::NoConnector) => rep::NETWORK_UNREACHABLE,
         Some(Refusal::UpstreamFailed) => rep::CONNECTION_REFUSED,
         Some(Refusal::UpstreamTimeout) => rep::HOST_UNREACHABLE,
-        Some(Refusal::BadRequest | Refusal::Method | Refusal::TooLarge) | None => rep::GENERAL_FAILURE,
+        Some(Refusal::BadRequest | Refusal::Method | Refusal::TooLarge) | None => {
+            rep::GENERAL_FAILURE
+        }
     }
 }
 

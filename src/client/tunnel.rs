@@ -32,7 +32,11 @@ pub enum OpenError {
     #[error("no tunnel to an edge: {0}")]
     NoTunnel(String),
     #[error("edge refused: {status} {}", .refusal.map_or("", |r| r.word()))]
-    Refused { status: u16, refusal: Option<Refusal>, reason: String },
+    Refused {
+        status: u16,
+        refusal: Option<Refusal>,
+        reason: String,
+    },
     #[error("tunnel failed while opening the flow: {0}")]
     Broken(String),
 }
@@ -92,10 +96,17 @@ impl Tunnel {
             .map_err(|e| OpenError::Broken(e.to_string()))?;
         // The edge answers within its connect timeout plus margin; bound our wait above that.
         let answer_timeout = self.limits.connect_timeout + Duration::from_secs(5);
-        let answer = tokio::time::timeout(answer_timeout, read_answer(&mut recv, self.limits.preamble_bytes)).await;
+        let answer = tokio::time::timeout(
+            answer_timeout,
+            read_answer(&mut recv, self.limits.preamble_bytes),
+        )
+        .await;
         match answer {
             Ok(Ok((resp, rest))) if resp.status == 200 => Ok((
-                Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) },
+                Side {
+                    recv: RecvHalf::Quic(recv),
+                    send: SendHalf::Quic(send),
+                },
                 rest,
             )),
             Ok(Ok((resp, rest))) => Err(OpenError::Refused {
@@ -117,7 +128,10 @@ impl Tunnel {
 }
 
 /// Read the edge's answer head; for a refusal also its one-line body.
-async fn read_answer(recv: &mut quinn::RecvStream, limit: usize) -> Result<(ConnectResponse, Bytes), String> {
+async fn read_answer(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+) -> Result<(ConnectResponse, Bytes), String> {
     let mut buf = BytesMut::new();
     loop {
         match recv.read_chunk(limit, true).await {
@@ -155,7 +169,9 @@ async fn keeper(
     let mut backoff = Backoff::tunnel();
     let mut next = rand::random::<usize>();
     let mut last_error = None::<String>;
-    let tunnels = metrics.tunnels_active.with_label_values(&["edge", TransportKind::Quic.as_str()]);
+    let tunnels = metrics
+        .tunnels_active
+        .with_label_values(&["edge", TransportKind::Quic.as_str()]);
     while !stop.is_cancelled() {
         let (addrs, _) = resolve_edges(&edges).await;
         let mut up = None;
@@ -163,15 +179,28 @@ async fn keeper(
         // Start at a random address (spreads clients), then try each in turn.
         for i in 0..addrs.len() {
             let edge = &addrs[(next + i) % addrs.len()];
-            match quic::connect(&endpoint, edge.addr, &edge.server_name, limits.handshake_timeout).await {
+            match quic::connect(
+                &endpoint,
+                edge.addr,
+                &edge.server_name,
+                limits.handshake_timeout,
+            )
+            .await
+            {
                 Ok(c) => {
-                    metrics.handshakes.with_label_values(&["edge", "quic", "ok"]).inc();
+                    metrics
+                        .handshakes
+                        .with_label_values(&["edge", "quic", "ok"])
+                        .inc();
                     next = (next + i) % addrs.len();
                     up = Some((c, edge.addr));
                     break;
                 }
                 Err(e) => {
-                    metrics.handshakes.with_label_values(&["edge", "quic", e.reason()]).inc();
+                    metrics
+                        .handshakes
+                        .with_label_values(&["edge", "quic", e.reason()])
+                        .inc();
                     err = format!("{}: {e}", edge.addr);
                 }
             }

@@ -139,7 +139,10 @@ impl DrSection {
         if let Some(Trigger::File(p)) = &mut self.trigger {
             *p = base.join(&*p);
         }
-        for p in [&mut self.signing_key, &mut self.state_file].into_iter().flatten() {
+        for p in [&mut self.signing_key, &mut self.state_file]
+            .into_iter()
+            .flatten()
+        {
             *p = base.join(&*p);
         }
     }

@@ -60,7 +60,10 @@ fn bad_duration_is_named() {
 
 #[test]
 fn dr_segment_without_dr_connector_group_is_refused() {
-    let text = EDGE.replace("dr = true\n[[server_group]]", "dr = false\n[[server_group]]");
+    let text = EDGE.replace(
+        "dr = true\n[[server_group]]",
+        "dr = false\n[[server_group]]",
+    );
     let e = from_text::<EdgeConfig>(path(), &text).unwrap_err();
     assert_eq!(e.key, "segment[0].server_groups", "{e}");
     assert!(e.message.contains("reaches no DR connector group"), "{e}");

@@ -124,11 +124,7 @@ pub(super) fn edge(cfg: &EdgeConfig, file: &Path, text: &str) -> Result<(), Conf
 }
 
 /// Resolve DR segments to the DR connector groups serving them and compile the matcher.
-pub fn compile_segments(
-    cfg: &EdgeConfig,
-    file: &Path,
-    text: &str,
-) -> Result<Matcher, ConfigError> {
+pub fn compile_segments(cfg: &EdgeConfig, file: &Path, text: &str) -> Result<Matcher, ConfigError> {
     let mut groups: HashMap<&str, bool> = HashMap::new();
     for (i, g) in cfg.connector_groups.iter().enumerate() {
         if groups.insert(g.name.as_str(), g.dr).is_some() {

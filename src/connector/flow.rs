@@ -18,26 +18,32 @@ use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
 use crate::transport::stream_code;
 use crate::wire::{self, FailKind, FlowHeader, FlowReply};
 
-pub(super) async fn serve(state: Arc<ConnectorState>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+pub(super) async fn serve(
+    state: Arc<ConnectorState>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let m = &state.metrics;
     let started = Instant::now();
-    let header = match tokio::time::timeout(state.limits.preamble_timeout, read_header(&mut recv)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            debug!("bad flow header from edge: {e}");
-            let _ = send.reset(stream_code::ABORTED.into());
-            let _ = recv.stop(stream_code::ABORTED.into());
-            return;
-        }
-        Err(_) => {
-            let _ = send.reset(stream_code::ABORTED.into());
-            let _ = recv.stop(stream_code::ABORTED.into());
-            return;
-        }
-    };
+    let header =
+        match tokio::time::timeout(state.limits.preamble_timeout, read_header(&mut recv)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                debug!("bad flow header from edge: {e}");
+                let _ = send.reset(stream_code::ABORTED.into());
+                let _ = recv.stop(stream_code::ABORTED.into());
+                return;
+            }
+            Err(_) => {
+                let _ = send.reset(stream_code::ABORTED.into());
+                let _ = recv.stop(stream_code::ABORTED.into());
+                return;
+            }
+        };
     m.flows_active.inc();
     let (header, early) = header;
-    let connected = tokio::time::timeout(state.limits.connect_timeout, connect(&state, &header)).await;
+    let connected =
+        tokio::time::timeout(state.limits.connect_timeout, connect(&state, &header)).await;
     let tcp = match connected {
         Ok(Ok(s)) => s,
         Ok(Err((kind, message))) => {
@@ -46,7 +52,16 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut send: quinn::SendStrea
             return;
         }
         Err(_) => {
-            fail(&state, &mut send, FailKind::Timeout, format!("no answer from {} within {:?}", header.dest, state.limits.connect_timeout)).await;
+            fail(
+                &state,
+                &mut send,
+                FailKind::Timeout,
+                format!(
+                    "no answer from {} within {:?}",
+                    header.dest, state.limits.connect_timeout
+                ),
+            )
+            .await;
             return;
         }
     };
@@ -60,19 +75,33 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut send: quinn::SendStrea
     m.flow_setup.observe(started.elapsed().as_secs_f64());
     let _ = tcp.set_nodelay(true);
     let (r, w) = tcp.into_split();
-    let mut app = Side { recv: RecvHalf::tcp(r), send: SendHalf::Tcp(w) };
+    let mut app = Side {
+        recv: RecvHalf::tcp(r),
+        send: SendHalf::Tcp(w),
+    };
     if !early.is_empty() && app.send.write(early.freeze()).await.is_err() {
         m.flows_active.dec();
         return;
     }
-    let mut edge = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
+    let mut edge = Side {
+        recv: RecvHalf::Quic(recv),
+        send: SendHalf::Quic(send),
+    };
     let up = m.flow_bytes.with_label_values(&[NO_SEGMENT, "up"]);
     let down = m.flow_bytes.with_label_values(&[NO_SEGMENT, "down"]);
     let abort = state.abort.clone();
-    let outcome = splice::splice(&mut edge, &mut app, Counters { up: &up, down: &down }, async move {
-        abort.cancelled().await;
-        stream_code::SHUTDOWN
-    })
+    let outcome = splice::splice(
+        &mut edge,
+        &mut app,
+        Counters {
+            up: &up,
+            down: &down,
+        },
+        async move {
+            abort.cancelled().await;
+            stream_code::SHUTDOWN
+        },
+    )
     .await;
     let reason = match outcome.end {
         splice::End::Done => "done",
@@ -87,9 +116,22 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut send: quinn::SendStrea
     }
 }
 
-async fn fail(state: &ConnectorState, send: &mut quinn::SendStream, kind: FailKind, message: String) {
-    let word = if kind == FailKind::Timeout { "upstream-timeout" } else { "upstream-failed" };
-    state.metrics.flows_total.with_label_values(&[NO_SEGMENT, word]).inc();
+async fn fail(
+    state: &ConnectorState,
+    send: &mut quinn::SendStream,
+    kind: FailKind,
+    message: String,
+) {
+    let word = if kind == FailKind::Timeout {
+        "upstream-timeout"
+    } else {
+        "upstream-failed"
+    };
+    state
+        .metrics
+        .flows_total
+        .with_label_values(&[NO_SEGMENT, word])
+        .inc();
     let mut out = BytesMut::with_capacity(64 + message.len());
     wire::encode_flow_reply(&FlowReply::Failed { kind, message }, &mut out);
     let _ = send.write_chunk(out.freeze()).await;
@@ -97,12 +139,18 @@ async fn fail(state: &ConnectorState, send: &mut quinn::SendStream, kind: FailKi
     state.metrics.flows_active.dec();
 }
 
-async fn read_header(recv: &mut quinn::RecvStream) -> Result<(FlowHeader, BytesMut), wire::WireError> {
+async fn read_header(
+    recv: &mut quinn::RecvStream,
+) -> Result<(FlowHeader, BytesMut), wire::WireError> {
     let mut buf = BytesMut::new();
     loop {
         match recv.read_chunk(wire::MAX_HEADER, true).await {
             Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
-            _ => return Err(wire::WireError::Malformed("stream ended before the flow header")),
+            _ => {
+                return Err(wire::WireError::Malformed(
+                    "stream ended before the flow header",
+                ))
+            }
         }
         if let Some((h, used)) = wire::parse_flow_header(&buf)? {
             let rest = buf.split_off(used);

@@ -49,11 +49,7 @@ impl Connector {
                 id.role.as_str()
             );
         }
-        let bind: std::net::SocketAddr = if cfg
-            .edges
-            .iter()
-            .any(|e| e.starts_with('['))
-        {
+        let bind: std::net::SocketAddr = if cfg.edges.iter().any(|e| e.starts_with('[')) {
             "[::]:0".parse()?
         } else {
             "0.0.0.0:0".parse()?
@@ -72,8 +68,14 @@ impl Connector {
             .map(|(k, v)| (k.trim_end_matches('.').to_ascii_lowercase(), *v))
             .collect();
         let (local, ca) = trust.expiry_unix();
-        metrics.cert_expiry.with_label_values(&["local"]).set(local as f64);
-        metrics.cert_expiry.with_label_values(&["ca"]).set(ca as f64);
+        metrics
+            .cert_expiry
+            .with_label_values(&["local"])
+            .set(local as f64);
+        metrics
+            .cert_expiry
+            .with_label_values(&["ca"])
+            .set(ca as f64);
         Ok(Self {
             state: Arc::new(ConnectorState {
                 trust,
@@ -146,7 +148,12 @@ async fn keep_tunnel(
         .tunnels_active
         .with_label_values(&["edge", TransportKind::Quic.as_str()]);
     while !drain.is_cancelled() {
-        let attempt = quic::connect(&endpoint, edge.addr, &edge.server_name, state.limits.handshake_timeout);
+        let attempt = quic::connect(
+            &endpoint,
+            edge.addr,
+            &edge.server_name,
+            state.limits.handshake_timeout,
+        );
         let result = tokio::select! {
             r = attempt => r,
             _ = drain.cancelled() => break,
@@ -161,7 +168,9 @@ async fn keep_tunnel(
                 backoff.reset();
                 last_error = None;
                 tunnels.inc();
-                let peer = quic::peer_id(&conn).map(|p| p.to_string()).unwrap_or_default();
+                let peer = quic::peer_id(&conn)
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
                 info!(peer, "edge tunnel up");
                 let why = serve_tunnel(&state, &conn, &tracker, &drain).await;
                 tunnels.dec();

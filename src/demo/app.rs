@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Largest request head the app reads.
 const MAX_HEAD: usize = 16 * 1024;
@@ -25,7 +25,7 @@ pub fn fill_pattern(start: u64, buf: &mut [u8]) {
 
 /// Bind on `addr` and serve forever in a spawned task; returns the bound address.
 pub async fn spawn(addr: SocketAddr, greeting: &'static str) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind(addr).await?;
+    let l = crate::transport::tcp_listener(addr)?;
     let bound = l.local_addr()?;
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
@@ -49,7 +49,9 @@ async fn handle(mut s: TcpStream, greeting: &'static str) -> std::io::Result<()>
             break p + 4;
         }
         if head.len() > MAX_HEAD {
-            return s.write_all(b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n").await;
+            return s
+                .write_all(b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n")
+                .await;
         }
     };
     let text = String::from_utf8_lossy(&head[..body_start]).to_string();
@@ -60,11 +62,14 @@ async fn handle(mut s: TcpStream, greeting: &'static str) -> std::io::Result<()>
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<u64>().ok())?
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<u64>().ok())?
         })
         .unwrap_or(0);
     if method == "POST" && path == "/echo" {
-        let hdr = format!("HTTP/1.1 200 OK\r\nContent-Length: {content_length}\r\nConnection: close\r\n\r\n");
+        let hdr = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {content_length}\r\nConnection: close\r\n\r\n"
+        );
         s.write_all(hdr.as_bytes()).await?;
         let mut first = head.split_off(body_start);
         first.truncate(content_length as usize);
@@ -82,7 +87,10 @@ async fn handle(mut s: TcpStream, greeting: &'static str) -> std::io::Result<()>
         }
         return s.shutdown().await;
     }
-    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
         let hdr = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
         );

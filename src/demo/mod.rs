@@ -85,15 +85,30 @@ impl Topology {
         let edge_path = write(d, "edge.toml", &edge_text)?;
         let edge_cfg: EdgeConfig = config::from_text(&edge_path, &edge_text)?;
         let edge_metrics = Arc::new(Metrics::new("edge"));
-        let mode = crate::dr::trigger::start(edge_cfg.dr.trigger.as_ref(), Arc::clone(&edge_metrics), drain.clone())?;
+        let mode = crate::dr::trigger::start(
+            edge_cfg.dr.trigger.as_ref(),
+            Arc::clone(&edge_metrics),
+            drain.clone(),
+        )?;
         let admin = edge_cfg.listen.admin;
-        let edge = Edge::bind(edge_cfg, &edge_path, &edge_text, mode, Arc::clone(&edge_metrics))?;
+        let edge = Edge::bind(
+            edge_cfg,
+            &edge_path,
+            &edge_text,
+            mode,
+            Arc::clone(&edge_metrics),
+        )?;
         let edge_quic = edge.quic_addr().context("edge has no QUIC listener")?;
         let edge_admin = match admin {
             Some(a) => {
                 let l = crate::admin::bind(a).await?;
                 let bound = l.local_addr()?;
-                tokio::spawn(crate::admin::serve(l, Arc::clone(&edge_metrics), Arc::new(|| Ok(())), drain.clone()));
+                tokio::spawn(crate::admin::serve(
+                    l,
+                    Arc::clone(&edge_metrics),
+                    Arc::new(|| Ok(())),
+                    drain.clone(),
+                ));
                 Some(bound)
             }
             None => None,
@@ -113,10 +128,18 @@ impl Topology {
         let client_path = write(d, "client.toml", &client_text)?;
         let client_cfg: ClientConfig = config::from_text(&client_path, &client_text)?;
         let client_metrics = Arc::new(Metrics::new("client"));
-        let client_mode = crate::dr::trigger::start(None, Arc::clone(&client_metrics), drain.clone())?;
-        let client = Client::bind(client_cfg, &client_path, client_mode, Arc::clone(&client_metrics)).await?;
+        let client_mode =
+            crate::dr::trigger::start(None, Arc::clone(&client_metrics), drain.clone())?;
+        let client = Client::bind(
+            client_cfg,
+            &client_path,
+            client_mode,
+            Arc::clone(&client_metrics),
+        )
+        .await?;
         let addrs = client.local_addrs();
-        let find = |k: fn(&ListenerKind) -> bool| addrs.iter().find(|(kind, _)| k(kind)).map(|(_, a)| *a);
+        let find =
+            |k: fn(&ListenerKind) -> bool| addrs.iter().find(|(kind, _)| k(kind)).map(|(_, a)| *a);
         let socks = find(|k| matches!(k, ListenerKind::Socks)).context("no socks listener")?;
         let http = find(|k| matches!(k, ListenerKind::Http)).context("no http listener")?;
         tasks.push(tokio::spawn(client.run(drain.clone())));
@@ -143,8 +166,16 @@ impl Topology {
     pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let seg = self.edge_metrics.segment_ready.with_label_values(&["payroll"]).get();
-            let client = self.client_metrics.tunnels_active.with_label_values(&["edge", "quic"]).get();
+            let seg = self
+                .edge_metrics
+                .segment_ready
+                .with_label_values(&["payroll"])
+                .get();
+            let client = self
+                .client_metrics
+                .tunnels_active
+                .with_label_values(&["edge", "quic"])
+                .get();
             if seg == 1 && client == 1 {
                 return Ok(());
             }
@@ -166,13 +197,25 @@ impl Topology {
 }
 
 /// GET `path` from `host:port` through SOCKS5; returns the status line's code and the body.
-pub async fn socks_get(socks: SocketAddr, host: &str, port: u16, path: &str) -> Result<(u16, Vec<u8>), String> {
-    let mut s = socks_client::connect(socks, host, port).await.map_err(|e| e.to_string())?;
+pub async fn socks_get(
+    socks: SocketAddr,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    let mut s = socks_client::connect(socks, host, port)
+        .await
+        .map_err(|e| e.to_string())?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
-    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no HTTP head in answer")?;
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP head in answer")?;
     let status = std::str::from_utf8(&resp[..end])
         .ok()
         .and_then(|h| h.split_whitespace().nth(1))
@@ -196,7 +239,10 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
     let port = t.app.port();
     let mut ok = true;
     let mut check = |what: &str, good: bool, detail: String| {
-        println!("  [{}] {what}: {detail}", if good { " ok " } else { "FAIL" });
+        println!(
+            "  [{}] {what}: {detail}",
+            if good { " ok " } else { "FAIL" }
+        );
         ok &= good;
     };
 
@@ -207,7 +253,10 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
         Ok((200, body)) => check(
             "DR segment `payroll` served",
             true,
-            format!("{DR_HOST}:{port} answered {:?} in {ms:.1} ms", String::from_utf8_lossy(&body).trim()),
+            format!(
+                "{DR_HOST}:{port} answered {:?} in {ms:.1} ms",
+                String::from_utf8_lossy(&body).trim()
+            ),
         ),
         other => check("DR segment `payroll` served", false, format!("{other:?}")),
     }
@@ -215,10 +264,22 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
     let r = socks_get(t.socks, WILDCARD_HOST, port, "/bytes/1048576").await;
     match r {
         Ok((200, body)) => {
-            let good = body.len() == 1 << 20 && body.iter().enumerate().all(|(i, &b)| b == app::pattern_byte(i as u64));
-            check("wildcard `*.hr.demo.internal` served", good, format!("1 MiB from {WILDCARD_HOST}, byte-exact: {good}"));
+            let good = body.len() == 1 << 20
+                && body
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == app::pattern_byte(i as u64));
+            check(
+                "wildcard `*.hr.demo.internal` served",
+                good,
+                format!("1 MiB from {WILDCARD_HOST}, byte-exact: {good}"),
+            );
         }
-        other => check("wildcard `*.hr.demo.internal` served", false, format!("{other:?}")),
+        other => check(
+            "wildcard `*.hr.demo.internal` served",
+            false,
+            format!("{other:?}"),
+        ),
     }
 
     let r = socks_get(t.socks, NON_DR_HOST, port, "/").await;
@@ -233,10 +294,16 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
 
     let r = socks_get(t.socks, DR_HOST, 1, "/").await;
     match r {
-        Err(e) if e.contains("reply code 2") => {
-            check("port outside the segment refused", true, format!("{DR_HOST}:1 -> 403 not-dr-segment"))
-        }
-        other => check("port outside the segment refused", false, format!("{other:?}")),
+        Err(e) if e.contains("reply code 2") => check(
+            "port outside the segment refused",
+            true,
+            format!("{DR_HOST}:1 -> 403 not-dr-segment"),
+        ),
+        other => check(
+            "port outside the segment refused",
+            false,
+            format!("{other:?}"),
+        ),
     }
 
     let n = 200;
@@ -256,27 +323,48 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
     check(
         "concurrent flows over one tunnel",
         good == n,
-        format!("{good}/{n} requests in {:.0} ms ({:.0} flows/s)", secs * 1e3, n as f64 / secs),
+        format!(
+            "{good}/{n} requests in {:.0} ms ({:.0} flows/s)",
+            secs * 1e3,
+            n as f64 / secs
+        ),
     );
 
     let m = &t.edge_metrics;
     println!(
         "  edge counters: payroll ok={}, refused not-dr-segment={}, flow setup p50 bucket count={}",
         m.flows_total.with_label_values(&["payroll", "ok"]).get(),
-        m.flows_total.with_label_values(&[crate::metrics::NO_SEGMENT, "not-dr-segment"]).get()
-            + m.flows_total.with_label_values(&["payroll", "not-dr-segment"]).get(),
+        m.flows_total
+            .with_label_values(&[crate::metrics::NO_SEGMENT, "not-dr-segment"])
+            .get()
+            + m.flows_total
+                .with_label_values(&["payroll", "not-dr-segment"])
+                .get(),
         m.flow_setup.get_sample_count(),
     );
     if once {
         t.shutdown().await?;
-        println!("{}", if ok { "demo: everything behaved" } else { "demo: something misbehaved (see FAIL above)" });
+        println!(
+            "{}",
+            if ok {
+                "demo: everything behaved"
+            } else {
+                "demo: something misbehaved (see FAIL above)"
+            }
+        );
         return Ok(ok);
     }
     if let Some(a) = t.edge_admin {
         println!("  edge admin: http://{a}/metrics  http://{a}/readyz");
     }
-    println!("  try: curl --socks5-hostname {} http://{DR_HOST}:{port}/", t.socks);
-    println!("  try: curl --proxy http://{} -p http://{DR_HOST}:{port}/", t.http);
+    println!(
+        "  try: curl --socks5-hostname {} http://{DR_HOST}:{port}/",
+        t.socks
+    );
+    println!(
+        "  try: curl --proxy http://{} -p http://{DR_HOST}:{port}/",
+        t.http
+    );
     println!("running until Ctrl-C");
     tokio::signal::ctrl_c().await?;
     t.shutdown().await?;

@@ -18,7 +18,11 @@ pub enum SocksConnectError {
 }
 
 /// Connect to `host:port` through the SOCKS5 server at `socks`.
-pub async fn connect(socks: SocketAddr, host: &str, port: u16) -> Result<TcpStream, SocksConnectError> {
+pub async fn connect(
+    socks: SocketAddr,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, SocksConnectError> {
     let mut s = TcpStream::connect(socks).await?;
     let _ = s.set_nodelay(true);
     let name = host.as_bytes();

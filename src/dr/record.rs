@@ -93,7 +93,8 @@ pub fn parse(text: &str) -> Result<Record, RecordError> {
             .parse()
             .map_err(|_| RecordError::BadMode(m.to_string()))?,
     };
-    let applies = kind.is_none_or(|k| k.eq_ignore_ascii_case("zpa") || k.eq_ignore_ascii_case("all"));
+    let applies =
+        kind.is_none_or(|k| k.eq_ignore_ascii_case("zpa") || k.eq_ignore_ascii_case("all"));
     Ok(Record {
         mode,
         applies,
@@ -130,7 +131,10 @@ mod tests {
         assert_eq!(r.mode, DrMode::On);
         assert!(r.applies);
         assert_eq!(parse("v=1 b=test k=all").unwrap().mode, DrMode::Test);
-        assert_eq!(parse(" v=1; b=off; k=zpa; foo=bar ").unwrap().mode, DrMode::Off);
+        assert_eq!(
+            parse(" v=1; b=off; k=zpa; foo=bar ").unwrap().mode,
+            DrMode::Off
+        );
         assert!(!parse("v=1;b=on;k=zia").unwrap().applies);
     }
 
@@ -139,10 +143,16 @@ mod tests {
         assert_eq!(parse("b=on;k=zpa"), Err(RecordError::NoVersion));
         assert_eq!(parse("v=2;b=on"), Err(RecordError::Version("2".into())));
         assert_eq!(parse("v=1;k=zpa"), Err(RecordError::NoMode));
-        assert_eq!(parse("v=1;b=maybe"), Err(RecordError::BadMode("maybe".into())));
+        assert_eq!(
+            parse("v=1;b=maybe"),
+            Err(RecordError::BadMode("maybe".into()))
+        );
         assert_eq!(parse("v=1;b=on;t=soon"), Err(RecordError::BadTime("t")));
         assert_eq!(parse("v=1;s=abc;b=on"), Err(RecordError::SignatureNotLast));
-        assert_eq!(parse("v=1;b=on;b=off"), Err(RecordError::Duplicate("b".into())));
+        assert_eq!(
+            parse("v=1;b=on;b=off"),
+            Err(RecordError::Duplicate("b".into()))
+        );
     }
 
     #[test]

@@ -84,7 +84,12 @@ enum Condition {
     Malformed(String),
 }
 
-fn poll_file(path: &Path, tx: &watch::Sender<DrMode>, metrics: &Metrics, last: &mut Option<Condition>) {
+fn poll_file(
+    path: &Path,
+    tx: &watch::Sender<DrMode>,
+    metrics: &Metrics,
+    last: &mut Option<Condition>,
+) {
     let cond = match std::fs::read_to_string(path) {
         Err(e) => Condition::Unreadable(e.to_string()),
         Ok(text) => match record::parse(text.trim()) {
@@ -97,12 +102,21 @@ fn poll_file(path: &Path, tx: &watch::Sender<DrMode>, metrics: &Metrics, last: &
         Condition::Unreadable(_) => "error",
         Condition::Malformed(_) => "malformed",
     };
-    metrics.dr_trigger_lookups.with_label_values(&[result]).inc();
+    metrics
+        .dr_trigger_lookups
+        .with_label_values(&[result])
+        .inc();
     if last.as_ref() != Some(&cond) {
         match &cond {
-            Condition::Ok(r) => info!(file = %path.display(), mode = r.mode.as_str(), applies = r.applies, "DR trigger read"),
-            Condition::Unreadable(e) => warn!(file = %path.display(), "DR trigger unreadable, mode unchanged: {e}"),
-            Condition::Malformed(e) => warn!(file = %path.display(), "DR trigger malformed, mode unchanged: {e}"),
+            Condition::Ok(r) => {
+                info!(file = %path.display(), mode = r.mode.as_str(), applies = r.applies, "DR trigger read")
+            }
+            Condition::Unreadable(e) => {
+                warn!(file = %path.display(), "DR trigger unreadable, mode unchanged: {e}")
+            }
+            Condition::Malformed(e) => {
+                warn!(file = %path.display(), "DR trigger malformed, mode unchanged: {e}")
+            }
         }
     }
     if let Condition::Ok(r) = &cond {

@@ -55,7 +55,15 @@ pub(super) async fn serve(
         }
         Err(_) => {
             debug!("no complete preamble within {:?}", limits.preamble_timeout);
-            refuse(&state, &mut send, &mut recv, Refusal::BadRequest, Some("no complete CONNECT preamble in time"), started).await;
+            refuse(
+                &state,
+                &mut send,
+                &mut recv,
+                Refusal::BadRequest,
+                Some("no complete CONNECT preamble in time"),
+                started,
+            )
+            .await;
             return;
         }
     };
@@ -65,30 +73,57 @@ pub(super) async fn serve(
     let is_test_user = policy.test_users.contains(&peer.name);
     let mode = *state.mode.borrow();
     if !mode.allows(is_test_user) {
-        let r = if mode == crate::dr::DrMode::Off { Refusal::DrInactive } else { Refusal::NotAllowed };
+        let r = if mode == crate::dr::DrMode::Off {
+            Refusal::DrInactive
+        } else {
+            Refusal::NotAllowed
+        };
         refuse(&state, &mut send, &mut recv, r, None, started).await;
         return;
     }
     let segment = match policy.matcher.lookup(&dest) {
         Lookup::Hit(s) => s,
         Lookup::WrongPort(_) => {
-            refuse(&state, &mut send, &mut recv, Refusal::NotDrSegment, Some("port is outside the DR segment's ports"), started).await;
+            refuse(
+                &state,
+                &mut send,
+                &mut recv,
+                Refusal::NotDrSegment,
+                Some("port is outside the DR segment's ports"),
+                started,
+            )
+            .await;
             return;
         }
         Lookup::Miss => {
-            refuse(&state, &mut send, &mut recv, Refusal::NotDrSegment, None, started).await;
+            refuse(
+                &state,
+                &mut send,
+                &mut recv,
+                Refusal::NotDrSegment,
+                None,
+                started,
+            )
+            .await;
             return;
         }
     };
     let seg_m = &policy.segment_metrics[segment.index];
 
-    let header = FlowHeader { flow_id: id, segment: segment.name.clone(), dest: dest.clone(), client: peer.uri() };
+    let header = FlowHeader {
+        flow_id: id,
+        segment: segment.name.clone(),
+        dest: dest.clone(),
+        client: peer.uri(),
+    };
     let reply_timeout = limits.connect_timeout + REPLY_MARGIN;
     let mut tried: Vec<u64> = Vec::with_capacity(2);
     let mut last = Refusal::NoConnector;
     let mut upstream = None;
     while tried.len() < 2 {
-        let Some(tunnel) = state.registry.pick(&segment.connector_groups, &tried) else { break };
+        let Some(tunnel) = state.registry.pick(&segment.connector_groups, &tried) else {
+            break;
+        };
         tried.push(tunnel.id);
         match open_upstream(&tunnel, &header, reply_timeout).await {
             Ok(sides) => {
@@ -124,7 +159,10 @@ pub(super) async fn serve(
         }
     }
 
-    let mut client_side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
+    let mut client_side = Side {
+        recv: RecvHalf::Quic(recv),
+        send: SendHalf::Quic(send),
+    };
     let mut mode_rx = state.mode.clone();
     let abort = state.abort.clone();
     let stop = async move {
@@ -143,7 +181,10 @@ pub(super) async fn serve(
     let outcome = splice::splice(
         &mut client_side,
         &mut app_side,
-        Counters { up: &seg_m.bytes_up, down: &seg_m.bytes_down },
+        Counters {
+            up: &seg_m.bytes_up,
+            down: &seg_m.bytes_down,
+        },
         stop,
     )
     .await;
@@ -163,7 +204,12 @@ pub(super) async fn serve(
             "flow"
         );
     } else {
-        debug!(up = outcome.up + early_up, down = outcome.down, result = reason, "flow ended");
+        debug!(
+            up = outcome.up + early_up,
+            down = outcome.down,
+            result = reason,
+            "flow ended"
+        );
     }
 }
 
@@ -179,7 +225,11 @@ async fn read_preamble(
         match recv.read_chunk(room, true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
             Ok(None) | Err(_) => {
-                return if buf.is_empty() { Ok(None) } else { Err(Refusal::BadRequest) };
+                return if buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Refusal::BadRequest)
+                };
             }
         }
         match preamble::parse_request(&buf, limit) {
@@ -199,14 +249,26 @@ async fn open_upstream(
     header: &FlowHeader,
     reply_timeout: Duration,
 ) -> Result<Side, Refusal> {
-    let (mut send, mut recv) = tunnel.conn.open_bi().await.map_err(|_| Refusal::UpstreamFailed)?;
+    let (mut send, mut recv) = tunnel
+        .conn
+        .open_bi()
+        .await
+        .map_err(|_| Refusal::UpstreamFailed)?;
     let mut out = BytesMut::with_capacity(256);
     wire::encode_flow_header(header, &mut out).map_err(|_| Refusal::BadRequest)?;
-    send.write_chunk(out.freeze()).await.map_err(|_| Refusal::UpstreamFailed)?;
+    send.write_chunk(out.freeze())
+        .await
+        .map_err(|_| Refusal::UpstreamFailed)?;
     let reply = tokio::time::timeout(reply_timeout, read_reply(&mut recv)).await;
     match reply {
-        Ok(Ok(FlowReply::Connected)) => Ok(Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) }),
-        Ok(Ok(FlowReply::Failed { kind: FailKind::Timeout, .. })) => Err(Refusal::UpstreamTimeout),
+        Ok(Ok(FlowReply::Connected)) => Ok(Side {
+            recv: RecvHalf::Quic(recv),
+            send: SendHalf::Quic(send),
+        }),
+        Ok(Ok(FlowReply::Failed {
+            kind: FailKind::Timeout,
+            ..
+        })) => Err(Refusal::UpstreamTimeout),
         Ok(Ok(FlowReply::Failed { .. })) | Ok(Err(())) => Err(Refusal::UpstreamFailed),
         Err(_) => {
             let _ = send.reset(stream_code::ABORTED.into());
@@ -261,6 +323,9 @@ async fn answer_refusal(
     let _ = send.write_chunk(body).await;
     let _ = send.finish();
     let _ = recv.stop(stream_code::ABORTED.into());
-    state.metrics.flow_setup.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .flow_setup
+        .observe(started.elapsed().as_secs_f64());
     state.metrics.flows_active.dec();
 }

@@ -38,7 +38,12 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn compile(cfg: EdgeConfig, file: &Path, text: &str, metrics: &Metrics) -> anyhow::Result<Self> {
+    fn compile(
+        cfg: EdgeConfig,
+        file: &Path,
+        text: &str,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
         let matcher = compile_segments(&cfg, file, text)?;
         let segment_metrics = matcher
             .segments()
@@ -122,7 +127,12 @@ impl EdgeState {
     /// Recompute `lifeboat_segment_ready` after connectors came or went.
     fn update_ready(&self) {
         let policy = self.policy.load();
-        for (seg, m) in policy.matcher.segments().iter().zip(&policy.segment_metrics) {
+        for (seg, m) in policy
+            .matcher
+            .segments()
+            .iter()
+            .zip(&policy.segment_metrics)
+        {
             let ready = seg
                 .connector_groups
                 .iter()
@@ -165,8 +175,14 @@ impl Edge {
             None => None,
         };
         let (local, ca) = trust.expiry_unix();
-        metrics.cert_expiry.with_label_values(&["local"]).set(local as f64);
-        metrics.cert_expiry.with_label_values(&["ca"]).set(ca as f64);
+        metrics
+            .cert_expiry
+            .with_label_values(&["local"])
+            .set(local as f64);
+        metrics
+            .cert_expiry
+            .with_label_values(&["ca"])
+            .set(ca as f64);
         let state = Arc::new(EdgeState {
             policy: ArcSwap::from_pointee(policy),
             trust,
@@ -235,16 +251,25 @@ impl Edge {
         Ok(())
     }
 
-    fn on_incoming(&self, incoming: quinn::Incoming, tracker: &TaskTracker, drain: &CancellationToken) {
+    fn on_incoming(
+        &self,
+        incoming: quinn::Incoming,
+        tracker: &TaskTracker,
+        drain: &CancellationToken,
+    ) {
         let m = &self.state.metrics;
         // Shed before any crypto: refusing costs one stateless packet.
         let Ok(hs_permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
-            m.handshakes.with_label_values(&["client", "quic", "shed"]).inc();
+            m.handshakes
+                .with_label_values(&["client", "quic", "shed"])
+                .inc();
             incoming.refuse();
             return;
         };
         let Ok(tunnel_permit) = Arc::clone(&self.tunnels).try_acquire_owned() else {
-            m.handshakes.with_label_values(&["client", "quic", "shed"]).inc();
+            m.handshakes
+                .with_label_values(&["client", "quic", "shed"])
+                .inc();
             incoming.refuse();
             return;
         };
@@ -311,7 +336,10 @@ impl Edge {
 
 async fn connector_tunnel(state: Arc<EdgeState>, conn: quinn::Connection, peer: SpiffeId) {
     let Some(group) = peer.group.clone() else {
-        conn.close(close_code::WRONG_ROLE.into(), b"connector identity without group");
+        conn.close(
+            close_code::WRONG_ROLE.into(),
+            b"connector identity without group",
+        );
         return;
     };
     let known = state
@@ -332,7 +360,9 @@ async fn connector_tunnel(state: Arc<EdgeState>, conn: quinn::Connection, peer: 
         active: Default::default(),
     });
     let m = &state.metrics;
-    let tunnels = m.tunnels_active.with_label_values(&["connector", TransportKind::Quic.as_str()]);
+    let tunnels = m
+        .tunnels_active
+        .with_label_values(&["connector", TransportKind::Quic.as_str()]);
     let connected = m.connectors_connected.with_label_values(&[group.as_str()]);
     tunnels.inc();
     connected.inc();

@@ -124,3 +124,20 @@ pub async fn resolve_edges(edges: &[String]) -> (Vec<EdgeAddr>, Vec<TunnelError>
     }
     (out, errs)
 }
+
+/// Listen backlog for TCP listeners: bursts of new flows (a DR activation,
+/// a browser opening many connections) wait in the kernel, not in SYN retries.
+pub const TCP_BACKLOG: u32 = 4096;
+
+/// Bind a TCP listener with [`TCP_BACKLOG`] (std's default of 128 overflows
+/// under a burst and costs the dropped connections a 1 s SYN retry).
+pub fn tcp_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(TCP_BACKLOG)
+}

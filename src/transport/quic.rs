@@ -92,7 +92,12 @@ pub fn client_endpoint(
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport_config(limits, incoming_bidi)));
     let socket = udp_socket(bind)?;
-    let mut ep = Endpoint::new(EndpointConfig::default(), None, socket, Arc::new(TokioRuntime))?;
+    let mut ep = Endpoint::new(
+        EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(TokioRuntime),
+    )?;
     ep.set_default_client_config(client);
     Ok(ep)
 }

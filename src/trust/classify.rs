@@ -58,10 +58,7 @@ pub fn classify_quic(err: &quinn::ConnectionError) -> &'static str {
 /// QUIC carries TLS alert `a` as transport error code `0x100 + a`
 /// (RFC 9001 §4.8).
 fn classify_code(code: u64, reason: &[u8]) -> &'static str {
-    let Some(alert) = code
-        .checked_sub(0x100)
-        .and_then(|a| u8::try_from(a).ok())
-    else {
+    let Some(alert) = code.checked_sub(0x100).and_then(|a| u8::try_from(a).ok()) else {
         return "other";
     };
     let word = classify_alert(AlertDescription::from(alert));

@@ -27,8 +27,8 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 
 pub use classify::{classify, classify_io, classify_quic, WORDS};
-pub use spiffe::{check_trust_domain, spiffe_id_of, IdentityError, Role, SpiffeId};
 pub(crate) use spiffe::valid_segment;
+pub use spiffe::{check_trust_domain, spiffe_id_of, IdentityError, Role, SpiffeId};
 
 use state::{Stamp, State};
 use verify::{ClientVerifier, EpochSessions, EpochTickets, LocalCert, ServerVerifier};
@@ -142,7 +142,10 @@ impl Trust {
     /// returns the error. A successful reload also invalidates every session
     /// ticket and cached session (resumption would skip the new checks).
     pub fn reload(&self) -> Result<(), TrustError> {
-        let mut failed = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut failed = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.reload_locked(&mut failed)
     }
 
@@ -150,7 +153,10 @@ impl Trust {
     /// load; `Ok(true)` if reloaded. A version that failed to load is
     /// reported once, not at every poll, until the files change again.
     pub fn reload_if_changed(&self) -> Result<bool, TrustError> {
-        let mut failed = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut failed = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = state::stamps(&self.files);
         if now == self.state.load().stamps || failed.as_ref() == Some(&now) {
             return Ok(false);
@@ -185,7 +191,11 @@ impl Trust {
     /// a config accepting other roles never resumes here; tickets die with
     /// every reload. Resumed sessions carry the peer's certificate (rustls
     /// keeps it in the ticket), so `peer_certificates()` still gives its id.
-    pub fn server_config(self: &Arc<Self>, accept: &[Role], alpn: &[&[u8]]) -> rustls::ServerConfig {
+    pub fn server_config(
+        self: &Arc<Self>,
+        accept: &[Role],
+        alpn: &[&[u8]],
+    ) -> rustls::ServerConfig {
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .expect("the ring provider supports TLS 1.3 and 1.2")

@@ -66,9 +66,7 @@ impl FromStr for Role {
         Self::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| IdentityError::UnknownRole {
-                role: s.to_owned(),
-            })
+            .ok_or_else(|| IdentityError::UnknownRole { role: s.to_owned() })
     }
 }
 
@@ -208,8 +206,7 @@ pub(crate) fn valid_segment(s: &str) -> bool {
         && s.len() <= MAX_SEGMENT
         && s != "."
         && s != ".."
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 

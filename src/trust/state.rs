@@ -168,10 +168,11 @@ pub(crate) fn load(
                     path: path.clone(),
                     source,
                 })?;
-            let (_, parsed) = x509_parser::parse_x509_crl(&der).map_err(|_| TrustError::BadCrl {
-                path: path.clone(),
-                source: webpki::Error::BadDer,
-            })?;
+            let (_, parsed) =
+                x509_parser::parse_x509_crl(&der).map_err(|_| TrustError::BadCrl {
+                    path: path.clone(),
+                    source: webpki::Error::BadDer,
+                })?;
             // A CRL from another CA would never be authoritative for our
             // peers, so webpki would silently ignore it: refuse it loudly.
             // (Its signature is checked by webpki at each handshake.)
@@ -188,29 +189,31 @@ pub(crate) fn load(
     }
 
     let chain = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|source| {
-        TrustError::Pem {
+    let key =
+        PrivateKeyDer::from_pem_slice(&read(&files.key)?).map_err(|source| TrustError::Pem {
             path: files.key.clone(),
             source,
-        }
-    })?;
-    let signing_key =
-        provider
-            .key_provider
-            .load_private_key(key)
-            .map_err(|source| TrustError::BadKey {
-                path: files.key.clone(),
-                source,
-            })?;
+        })?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| TrustError::BadKey {
+            path: files.key.clone(),
+            source,
+        })?;
     let certified = CertifiedKey::new(chain, signing_key);
-    certified.keys_match().map_err(|source| TrustError::BadKey {
-        path: files.key.clone(),
-        source,
-    })?;
-    let leaf = certified.end_entity_cert().map_err(|source| TrustError::BadKey {
-        path: files.cert.clone(),
-        source,
-    })?;
+    certified
+        .keys_match()
+        .map_err(|source| TrustError::BadKey {
+            path: files.key.clone(),
+            source,
+        })?;
+    let leaf = certified
+        .end_entity_cert()
+        .map_err(|source| TrustError::BadKey {
+            path: files.cert.clone(),
+            source,
+        })?;
 
     let local_id = spiffe_id_of(leaf).map_err(|source| TrustError::Identity {
         path: files.cert.clone(),

@@ -1,0 +1,739 @@
+//! Trust end to end: certificates from `crate::pki` in temp dirs, rustls
+//! connections driven in memory (no sockets), one QUIC pair on loopback.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, Connection, DigitallySignedStruct, ServerConfig};
+use rustls::{Error, HandshakeKind, ServerConnection, SignatureScheme};
+use time::{Duration, OffsetDateTime};
+
+use super::*;
+use crate::pki::{self, IssueOptions};
+
+const TD: &str = "lifeboat.test";
+const ALPN: &[&[u8]] = &[b"lifeboat/1"];
+
+// ---------------------------------------------------------------- SPIFFE ids
+
+#[test]
+fn spiffe_ids_round_trip() {
+    for uri in [
+        "spiffe://lifeboat.test/edge/edge-1",
+        "spiffe://lifeboat.test/connector/dc-east/c_1",
+        "spiffe://lifeboat.test/client/Alice.Smith",
+        "spiffe://a-b_c.0/client/x",
+    ] {
+        let id = SpiffeId::parse(uri).unwrap();
+        assert_eq!(id.uri(), uri);
+        assert_eq!(id.to_string(), uri);
+        assert_eq!(SpiffeId::parse(&id.uri()), Ok(id));
+    }
+    let id = SpiffeId::parse("spiffe://lifeboat.test/connector/dc-east/c1").unwrap();
+    assert_eq!(
+        id,
+        SpiffeId {
+            trust_domain: TD.into(),
+            role: Role::Connector,
+            name: "c1".into(),
+            group: Some("dc-east".into()),
+        }
+    );
+    let id = SpiffeId::parse("spiffe://lifeboat.test/client/alice").unwrap();
+    assert_eq!(
+        (id.role, id.name.as_str(), id.group),
+        (Role::Client, "alice", None)
+    );
+}
+
+#[test]
+fn malformed_spiffe_ids_are_refused() {
+    for uri in [
+        "",
+        "spiffe://",
+        "https://lifeboat.test/edge/e",
+        "SPIFFE://lifeboat.test/edge/e",
+        "spiffe:/lifeboat.test/edge/e",
+        "spiffe://lifeboat.test",
+        "spiffe://lifeboat.test/",
+        "spiffe:///edge/e",
+        "spiffe://Lifeboat.Test/edge/e", // upper-case trust domain: refused, not folded
+        "spiffe://lifeboat.test:443/edge/e",
+        "spiffe://user@lifeboat.test/edge/e",
+        "spiffe://lifeboat.test/edge",
+        "spiffe://lifeboat.test/edge/",
+        "spiffe://lifeboat.test/edge//e",
+        "spiffe://lifeboat.test/edge/e/",
+        "spiffe://lifeboat.test/edge/e/extra",
+        "spiffe://lifeboat.test/edge/..",
+        "spiffe://lifeboat.test/edge/.",
+        "spiffe://lifeboat.test/edge/e%20f",
+        "spiffe://lifeboat.test/edge/e?q=1",
+        "spiffe://lifeboat.test/edge/e#f",
+        "spiffe://lifeboat.test/Edge/e",
+        "spiffe://lifeboat.test/admin/e",
+        "spiffe://lifeboat.test/connector/c1", // connector without group
+        "spiffe://lifeboat.test/connector/g/c1/x",
+        "spiffe://lifeboat.test/client/g/alice",
+        "spiffe://lifeboat.test/client/al ice",
+        "spiffe://lifeboat.test//client/alice",
+    ] {
+        let err = SpiffeId::parse(uri).unwrap_err();
+        assert!(
+            matches!(err, IdentityError::Malformed { .. }),
+            "{uri:?}: {err:?}"
+        );
+    }
+    let long = format!("spiffe://lifeboat.test/client/{}", "a".repeat(256));
+    assert!(SpiffeId::parse(&long).is_err());
+}
+
+#[test]
+fn roles_parse_and_print() {
+    for role in Role::ALL {
+        assert_eq!(role.as_str().parse::<Role>().unwrap(), role);
+    }
+    assert!("Edge".parse::<Role>().is_err());
+    assert!("admin".parse::<Role>().is_err());
+}
+
+#[test]
+fn check_refuses_foreign_domain_before_role() {
+    let id = SpiffeId::parse("spiffe://other.test/edge/e").unwrap();
+    assert!(matches!(
+        id.check(TD, &[Role::Client]),
+        Err(IdentityError::ForeignTrustDomain { .. })
+    ));
+    let id = SpiffeId::parse("spiffe://lifeboat.test/edge/e").unwrap();
+    assert!(matches!(
+        id.check(TD, &[Role::Client, Role::Connector]),
+        Err(IdentityError::WrongRole {
+            found: Role::Edge,
+            ..
+        })
+    ));
+    assert_eq!(id.check(TD, &[Role::Edge]), Ok(()));
+}
+
+#[test]
+fn spiffe_id_of_needs_exactly_one_uri() {
+    let dir = ca(TD);
+    let (none, _) = custom_cert(dir.path(), "plain", &[]);
+    assert_eq!(spiffe_id_of(&der(&none)), Err(IdentityError::NoSpiffeId));
+    let (two, _) = custom_cert(
+        dir.path(),
+        "two",
+        &[
+            "spiffe://lifeboat.test/client/a",
+            "spiffe://lifeboat.test/client/b",
+        ],
+    );
+    assert_eq!(
+        spiffe_id_of(&der(&two)),
+        Err(IdentityError::MultipleSpiffeIds { count: 2 })
+    );
+    let (other_uri, _) = custom_cert(
+        dir.path(),
+        "other",
+        &["https://example.com/", "spiffe://lifeboat.test/client/a"],
+    );
+    assert_eq!(spiffe_id_of(&der(&other_uri)).unwrap().name, "a");
+}
+
+// ---------------------------------------------------------------- handshakes
+
+#[test]
+fn client_and_connector_reach_edge() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server = edge.server_config(
+        &[Role::Client, Role::Connector],
+        &[b"lifeboat/1", b"http/1.1"],
+    );
+    let server = Arc::new(server);
+
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    let out = handshake(alice.client_config(ALPN), server.clone());
+    out.assert_ok();
+    assert_eq!(
+        out.server_peer_id().uri(),
+        "spiffe://lifeboat.test/client/alice"
+    );
+    assert_eq!(
+        out.client_peer_id().uri(),
+        "spiffe://lifeboat.test/edge/edge-1"
+    );
+    assert_eq!(out.server.alpn_protocol(), Some(&b"lifeboat/1"[..]));
+    assert_eq!(
+        out.server.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+
+    let conn = trust_for(dir.path(), Role::Connector, "c1");
+    let out = handshake(conn.client_config(ALPN), server.clone());
+    out.assert_ok();
+    let id = out.server_peer_id();
+    assert_eq!(
+        (id.role, id.group.as_deref()),
+        (Role::Connector, Some("g1"))
+    );
+
+    // TLS 1.2 is accepted on TCP (curl and friends).
+    let (cert, key) = issued(dir.path(), Role::Client, "bob");
+    let tls12 = raw_client(Some((&cert, &key)), &[&rustls::version::TLS12]);
+    let out = handshake(tls12, server);
+    out.assert_ok();
+    assert_eq!(
+        out.server.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(out.server_peer_id().name, "bob");
+}
+
+#[test]
+fn wrong_roles_are_refused() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let clients_only = Arc::new(edge.server_config(&[Role::Client, Role::Connector], ALPN));
+    let connectors_only = Arc::new(edge.server_config(&[Role::Connector], ALPN));
+
+    // An edge certificate presented by a client.
+    let other_edge = trust_for(dir.path(), Role::Edge, "edge-2");
+    let out = handshake(other_edge.client_config(ALPN), clients_only);
+    out.assert_refused_by_server("wrong-role");
+    // The refused side learns it from the access_denied alert.
+    assert_eq!(out.client_word(), "wrong-role");
+
+    // A client certificate on a connector-only listener.
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    let out = handshake(alice.client_config(ALPN), connectors_only);
+    out.assert_refused_by_server("wrong-role");
+}
+
+#[test]
+fn client_refuses_a_server_that_is_not_an_edge() {
+    let dir = ca(TD);
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    for (role, name) in [(Role::Client, "mallory"), (Role::Connector, "c9")] {
+        let (cert, key) = issued(dir.path(), role, name);
+        let out = handshake(alice.client_config(ALPN), raw_server(&cert, &key));
+        out.assert_refused_by_client("wrong-role");
+    }
+    // And an edge of another CA.
+    let foreign = ca(TD);
+    let (cert, key) = issued(foreign.path(), Role::Edge, "edge-1");
+    let out = handshake(alice.client_config(ALPN), raw_server(&cert, &key));
+    out.assert_refused_by_client("unknown-ca");
+}
+
+#[test]
+fn untrusted_or_invalid_client_certificates_are_refused() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+
+    // Same trust domain, same CA name, different key: unknown CA.
+    let foreign = ca(TD);
+    let (cert, key) = issued(foreign.path(), Role::Client, "eve");
+    let out = handshake(raw_client(Some((&cert, &key)), TLS13), server.clone());
+    out.assert_refused_by_server("unknown-ca");
+    assert_eq!(out.client_word(), "unknown-ca");
+
+    let now = OffsetDateTime::now_utc();
+    let mut expired = IssueOptions::new(dir.path(), Role::Client, "old");
+    expired.not_before = Some(now - Duration::days(10));
+    expired.not_after = Some(now - Duration::days(1));
+    let (cert, key) = pki::issue(&expired).unwrap();
+    let out = handshake(raw_client(Some((&cert, &key)), TLS13), server.clone());
+    out.assert_refused_by_server("expired");
+    assert_eq!(out.client_word(), "expired");
+
+    let mut future = IssueOptions::new(dir.path(), Role::Client, "future");
+    future.not_before = Some(now + Duration::days(1));
+    future.not_after = Some(now + Duration::days(10));
+    let (cert, key) = pki::issue(&future).unwrap();
+    let out = handshake(raw_client(Some((&cert, &key)), TLS13), server.clone());
+    out.assert_refused_by_server("not-yet-valid");
+
+    let (cert, key) = custom_cert(dir.path(), "anonymous", &[]);
+    let out = handshake(raw_client(Some((&cert, &key)), TLS13), server.clone());
+    out.assert_refused_by_server("no-identity");
+
+    let out = handshake(raw_client(None, TLS13), server);
+    out.assert_refused_by_server("no-certificate");
+    assert_eq!(out.client_word(), "no-certificate");
+}
+
+#[test]
+fn foreign_trust_domain_is_refused_even_under_a_pinned_ca() {
+    let ours = ca(TD);
+    let theirs = ca("other.test");
+    // Pin both CAs in one file.
+    let both = ours.path().join("both.pem");
+    let pem = [ours.path().join("ca.pem"), theirs.path().join("ca.pem")]
+        .iter()
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect::<String>();
+    fs::write(&both, pem).unwrap();
+    let (cert, key) = issued(ours.path(), Role::Edge, "edge-1");
+    let edge = Trust::load(
+        TlsFiles {
+            ca: both,
+            cert,
+            key,
+            crl: None,
+        },
+        TD,
+    )
+    .unwrap();
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+
+    let (cert, key) = issued(theirs.path(), Role::Client, "alice");
+    let out = handshake(raw_client(Some((&cert, &key)), TLS13), server.clone());
+    out.assert_refused_by_server("foreign-trust-domain");
+    // The client only sees certificate_unknown.
+    assert_eq!(out.client_word(), "bad-certificate");
+
+    let (cert, key) = issued(ours.path(), Role::Client, "alice");
+    handshake(raw_client(Some((&cert, &key)), TLS13), server).assert_ok();
+}
+
+#[test]
+fn revocation_applies_to_configs_built_before_reload_and_kills_resumption() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    let client = alice.client_config(ALPN);
+
+    handshake(client.clone(), server.clone()).assert_ok();
+    // Resumption carries the identity.
+    let out = handshake(client.clone(), server.clone());
+    out.assert_ok();
+    assert_eq!(out.server.handshake_kind(), Some(HandshakeKind::Resumed));
+    assert_eq!(out.server_peer_id().name, "alice");
+    assert_eq!(out.client_peer_id().name, "edge-1");
+
+    assert_eq!(edge.reload_if_changed().unwrap(), false);
+    pki::revoke(dir.path(), &dir.path().join("alice.pem")).unwrap();
+    assert_eq!(edge.reload_if_changed().unwrap(), true);
+    assert_eq!(edge.reload_if_changed().unwrap(), false);
+
+    // A ticket from before the reload is refused: full handshake, refused.
+    let out = handshake(client, server.clone());
+    out.assert_refused_by_server("revoked");
+    assert_eq!(out.client_word(), "revoked");
+
+    // Others are unaffected.
+    let bob = trust_for(dir.path(), Role::Client, "bob");
+    handshake(bob.client_config(ALPN), server).assert_ok();
+}
+
+#[test]
+fn reload_keeps_old_state_on_bad_files() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    let before = edge.expiry_unix();
+
+    fs::write(dir.path().join("ca.pem"), "garbage, not PEM").unwrap();
+    let err = edge.reload().unwrap_err();
+    assert!(matches!(err, TrustError::NoCertificate { .. }), "{err}");
+    assert!(err.to_string().contains("ca.pem"), "{err}");
+    // Reported once per bad version, not at every poll.
+    fs::write(dir.path().join("ca.pem"), "garbage, still not PEM").unwrap();
+    assert!(edge.reload_if_changed().is_err());
+    assert_eq!(edge.reload_if_changed().unwrap(), false);
+
+    assert_eq!(edge.local_id().name, "edge-1");
+    assert_eq!(edge.expiry_unix(), before);
+    handshake(alice.client_config(ALPN), server.clone()).assert_ok();
+
+    // A garbage CRL is refused the same way.
+    fs::write(
+        dir.path().join("ca.crl"),
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    assert!(edge.reload().is_err());
+    handshake(alice.client_config(ALPN), server).assert_ok();
+}
+
+#[test]
+fn reload_swaps_our_certificate_without_rebuilding_configs() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+    let first = handshake(alice.client_config(ALPN), server.clone());
+    let serial = |out: &Outcome| out.client.peer_certificates().unwrap()[0].clone();
+    let old = serial(&first);
+
+    issued(dir.path(), Role::Edge, "edge-1"); // renewal: same name, new key
+    assert!(edge.reload_if_changed().unwrap());
+    let second = handshake(alice.client_config(ALPN), server);
+    second.assert_ok();
+    assert_ne!(serial(&second), old);
+}
+
+#[test]
+fn load_errors_name_the_bad_file() {
+    let dir = ca(TD);
+    let (cert, key) = issued(dir.path(), Role::Edge, "edge-1");
+    let (_, other_key) = issued(dir.path(), Role::Edge, "edge-2");
+    let files = |cert: &Path, key: &Path, crl: Option<PathBuf>| TlsFiles {
+        ca: dir.path().join("ca.pem"),
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        crl,
+    };
+
+    let err = Trust::load(files(&cert, &other_key, None), TD).unwrap_err();
+    assert!(
+        matches!(&err, TrustError::BadKey { path, .. } if *path == other_key),
+        "{err}"
+    );
+
+    let err = Trust::load(files(&cert, &key, None), "other.test").unwrap_err();
+    assert!(
+        matches!(&err, TrustError::Identity { path, source: IdentityError::ForeignTrustDomain { .. } } if *path == cert),
+        "{err}"
+    );
+
+    let err = Trust::load(files(&cert, &key, None), "Other.Test").unwrap_err();
+    assert!(matches!(err, TrustError::TrustDomain(_)), "{err}");
+
+    let foreign = ca(TD);
+    let (fcert, fkey) = issued(foreign.path(), Role::Edge, "edge-1");
+    let err = Trust::load(files(&fcert, &fkey, None), TD).unwrap_err();
+    assert!(
+        matches!(&err, TrustError::NotTrusted { path, .. } if *path == fcert),
+        "{err}"
+    );
+
+    let fcrl = foreign.path().join("ca.crl");
+    let err = Trust::load(files(&cert, &key, Some(fcrl.clone())), TD).unwrap_err();
+    assert!(
+        matches!(&err, TrustError::ForeignCrl { path } if *path == fcrl),
+        "{err}"
+    );
+
+    let missing = dir.path().join("missing.crl");
+    let err = Trust::load(files(&cert, &key, Some(missing.clone())), TD).unwrap_err();
+    assert!(
+        matches!(&err, TrustError::Read { path, .. } if *path == missing),
+        "{err}"
+    );
+}
+
+#[test]
+fn expiry_is_exported() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let (local, ca) = edge.expiry_unix();
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let day = 86_400;
+    assert!((local - (now + 365 * day)).abs() < day, "{local}");
+    assert!((ca - (now + 3650 * day)).abs() < day, "{ca}");
+    assert_eq!(edge.trust_domain(), TD);
+}
+
+#[test]
+fn configs_work_with_quinn() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(
+        edge.server_config(&[Role::Client], ALPN),
+    ))
+    .unwrap();
+    quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(alice.client_config(ALPN))).unwrap();
+}
+
+#[tokio::test]
+async fn quic_handshakes_are_verified_and_classified() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server_cfg = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(
+        edge.server_config(&[Role::Client], ALPN),
+    ))
+    .unwrap();
+    let server = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(server_cfg)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connect = |trust: &Arc<Trust>| {
+        let cfg =
+            quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(trust.client_config(ALPN)))
+                .unwrap();
+        client
+            .connect_with(quinn::ClientConfig::new(Arc::new(cfg)), addr, "edge")
+            .unwrap()
+    };
+
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    let (c, s) = tokio::join!(connect(&alice), async {
+        server.accept().await.unwrap().await
+    });
+    let (c, s) = (c.unwrap(), s.unwrap());
+    let peer = s.peer_identity().unwrap();
+    let chain = peer.downcast_ref::<Vec<CertificateDer<'static>>>().unwrap();
+    assert_eq!(spiffe_id_of(&chain[0]).unwrap().name, "alice");
+    c.close(0u32.into(), b"done");
+
+    let connector = trust_for(dir.path(), Role::Connector, "c1");
+    let (c, s) = tokio::join!(
+        async {
+            match connect(&connector).await {
+                Ok(conn) => conn.closed().await,
+                Err(e) => e,
+            }
+        },
+        async { server.accept().await.unwrap().await }
+    );
+    assert_eq!(classify_quic(&s.unwrap_err()), "wrong-role");
+    assert_eq!(classify_quic(&c), "wrong-role");
+}
+
+// ---------------------------------------------------------------- harness
+
+const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn ca(td: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    pki::init(dir.path(), td, 3650).unwrap();
+    dir
+}
+
+fn issued(dir: &Path, role: Role, name: &str) -> (PathBuf, PathBuf) {
+    let mut opts = IssueOptions::new(dir, role, name);
+    if role == Role::Connector {
+        opts.group = Some("g1".into());
+    }
+    pki::issue(&opts).unwrap()
+}
+
+fn trust_for(dir: &Path, role: Role, name: &str) -> Arc<Trust> {
+    let (cert, key) = issued(dir, role, name);
+    Trust::load(
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert,
+            key,
+            crl: Some(dir.join("ca.crl")),
+        },
+        TD,
+    )
+    .unwrap()
+}
+
+fn der(path: &Path) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(path).unwrap()
+}
+
+/// A clientAuth certificate from the CA in `dir` with exactly these URI SANs
+/// (plus a DNS name), for the cases `pki::issue` rightly cannot produce.
+fn custom_cert(dir: &Path, name: &str, uris: &[&str]) -> (PathBuf, PathBuf) {
+    use rcgen::string::Ia5String;
+    let ca_key =
+        rcgen::KeyPair::from_pem(&fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&fs::read_to_string(dir.join("ca.pem")).unwrap(), ca_key)
+            .unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![format!("{name}.example")]).unwrap();
+    for uri in uris {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(Ia5String::try_from(*uri).unwrap()));
+    }
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+    params.not_after = OffsetDateTime::now_utc() + Duration::days(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+/// Accepts any server certificate: lets a test reach the server's checks.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn raw_client(
+    cert: Option<(&Path, &Path)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> ClientConfig {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider())));
+    let mut cfg = match cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(vec![der(cert)], PrivateKeyDer::from_pem_file(key).unwrap())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"lifeboat/1".to_vec()];
+    cfg
+}
+
+fn raw_server(cert: &Path, key: &Path) -> Arc<ServerConfig> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der(cert)], PrivateKeyDer::from_pem_file(key).unwrap())
+        .unwrap();
+    cfg.alpn_protocols = vec![b"lifeboat/1".to_vec()];
+    Arc::new(cfg)
+}
+
+struct Outcome {
+    client: ClientConnection,
+    server: ServerConnection,
+    client_err: Option<Error>,
+    server_err: Option<Error>,
+}
+
+impl Outcome {
+    fn assert_ok(&self) {
+        assert!(
+            self.client_err.is_none() && self.server_err.is_none(),
+            "client: {:?}, server: {:?}",
+            self.client_err,
+            self.server_err
+        );
+        assert!(!self.client.is_handshaking() && !self.server.is_handshaking());
+    }
+
+    fn assert_refused_by_server(&self, word: &str) {
+        let err = self.server_err.as_ref().expect("server refused");
+        assert_eq!(classify(err), word, "{err:?}");
+    }
+
+    fn assert_refused_by_client(&self, word: &str) {
+        let err = self.client_err.as_ref().expect("client refused");
+        assert_eq!(classify(err), word, "{err:?}");
+    }
+
+    fn client_word(&self) -> &'static str {
+        classify(self.client_err.as_ref().expect("client saw an error"))
+    }
+
+    fn server_peer_id(&self) -> SpiffeId {
+        spiffe_id_of(&self.server.peer_certificates().expect("client certificate")[0]).unwrap()
+    }
+
+    fn client_peer_id(&self) -> SpiffeId {
+        spiffe_id_of(&self.client.peer_certificates().expect("server certificate")[0]).unwrap()
+    }
+}
+
+/// Drives both ends in memory until neither has anything left to send;
+/// records the first error each side reports.
+fn handshake(client: ClientConfig, server: Arc<ServerConfig>) -> Outcome {
+    let name = ServerName::try_from("edge.invalid").unwrap();
+    let mut c = Connection::Client(ClientConnection::new(Arc::new(client), name).unwrap());
+    let mut s = Connection::Server(ServerConnection::new(server).unwrap());
+    let (mut client_err, mut server_err) = (None, None);
+    for _ in 0..32 {
+        let a = transfer(&mut c, &mut s, &mut server_err);
+        let b = transfer(&mut s, &mut c, &mut client_err);
+        if !a && !b {
+            break;
+        }
+    }
+    let (Connection::Client(client), Connection::Server(server)) = (c, s) else {
+        unreachable!()
+    };
+    Outcome {
+        client,
+        server,
+        client_err,
+        server_err,
+    }
+}
+
+fn transfer(from: &mut Connection, to: &mut Connection, to_err: &mut Option<Error>) -> bool {
+    let mut buf = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut buf).unwrap();
+    }
+    if buf.is_empty() {
+        return false;
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() {
+        if to.read_tls(&mut rd).is_err() {
+            break;
+        }
+        if let Err(e) = to.process_new_packets() {
+            to_err.get_or_insert(e);
+            break;
+        }
+    }
+    true
+}

@@ -359,7 +359,10 @@ impl EpochSessions {
         let epoch = trust.epoch();
         Self {
             trust,
-            inner: Mutex::new((epoch, Arc::new(ClientSessionMemoryCache::new(CLIENT_SESSIONS)))),
+            inner: Mutex::new((
+                epoch,
+                Arc::new(ClientSessionMemoryCache::new(CLIENT_SESSIONS)),
+            )),
         }
     }
 
@@ -367,7 +370,10 @@ impl EpochSessions {
         let epoch = self.trust.epoch();
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if inner.0 != epoch {
-            *inner = (epoch, Arc::new(ClientSessionMemoryCache::new(CLIENT_SESSIONS)));
+            *inner = (
+                epoch,
+                Arc::new(ClientSessionMemoryCache::new(CLIENT_SESSIONS)),
+            );
         }
         inner.1.clone()
     }
