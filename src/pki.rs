@@ -92,6 +92,15 @@ pub fn init(dir: &Path, trust_domain: &str, days: u32) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
     let mut params = CertificateParams::default();
     params.distinguished_name = common_name(&format!("lifeboat CA {trust_domain}"));
+    // A random OU keeps two CAs of one trust domain (a re-init, a test
+    // deployment) apart by name, so a stray certificate or CRL of the other
+    // reads as "unknown CA" and not as a bad signature.
+    let instance: [u8; 8] = rand::random();
+    let instance: String = instance.iter().map(|b| format!("{b:02x}")).collect();
+    params.distinguished_name.push(
+        DnType::OrganizationalUnitName,
+        format!("lifeboat CA {instance}"),
+    );
     params.subject_alt_names = vec![SanType::URI(Ia5String::try_from(format!(
         "spiffe://{trust_domain}"
     ))?)];
@@ -191,7 +200,7 @@ pub fn issue(opts: &IssueOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
     params.not_before = opts.not_before.unwrap_or(now - BACKDATE);
     params.not_after = opts
         .not_after
-        .unwrap_or(now + Duration::days(opts.days.into()));
+        .unwrap_or_else(|| now + Duration::days(opts.days.into()));
     ensure!(
         params.not_after > params.not_before,
         "the certificate would end before it starts"
@@ -226,15 +235,15 @@ pub fn revoke(dir: &Path, cert: &Path) -> anyhow::Result<()> {
     let (_, x509) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| anyhow!("{}: cannot parse certificate: {e}", cert.display()))?;
     ensure!(
+        !x509.is_ca(),
+        "{} is a CA certificate; revoking it has no effect (replace the CA instead)",
+        cert.display()
+    );
+    ensure!(
         crate::trust::issued_by(&der, &ca.der),
         "{} was not issued by the CA in {}",
         cert.display(),
         dir.display()
-    );
-    ensure!(
-        !x509.is_ca(),
-        "{} is a CA certificate; revoking it has no effect (replace the CA instead)",
-        cert.display()
     );
     let serial = x509.serial.to_bytes_be();
 

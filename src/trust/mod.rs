@@ -12,6 +12,7 @@
 //! key) takes effect for new handshakes without rebuilding configs.
 
 mod classify;
+mod crl;
 mod spiffe;
 mod state;
 mod verify;

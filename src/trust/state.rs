@@ -13,10 +13,8 @@ use std::time::SystemTime;
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, TrustAnchor, UnixTime,
-};
-use webpki::{CertRevocationList, OwnedCertRevocationList};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
+use webpki::CertRevocationList;
 
 use super::spiffe::{spiffe_id_of, SpiffeId};
 use super::{TlsFiles, TrustError};
@@ -61,14 +59,14 @@ pub(crate) fn stamps(files: &TlsFiles) -> Vec<Stamp> {
         .collect()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
+pub(super) fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
     fs::read(path).map_err(|source| TrustError::Read {
         path: path.to_owned(),
         source,
     })
 }
 
-fn is_pem(bytes: &[u8]) -> bool {
+pub(super) fn is_pem(bytes: &[u8]) -> bool {
     bytes
         .windows(b"-----BEGIN".len())
         .any(|w| w == b"-----BEGIN")
@@ -96,28 +94,6 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
         });
     }
     Ok(certs)
-}
-
-fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TrustError> {
-    let bytes = read(path)?;
-    let crls = if is_pem(&bytes) {
-        CertificateRevocationListDer::pem_slice_iter(&bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| TrustError::Pem {
-                path: path.to_owned(),
-                source,
-            })?
-    } else if bytes.is_empty() {
-        Vec::new()
-    } else {
-        vec![CertificateRevocationListDer::from(bytes)]
-    };
-    if crls.is_empty() {
-        return Err(TrustError::NoCrl {
-            path: path.to_owned(),
-        });
-    }
-    Ok(crls)
 }
 
 fn not_after(cert: &[u8]) -> Option<i64> {
@@ -159,34 +135,10 @@ pub(crate) fn load(
         ca_not_after = ca_not_after.min(not_after(der).ok_or_else(bad)?);
     }
 
-    let mut crls = Vec::new();
-    let mut crl_next_update = None;
-    if let Some(path) = &files.crl {
-        for der in read_crls(path)? {
-            let crl =
-                OwnedCertRevocationList::from_der(&der).map_err(|source| TrustError::BadCrl {
-                    path: path.clone(),
-                    source,
-                })?;
-            let (_, parsed) =
-                x509_parser::parse_x509_crl(&der).map_err(|_| TrustError::BadCrl {
-                    path: path.clone(),
-                    source: webpki::Error::BadDer,
-                })?;
-            // A CRL from another CA would never be authoritative for our
-            // peers, so webpki would silently ignore it: refuse it loudly.
-            // (Its signature is checked by webpki at each handshake.)
-            let issuer = parsed.issuer().as_raw();
-            if !ca_subjects.iter().any(|s| s.as_slice() == issuer) {
-                return Err(TrustError::ForeignCrl { path: path.clone() });
-            }
-            if let Some(next) = parsed.next_update() {
-                let next = next.timestamp();
-                crl_next_update = Some(crl_next_update.map_or(next, |n: i64| n.min(next)));
-            }
-            crls.push(CertRevocationList::from(crl));
-        }
-    }
+    let (crls, crl_next_update) = match &files.crl {
+        Some(path) => super::crl::load(path, &roots, &ca_subjects, provider)?,
+        None => (Vec::new(), None),
+    };
 
     let chain = read_certs(&files.cert)?;
     let key =
@@ -270,7 +222,7 @@ fn check_own_chain(
 }
 
 /// Accepts any extended key usage: for "who signed this", not "may it do that".
-struct AnyEku;
+pub(crate) struct AnyEku;
 
 impl webpki::ExtendedKeyUsageValidator for AnyEku {
     fn validate(&self, _: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, Connection, DigitallySignedStruct, ServerConfig};
@@ -318,10 +319,10 @@ fn revocation_applies_to_configs_built_before_reload_and_kills_resumption() {
     assert_eq!(out.server_peer_id().name, "alice");
     assert_eq!(out.client_peer_id().name, "edge-1");
 
-    assert_eq!(edge.reload_if_changed().unwrap(), false);
+    assert!(!edge.reload_if_changed().unwrap());
     pki::revoke(dir.path(), &dir.path().join("alice.pem")).unwrap();
-    assert_eq!(edge.reload_if_changed().unwrap(), true);
-    assert_eq!(edge.reload_if_changed().unwrap(), false);
+    assert!(edge.reload_if_changed().unwrap());
+    assert!(!edge.reload_if_changed().unwrap());
 
     // A ticket from before the reload is refused: full handshake, refused.
     let out = handshake(client, server.clone());
@@ -343,12 +344,12 @@ fn reload_keeps_old_state_on_bad_files() {
 
     fs::write(dir.path().join("ca.pem"), "garbage, not PEM").unwrap();
     let err = edge.reload().unwrap_err();
-    assert!(matches!(err, TrustError::NoCertificate { .. }), "{err}");
+    assert!(matches!(err, TrustError::BadCa { .. }), "{err}");
     assert!(err.to_string().contains("ca.pem"), "{err}");
     // Reported once per bad version, not at every poll.
     fs::write(dir.path().join("ca.pem"), "garbage, still not PEM").unwrap();
     assert!(edge.reload_if_changed().is_err());
-    assert_eq!(edge.reload_if_changed().unwrap(), false);
+    assert!(!edge.reload_if_changed().unwrap());
 
     assert_eq!(edge.local_id().name, "edge-1");
     assert_eq!(edge.expiry_unix(), before);
@@ -432,6 +433,51 @@ fn load_errors_name_the_bad_file() {
 }
 
 #[test]
+fn look_alike_ca_is_unknown_and_its_crl_refused() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    // An impostor issuer: our CA's exact name, another key.
+    let ca_pem = fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let impostor =
+        rcgen::Issuer::from_ca_cert_pem(&ca_pem, rcgen::KeyPair::generate().unwrap()).unwrap();
+
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from("spiffe://lifeboat.test/client/eve").unwrap(),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &impostor).unwrap();
+    let (cert_path, key_path) = (dir.path().join("eve.pem"), dir.path().join("eve.key"));
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    let out = handshake(
+        raw_client(Some((&cert_path, &key_path)), TLS13),
+        server.clone(),
+    );
+    out.assert_refused_by_server("unknown-ca");
+
+    // A CRL under our CA's name but not signed by it: refused at reload.
+    let now = OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(7u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&impostor)
+    .unwrap();
+    fs::write(dir.path().join("ca.crl"), crl.pem().unwrap()).unwrap();
+    let err = edge.reload().unwrap_err();
+    assert!(matches!(err, TrustError::ForeignCrl { .. }), "{err}");
+    handshake(alice.client_config(ALPN), server).assert_ok();
+}
+
+#[test]
 fn expiry_is_exported() {
     let dir = ca(TD);
     let edge = trust_for(dir.path(), Role::Edge, "edge-1");
@@ -507,7 +553,7 @@ async fn quic_handshakes_are_verified_and_classified() {
 
 const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -574,7 +620,7 @@ fn custom_cert(dir: &Path, name: &str, uris: &[&str]) -> (PathBuf, PathBuf) {
 
 /// Accepts any server certificate: lets a test reach the server's checks.
 #[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+struct AnyServer(Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AnyServer {
     fn verify_server_cert(

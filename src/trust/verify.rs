@@ -22,6 +22,7 @@ use rustls::{
 };
 
 use super::spiffe::{spiffe_id_of, IdentityError, Role, SpiffeId};
+use super::state::{AnyEku, State};
 use super::Trust;
 
 /// Client sessions remembered per config (the rustls default).
@@ -40,6 +41,34 @@ impl Trust {
     ) -> Result<SpiffeId, Error> {
         let state = self.state.load();
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        match self.check_chain(&state, &cert, intermediates, now, usage) {
+            Ok(()) => {}
+            // Without the EKU asked for is how a connector or client
+            // certificate looks to a client expecting an edge. If the chain
+            // is otherwise sound, report what the identity says (wrong-role)
+            // rather than a bare "invalid purpose".
+            #[allow(deprecated)]
+            Err(
+                webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_),
+            ) => {
+                self.check_chain(&state, &cert, intermediates, now, AnyEku)
+                    .map_err(pki_error)?;
+                self.check_identity(end_entity, accept)?;
+                return Err(CertificateError::InvalidPurpose.into());
+            }
+            Err(e) => return Err(pki_error(e)),
+        }
+        self.check_identity(end_entity, accept)
+    }
+
+    fn check_chain(
+        &self,
+        state: &State,
+        cert: &webpki::EndEntityCert<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: impl webpki::ExtendedKeyUsageValidator,
+    ) -> Result<(), webpki::Error> {
         let crls: Vec<&webpki::CertRevocationList<'_>> = state.crls.iter().collect();
         // Revocation policy, decided:
         // - the whole chain is checked (with our pathlen-0 CA that is just the
@@ -69,7 +98,15 @@ impl Trust {
             revocation,
             None,
         )
-        .map_err(pki_error)?;
+        .map(drop)
+    }
+
+    /// The SPIFFE id: our trust domain first, then an accepted role.
+    fn check_identity(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        accept: &[Role],
+    ) -> Result<SpiffeId, Error> {
         let id = spiffe_id_of(end_entity).map_err(identity_error)?;
         match id.check(&self.trust_domain, accept) {
             Ok(()) => Ok(id),
@@ -114,7 +151,11 @@ pub(crate) fn pki_error(error: webpki::Error) -> Error {
         E::CrlExpired { time, next_update } => {
             CertificateError::ExpiredRevocationListContext { time, next_update }.into()
         }
-        E::InvalidSignatureForPublicKey => CertificateError::BadSignature.into(),
+        // The issuer's *name* matched a pinned CA but its key did not sign
+        // this: another CA of the same name (every `pki init` for a trust
+        // domain has the same CN), so "unknown CA" is the truth, and the
+        // peer gets the unknown_ca alert rather than decrypt_error.
+        E::InvalidSignatureForPublicKey => CertificateError::UnknownIssuer.into(),
         E::IssuerNotCrlSigner => CertRevocationListError::IssuerInvalidForCrl.into(),
         E::InvalidCrlSignatureForPublicKey => CertRevocationListError::BadSignature.into(),
         #[allow(deprecated)]

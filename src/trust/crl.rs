@@ -1,0 +1,188 @@
+//! Loading the CRL file(s): parse, and prove each CRL was issued *and
+//! signed* by a pinned CA before it is used.
+//!
+//! webpki checks a CRL's signature only when a handshake consults it, and
+//! ignores a CRL whose issuer matches no certificate. Either mistake in the
+//! file (a CRL of another deployment, a corrupted one) would then show up as
+//! every handshake failing, or as revocation silently not working. Checking
+//! at load turns both into a reload error naming the file, and the previous
+//! state stays in force.
+
+use std::path::Path;
+
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateRevocationListDer, TrustAnchor};
+use webpki::{CertRevocationList, OwnedCertRevocationList};
+
+use super::state::{is_pem, read};
+use super::TrustError;
+
+/// The CRLs in `path` (PEM blocks, or one DER CRL), and the earliest
+/// nextUpdate among them (unix seconds).
+pub(crate) fn load(
+    path: &Path,
+    roots: &[TrustAnchor<'_>],
+    ca_subjects: &[Vec<u8>],
+    provider: &CryptoProvider,
+) -> Result<(Vec<CertRevocationList<'static>>, Option<i64>), TrustError> {
+    let bad = |source| TrustError::BadCrl {
+        path: path.to_owned(),
+        source,
+    };
+    let mut crls = Vec::new();
+    let mut next_update: Option<i64> = None;
+    for der in read_crls(path)? {
+        let crl = OwnedCertRevocationList::from_der(&der).map_err(bad)?;
+        let (_, parsed) =
+            x509_parser::parse_x509_crl(&der).map_err(|_| bad(webpki::Error::BadDer))?;
+        let issuer = parsed.issuer().as_raw();
+        let signed = ca_subjects
+            .iter()
+            .zip(roots)
+            .filter(|(subject, _)| subject.as_slice() == issuer)
+            .any(|(_, anchor)| signed_by(&der, anchor, provider));
+        if !signed {
+            return Err(TrustError::ForeignCrl {
+                path: path.to_owned(),
+            });
+        }
+        if let Some(next) = parsed.next_update() {
+            let next = next.timestamp();
+            next_update = Some(next_update.map_or(next, |n| n.min(next)));
+        }
+        crls.push(CertRevocationList::from(crl));
+    }
+    Ok((crls, next_update))
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TrustError> {
+    let bytes = read(path)?;
+    let crls = if is_pem(&bytes) {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| TrustError::Pem {
+                path: path.to_owned(),
+                source,
+            })?
+    } else if bytes.is_empty() {
+        Vec::new()
+    } else {
+        vec![CertificateRevocationListDer::from(bytes)]
+    };
+    if crls.is_empty() {
+        return Err(TrustError::NoCrl {
+            path: path.to_owned(),
+        });
+    }
+    Ok(crls)
+}
+
+/// Whether `crl` (DER CertificateList) carries a valid signature by the key
+/// of `anchor`, with one of the provider's algorithms.
+fn signed_by(crl: &[u8], anchor: &TrustAnchor<'_>, provider: &CryptoProvider) -> bool {
+    let check = || -> Option<bool> {
+        // CertificateList ::= SEQUENCE { tbsCertList, signatureAlgorithm, signatureValue }
+        let (list, _) = expect(SEQUENCE, crl)?;
+        let (tbs_len, rest) = tlv_len(SEQUENCE, list)?;
+        let tbs = list.get(..tbs_len)?;
+        let (sig_alg, rest) = expect(SEQUENCE, rest)?;
+        let (sig_bits, _) = expect(BIT_STRING, rest)?;
+        let signature = unused_bits_zero(sig_bits)?;
+        // The anchor keeps the *contents* of SubjectPublicKeyInfo.
+        let (key_alg, rest) = expect(SEQUENCE, anchor.subject_public_key_info.as_ref())?;
+        let (key_bits, _) = expect(BIT_STRING, rest)?;
+        let key = unused_bits_zero(key_bits)?;
+        Some(
+            provider
+                .signature_verification_algorithms
+                .all
+                .iter()
+                .filter(|alg| {
+                    alg.public_key_alg_id().as_ref() == key_alg
+                        && alg.signature_alg_id().as_ref() == sig_alg
+                })
+                .any(|alg| alg.verify_signature(key, tbs, signature).is_ok()),
+        )
+    };
+    check().unwrap_or(false)
+}
+
+const SEQUENCE: u8 = 0x30;
+const BIT_STRING: u8 = 0x03;
+
+/// Splits one DER element with tag `tag` off `input`: (contents, rest).
+fn expect(tag: u8, input: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (total, rest) = tlv_len(tag, input)?;
+    let element = input.get(..total)?;
+    let header = element.len().checked_sub(content_len(element)?)?;
+    Some((element.get(header..)?, rest))
+}
+
+/// Total length (header + contents) of the DER element at the start of
+/// `input` if its tag is `tag`, and what follows it.
+fn tlv_len(tag: u8, input: &[u8]) -> Option<(usize, &[u8])> {
+    if *input.first()? != tag {
+        return None;
+    }
+    let contents = content_len(input)?;
+    let header = header_len(input)?;
+    let total = header.checked_add(contents)?;
+    Some((total, input.get(total..)?))
+}
+
+fn header_len(input: &[u8]) -> Option<usize> {
+    let first = *input.get(1)?;
+    Some(if first < 0x80 {
+        2
+    } else {
+        2 + usize::from(first & 0x7f)
+    })
+}
+
+/// Definite-length DER only; at most 4 length bytes.
+fn content_len(input: &[u8]) -> Option<usize> {
+    let first = *input.get(1)?;
+    if first < 0x80 {
+        return Some(usize::from(first));
+    }
+    let n = usize::from(first & 0x7f);
+    if n == 0 || n > 4 {
+        return None;
+    }
+    input.get(2..2 + n)?.iter().try_fold(0usize, |acc, b| {
+        acc.checked_mul(256)?.checked_add(usize::from(*b))
+    })
+}
+
+/// A BIT STRING's bytes when it is byte-aligned (signatures and keys are).
+fn unused_bits_zero(bits: &[u8]) -> Option<&[u8]> {
+    match bits.split_first()? {
+        (0, rest) => Some(rest),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_lengths() {
+        assert_eq!(
+            expect(0x30, &[0x30, 0x01, 0xaa, 0xbb]),
+            Some((&[0xaa][..], &[0xbb][..]))
+        );
+        let mut long = vec![0x30, 0x81, 0x80];
+        long.extend(std::iter::repeat_n(7u8, 0x80));
+        assert_eq!(
+            expect(0x30, &long).map(|(c, r)| (c.len(), r.len())),
+            Some((0x80, 0))
+        );
+        // Truncated, wrong tag, indefinite length.
+        assert_eq!(expect(0x30, &[0x30, 0x05, 0x00]), None);
+        assert_eq!(expect(0x30, &[0x31, 0x00]), None);
+        assert_eq!(expect(0x30, &[0x30, 0x80, 0x00, 0x00]), None);
+        assert_eq!(expect(0x30, &[0x30]), None);
+    }
+}
