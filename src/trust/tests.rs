@@ -335,6 +335,47 @@ fn revocation_applies_to_configs_built_before_reload_and_kills_resumption() {
 }
 
 #[test]
+fn an_expired_crl_still_revokes() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    let bob = trust_for(dir.path(), Role::Client, "bob");
+
+    let ca_key =
+        rcgen::KeyPair::from_pem(&fs::read_to_string(dir.path().join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+        ca_key,
+    )
+    .unwrap();
+    let alice_cert = der(&dir.path().join("alice.pem"));
+    let (_, x509) = x509_parser::parse_x509_certificate(&alice_cert).unwrap();
+    let now = OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - Duration::days(60),
+        next_update: now - Duration::days(30),
+        crl_number: rcgen::SerialNumber::from(9u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from(x509.serial.to_bytes_be()),
+            revocation_time: now - Duration::days(60),
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    fs::write(dir.path().join("ca.crl"), crl.pem().unwrap()).unwrap();
+    assert!(edge.reload_if_changed().unwrap());
+
+    // Neither fail-open (alice readmitted) nor fail-closed (bob refused).
+    handshake(alice.client_config(ALPN), server.clone()).assert_refused_by_server("revoked");
+    handshake(bob.client_config(ALPN), server).assert_ok();
+}
+
+#[test]
 fn reload_keeps_old_state_on_bad_files() {
     let dir = ca(TD);
     let edge = trust_for(dir.path(), Role::Edge, "edge-1");
