@@ -2,6 +2,8 @@
 //! record format (`record`) and the async watcher that feeds the mode to the
 //! roles (`trigger`). The record parser and the mode decision are pure.
 
+pub mod key;
+pub mod machine;
 pub mod record;
 pub mod trigger;
 

@@ -1,6 +1,11 @@
 //! The DR trigger record: `v=1; b=on|test|off; k=zpa|all` plus optional
 //! `t=` (start), `x=` (end) and `s=` (Ed25519 signature, last tag). Pure:
-//! text in, [`Record`] out; the time checks take `now` as an argument.
+//! text in, [`Record`] out; the time checks take `now` as an argument, the
+//! signature check takes the key. [`encode`] writes what [`parse`] reads.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 
 use super::DrMode;
 
@@ -35,6 +40,61 @@ pub enum RecordError {
     SignatureNotLast,
     #[error("tag `{0}` appears twice")]
     Duplicate(String),
+}
+
+/// Why a record's `s=` does not count.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum SignatureError {
+    #[error("the record carries no `s=` signature")]
+    Missing,
+    #[error("`s=` is not the base64 of a 64-byte Ed25519 signature")]
+    Encoding,
+    #[error("the signature does not verify with the configured key")]
+    Invalid,
+}
+
+/// `k=`: which products a record we write applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Zpa,
+    All,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zpa => "zpa",
+            Self::All => "all",
+        }
+    }
+}
+
+/// The fields of a record to write with [`encode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub mode: DrMode,
+    pub kind: Kind,
+    pub start: Option<u64>,
+    pub end: Option<u64>,
+}
+
+/// Record text for `spec`, tags separated by `"; "`. With `key`, a last
+/// `s=` tag signs every byte before it (the guide's generator's layout).
+pub fn encode(spec: &Spec, key: Option<&SigningKey>) -> String {
+    let mut text = format!("v=1; b={}; k={}", spec.mode, spec.kind.as_str());
+    if let Some(t) = spec.start {
+        text.push_str(&format!("; t={t}"));
+    }
+    if let Some(x) = spec.end {
+        text.push_str(&format!("; x={x}"));
+    }
+    if let Some(key) = key {
+        text.push_str("; ");
+        let sig = key.sign(text.as_bytes());
+        text.push_str("s=");
+        text.push_str(&BASE64.encode(sig.to_bytes()));
+    }
+    text
 }
 
 /// Parse record text (a TXT record's character-strings already joined).
@@ -119,6 +179,15 @@ impl Record {
         }
         Some(self.mode)
     }
+
+    /// Check `s=` against `key` over the exact bytes before the tag.
+    pub fn verify(&self, key: &VerifyingKey) -> Result<(), SignatureError> {
+        let (sig, signed) = self.signature.as_ref().ok_or(SignatureError::Missing)?;
+        let raw = BASE64.decode(sig).map_err(|_| SignatureError::Encoding)?;
+        let bytes: [u8; 64] = raw.try_into().map_err(|_| SignatureError::Encoding)?;
+        key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&bytes))
+            .map_err(|_| SignatureError::Invalid)
+    }
 }
 
 #[cfg(test)]
@@ -170,5 +239,67 @@ mod tests {
         let (sig, signed) = r.signature.unwrap();
         assert_eq!(sig, "QUJD");
         assert_eq!(signed, "v=1;b=on;k=zpa;t=5;");
+    }
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn encode_round_trips_and_verifies() {
+        let spec = Spec {
+            mode: DrMode::Test,
+            kind: Kind::All,
+            start: Some(1_700_000_000),
+            end: Some(1_700_003_600),
+        };
+        let text = encode(&spec, Some(&key(1)));
+        assert!(text.starts_with("v=1; b=test; k=all; t=1700000000; x=1700003600; s="));
+        let r = parse(&text).unwrap();
+        assert_eq!(r.mode, DrMode::Test);
+        assert_eq!((r.start, r.end), (spec.start, spec.end));
+        assert_eq!(r.verify(&key(1).verifying_key()), Ok(()));
+        assert_eq!(
+            r.verify(&key(2).verifying_key()),
+            Err(SignatureError::Invalid)
+        );
+        let unsigned = encode(&spec, None);
+        assert_eq!(unsigned, "v=1; b=test; k=all; t=1700000000; x=1700003600");
+        assert_eq!(
+            parse(&unsigned).unwrap().verify(&key(1).verifying_key()),
+            Err(SignatureError::Missing)
+        );
+    }
+
+    #[test]
+    fn any_changed_byte_breaks_the_signature() {
+        let spec = Spec {
+            mode: DrMode::On,
+            kind: Kind::Zpa,
+            start: Some(42),
+            end: None,
+        };
+        let text = encode(&spec, Some(&key(3)));
+        let vk = key(3).verifying_key();
+        let cut = text.find("s=").unwrap();
+        // Same tags, different bytes: a space dropped, a mode flipped.
+        for forged in [
+            text.replacen("; ", ";", 1),
+            text.replacen("b=on", "b=off", 1),
+            text.replacen("t=42", "t=43", 1),
+        ] {
+            let r = parse(&forged).unwrap();
+            assert_eq!(r.verify(&vk), Err(SignatureError::Invalid), "{forged}");
+        }
+        let bad_b64 = format!("{}s=!!!", &text[..cut]);
+        assert_eq!(
+            parse(&bad_b64).unwrap().verify(&vk),
+            Err(SignatureError::Encoding)
+        );
+        let short = format!("{}s=QUJD", &text[..cut]);
+        assert_eq!(
+            parse(&short).unwrap().verify(&vk),
+            Err(SignatureError::Encoding)
+        );
     }
 }
