@@ -15,7 +15,7 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use prometheus::IntCounter;
 use quinn::VarInt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::transport::stream_code;
@@ -23,21 +23,66 @@ use crate::transport::stream_code;
 /// Largest chunk read from TCP at once.
 const TCP_CHUNK: usize = 64 * 1024;
 
+/// A byte stream read through a buffer (TLS: rustls copies plaintext out of
+/// its record buffer into ours; that is the record layer's own copy).
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// A byte stream written chunk by chunk (TLS).
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// The receiving half of one side of a flow.
 pub enum RecvHalf {
     Quic(quinn::RecvStream),
-    Tcp { read: OwnedReadHalf, buf: BytesMut },
+    Tcp {
+        read: OwnedReadHalf,
+        buf: BytesMut,
+    },
+    /// A TLS stream (one flow per connection).
+    Io {
+        read: BoxRead,
+        buf: BytesMut,
+    },
+    /// An HTTP/2 stream of a multiplexed TLS tunnel.
+    H2(h2::RecvStream),
+    /// An HTTP/2 stream whose response head has not arrived yet.
+    H2Pending(Option<h2::client::ResponseFuture>),
 }
 
 /// The sending half of one side of a flow.
 pub enum SendHalf {
     Quic(quinn::SendStream),
     Tcp(OwnedWriteHalf),
+    Io(BoxWrite),
+    H2(h2::SendStream<Bytes>),
+}
+
+fn h2_io(e: h2::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, e)
+}
+
+async fn read_into<R: AsyncRead + Unpin + ?Sized>(
+    read: &mut R,
+    buf: &mut BytesMut,
+) -> io::Result<Option<Bytes>> {
+    if buf.capacity() < TCP_CHUNK / 4 {
+        buf.reserve(TCP_CHUNK);
+    }
+    let n = read.read_buf(buf).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(buf.split().freeze()))
 }
 
 impl RecvHalf {
     pub fn tcp(read: OwnedReadHalf) -> Self {
         Self::Tcp {
+            read,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn io(read: BoxRead) -> Self {
+        Self::Io {
             read,
             buf: BytesMut::new(),
         }
@@ -51,23 +96,45 @@ impl RecvHalf {
                 Ok(None) => Ok(None),
                 Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionReset, e)),
             },
-            Self::Tcp { read, buf } => {
-                if buf.capacity() < TCP_CHUNK / 4 {
-                    buf.reserve(TCP_CHUNK);
-                }
-                let n = read.read_buf(buf).await?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                Ok(Some(buf.split().freeze()))
+            Self::Tcp { read, buf } => read_into(read, buf).await,
+            Self::Io { read, buf } => read_into(read, buf).await,
+            Self::H2Pending(resp) => {
+                let Some(fut) = resp.take() else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "flow stream lost",
+                    ));
+                };
+                let body = fut.await.map_err(h2_io)?.into_body();
+                *self = Self::H2(body);
+                Box::pin(self.read_chunk()).await
             }
+            Self::H2(r) => loop {
+                match r.data().await {
+                    Some(Ok(b)) => {
+                        // Give the window back as soon as the chunk is handed on:
+                        // the next read waits for the write of this one anyway.
+                        let _ = r.flow_control().release_capacity(b.len());
+                        if b.is_empty() {
+                            continue;
+                        }
+                        return Ok(Some(b));
+                    }
+                    Some(Err(e)) => return Err(h2_io(e)),
+                    None => return Ok(None),
+                }
+            },
         }
     }
 
     /// Abort: tell the peer we will read no more.
     pub fn abort(&mut self, code: u32) {
-        if let Self::Quic(r) = self {
-            let _ = r.stop(VarInt::from_u32(code));
+        match self {
+            Self::Quic(r) => {
+                let _ = r.stop(VarInt::from_u32(code));
+            }
+            // Dropping the HTTP/2 body after the send side's reset ends the stream.
+            Self::Tcp { .. } | Self::Io { .. } | Self::H2(_) | Self::H2Pending(_) => {}
         }
     }
 }
@@ -80,6 +147,33 @@ impl SendHalf {
                 .await
                 .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e)),
             Self::Tcp(w) => w.write_all(&chunk).await,
+            Self::Io(w) => {
+                w.write_all(&chunk).await?;
+                // TLS keeps records it could not send in its buffer: push them out.
+                w.flush().await
+            }
+            Self::H2(s) => {
+                let mut chunk = chunk;
+                while !chunk.is_empty() {
+                    s.reserve_capacity(chunk.len());
+                    let cap = match std::future::poll_fn(|cx| s.poll_capacity(cx)).await {
+                        Some(Ok(c)) => c,
+                        Some(Err(e)) => return Err(h2_io(e)),
+                        None => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionReset,
+                                "flow stream closed",
+                            ))
+                        }
+                    };
+                    if cap == 0 {
+                        continue;
+                    }
+                    let part = chunk.split_to(cap.min(chunk.len()));
+                    s.send_data(part, false).map_err(h2_io)?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -90,6 +184,8 @@ impl SendHalf {
                 .finish()
                 .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e)),
             Self::Tcp(w) => w.shutdown().await,
+            Self::Io(w) => w.shutdown().await,
+            Self::H2(s) => s.send_data(Bytes::new(), true).map_err(h2_io),
         }
     }
 
@@ -99,6 +195,8 @@ impl SendHalf {
             Self::Quic(s) => {
                 let _ = s.reset(VarInt::from_u32(code));
             }
+            Self::Io(_) => {}
+            Self::H2(s) => s.send_reset(h2::Reason::CANCEL),
             Self::Tcp(w) => {
                 // Linger 0 turns the close into a RST; it does not block with a zero timeout.
                 let _ =

@@ -23,7 +23,8 @@ use crate::metrics::{Metrics, NO_SEGMENT};
 use crate::preamble::Dest;
 use crate::refusal::Refusal;
 use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
-use crate::transport::{quic, stream_code, ALPN_CLIENT};
+use crate::transport::dial::{Dialer, HEAD_START};
+use crate::transport::{quic, stream_code, tls, ALPN_CLIENT};
 use crate::trust::Trust;
 use tunnel::{OpenError, Tunnel};
 
@@ -96,9 +97,16 @@ impl Client {
             "0.0.0.0:0".parse()?
         };
         let endpoint = quic::client_endpoint(bind, &trust, ALPN_CLIENT, &cfg.limits, 0)?;
+        let dialer = Dialer {
+            choice: cfg.transport,
+            quic: endpoint,
+            tls: tls::connector(&trust, ALPN_CLIENT),
+            timeout: cfg.limits.handshake_timeout,
+            head_start: HEAD_START,
+        };
         let stop_tunnel = CancellationToken::new();
         let tunnel = Tunnel::start(
-            endpoint,
+            dialer,
             cfg.edges.clone(),
             cfg.limits.clone(),
             Arc::clone(&metrics),

@@ -1,28 +1,36 @@
-//! The client's tunnel to an edge: one QUIC connection carrying every flow,
-//! kept up by a background task (jittered backoff, moving to the next edge
-//! address on failure), and the opening of one flow on it.
+//! The client's way to an edge, kept up by a background keeper (jittered
+//! backoff, moving to the next edge address on failure). Over QUIC, one
+//! connection carries every flow as a stream. Over TLS (configured, or
+//! `auto` when QUIC does not come up within its head start), each flow is
+//! its own TLS connection to the same edge, resumed from a session ticket;
+//! the keeper re-probes QUIC in the background and moves back when it works.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::Limits;
+use crate::config::{Limits, TransportChoice};
 use crate::metrics::Metrics;
 use crate::preamble::{self, ConnectResponse, Dest};
 use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
-use crate::transport::{quic, resolve_edges, TransportKind};
+use crate::transport::dial::{Dialed, Dialer};
+use crate::transport::{resolve_edges, EdgeAddr};
 
-/// What the keeper last knew of the tunnel.
+/// What the keeper last knew of the way to an edge.
 #[derive(Clone)]
 pub enum TunnelState {
     Connecting,
-    Up(quinn::Connection),
+    /// A QUIC connection carrying every flow.
+    Quic(quinn::Connection),
+    /// Flows dial this edge over TLS, one connection each.
+    Tls(EdgeAddr),
     Down(String),
 }
 
@@ -41,34 +49,46 @@ pub enum OpenError {
     Broken(String),
 }
 
-/// Shared handle to the tunnel.
+/// Shared handle to the way to an edge.
 pub struct Tunnel {
     state: watch::Receiver<TunnelState>,
     limits: Limits,
+    dialer: Dialer,
+    /// A TLS flow could not reach its edge: the keeper moves on.
+    tls_failed: Notify,
 }
 
 impl Tunnel {
     /// Start the keeper task; it stops when `stop` is cancelled.
     pub fn start(
-        endpoint: quinn::Endpoint,
+        dialer: Dialer,
         edges: Vec<String>,
         limits: Limits,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) -> Arc<Self> {
         let (tx, rx) = watch::channel(TunnelState::Connecting);
-        tokio::spawn(keeper(endpoint, edges, limits.clone(), metrics, tx, stop));
-        Arc::new(Self { state: rx, limits })
+        let t = Arc::new(Self {
+            state: rx,
+            limits,
+            dialer,
+            tls_failed: Notify::new(),
+        });
+        tokio::spawn(keeper(Arc::clone(&t), edges, metrics, tx, stop));
+        t
     }
 
-    /// The live connection: waits while the keeper is connecting (up to the
-    /// handshake timeout); fails at once if the last attempt failed.
-    pub async fn connection(&self) -> Result<quinn::Connection, OpenError> {
+    /// The current way to the edge: waits while the keeper is connecting
+    /// (up to the handshake timeout); fails at once if the last attempt failed.
+    pub async fn current(&self) -> Result<TunnelState, OpenError> {
         let mut rx = self.state.clone();
         let wait = async {
             loop {
                 match &*rx.borrow_and_update() {
-                    TunnelState::Up(c) if c.close_reason().is_none() => return Ok(c.clone()),
+                    TunnelState::Quic(c) if c.close_reason().is_none() => {
+                        return Ok(TunnelState::Quic(c.clone()))
+                    }
+                    TunnelState::Tls(e) => return Ok(TunnelState::Tls(e.clone())),
                     TunnelState::Down(e) => return Err(OpenError::NoTunnel(e.clone())),
                     _ => {}
                 }
@@ -84,31 +104,48 @@ impl Tunnel {
     }
 
     /// Open a flow to `dest`: CONNECT preamble, the edge's answer, then the
-    /// stream halves and any bytes the edge sent after its answer.
+    /// flow's halves and any bytes the edge sent after its answer.
     pub async fn open(&self, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
-        let conn = self.connection().await?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| OpenError::Broken(e.to_string()))?;
-        send.write_chunk(preamble::encode_request(dest))
+        let mut side = match self.current().await? {
+            TunnelState::Quic(conn) => {
+                let (send, recv) = conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| OpenError::Broken(e.to_string()))?;
+                Side {
+                    recv: RecvHalf::Quic(recv),
+                    send: SendHalf::Quic(send),
+                }
+            }
+            TunnelState::Tls(edge) => match self.dialer.dial_tls(&edge).await {
+                Ok(s) => {
+                    crate::transport::tls::tcp_keepalive(s.get_ref().0, self.limits.keepalive());
+                    let (r, w) = tokio::io::split(s);
+                    Side {
+                        recv: RecvHalf::io(Box::new(r)),
+                        send: SendHalf::Io(Box::new(w)),
+                    }
+                }
+                Err(e) => {
+                    self.tls_failed.notify_one();
+                    return Err(OpenError::Broken(e.to_string()));
+                }
+            },
+            _ => return Err(OpenError::NoTunnel("no edge".into())),
+        };
+        side.send
+            .write(preamble::encode_request(dest))
             .await
             .map_err(|e| OpenError::Broken(e.to_string()))?;
         // The edge answers within its connect timeout plus margin; bound our wait above that.
         let answer_timeout = self.limits.connect_timeout + Duration::from_secs(5);
         let answer = tokio::time::timeout(
             answer_timeout,
-            read_answer(&mut recv, self.limits.preamble_bytes),
+            read_answer(&mut side.recv, self.limits.preamble_bytes),
         )
         .await;
         match answer {
-            Ok(Ok((resp, rest))) if resp.status == 200 => Ok((
-                Side {
-                    recv: RecvHalf::Quic(recv),
-                    send: SendHalf::Quic(send),
-                },
-                rest,
-            )),
+            Ok(Ok((resp, rest))) if resp.status == 200 => Ok((side, rest)),
             Ok(Ok((resp, rest))) => Err(OpenError::Refused {
                 status: resp.status,
                 refusal: resp.error,
@@ -116,7 +153,7 @@ impl Tunnel {
             }),
             Ok(Err(e)) => Err(OpenError::Broken(e)),
             Err(_) => {
-                let _ = send.reset(crate::transport::stream_code::ABORTED.into());
+                side.send.abort(crate::transport::stream_code::ABORTED);
                 Err(OpenError::Refused {
                     status: 504,
                     refusal: Some(Refusal::UpstreamTimeout),
@@ -129,13 +166,13 @@ impl Tunnel {
 
 /// Read the edge's answer head; for a refusal also its one-line body.
 async fn read_answer(
-    recv: &mut quinn::RecvStream,
+    recv: &mut RecvHalf,
     limit: usize,
 ) -> Result<(ConnectResponse, Bytes), String> {
     let mut buf = BytesMut::new();
     loop {
-        match recv.read_chunk(limit, true).await {
-            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+        match recv.read_chunk().await {
+            Ok(Some(c)) => buf.extend_from_slice(&c),
             Ok(None) => return Err("edge closed the flow without an answer".into()),
             Err(e) => return Err(format!("edge reset the flow: {e}")),
         }
@@ -144,8 +181,8 @@ async fn read_answer(
                 let mut rest = buf.split_off(used);
                 if resp.status != 200 {
                     while rest.len() < resp.content_length.min(limit) {
-                        match recv.read_chunk(limit, true).await {
-                            Ok(Some(c)) => rest.extend_from_slice(&c.bytes),
+                        match recv.read_chunk().await {
+                            Ok(Some(c)) => rest.extend_from_slice(&c),
                             _ => break,
                         }
                     }
@@ -158,86 +195,135 @@ async fn read_answer(
     }
 }
 
+/// Try QUIC now and then (jittered, growing to a minute) until it works.
+async fn reprobe_quic(dialer: &Dialer, edge: &EdgeAddr) -> quinn::Connection {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(backoff.next_delay()).await;
+        if let Ok(c) = dialer.dial_quic(edge).await {
+            return c;
+        }
+    }
+}
+
 async fn keeper(
-    endpoint: quinn::Endpoint,
+    tunnel: Arc<Tunnel>,
     edges: Vec<String>,
-    limits: Limits,
     metrics: Arc<Metrics>,
     tx: watch::Sender<TunnelState>,
     stop: CancellationToken,
 ) {
+    let dialer = &tunnel.dialer;
     let mut backoff = Backoff::tunnel();
     let mut next = rand::random::<usize>();
     let mut last_error = None::<String>;
-    let tunnels = metrics
-        .tunnels_active
-        .with_label_values(&["edge", TransportKind::Quic.as_str()]);
+    let mut quic_bad: HashSet<std::net::SocketAddr> = HashSet::new();
+    let mut ready_quic: Option<(quinn::Connection, EdgeAddr)> = None;
     while !stop.is_cancelled() {
-        let (addrs, _) = resolve_edges(&edges).await;
-        let mut up = None;
+        let mut up = ready_quic.take().map(|(c, e)| (Dialed::Quic(c), e));
         let mut err = String::from("no edge address resolved");
-        // Start at a random address (spreads clients), then try each in turn.
-        for i in 0..addrs.len() {
-            let edge = &addrs[(next + i) % addrs.len()];
-            match quic::connect(
-                &endpoint,
-                edge.addr,
-                &edge.server_name,
-                limits.handshake_timeout,
-            )
-            .await
-            {
-                Ok(c) => {
-                    metrics
-                        .handshakes
-                        .with_label_values(&["edge", "quic", "ok"])
-                        .inc();
-                    next = (next + i) % addrs.len();
-                    up = Some((c, edge.addr));
-                    break;
-                }
-                Err(e) => {
-                    metrics
-                        .handshakes
-                        .with_label_values(&["edge", "quic", e.reason()])
-                        .inc();
-                    err = format!("{}: {e}", edge.addr);
+        if up.is_none() {
+            let (addrs, _) = resolve_edges(&edges).await;
+            // Start at a random address (spreads clients), then try each in turn.
+            for i in 0..addrs.len() {
+                let edge = &addrs[(next + i) % addrs.len()];
+                let attempt = tokio::select! {
+                    r = dialer.dial(edge, quic_bad.contains(&edge.addr)) => r,
+                    _ = stop.cancelled() => return,
+                };
+                match attempt {
+                    Ok(d) => {
+                        next = (next + i) % addrs.len();
+                        up = Some((d, edge.clone()));
+                        break;
+                    }
+                    Err(e) => {
+                        metrics
+                            .handshakes
+                            .with_label_values(&["edge", "quic", e.reason()])
+                            .inc();
+                        err = format!("{}: {e}", edge.addr);
+                    }
                 }
             }
         }
-        match up {
-            Some((conn, addr)) => {
-                backoff.reset();
-                last_error = None;
-                info!(edge = %addr, "edge tunnel up");
-                tunnels.inc();
-                let since = std::time::Instant::now();
-                let _ = tx.send(TunnelState::Up(conn.clone()));
-                let why = tokio::select! {
+        let Some((dialed, edge)) = up else {
+            if last_error.as_deref() != Some(err.as_str()) {
+                warn!("no edge reachable: {err}; retrying with backoff");
+                last_error = Some(err.clone());
+            }
+            let _ = tx.send(TunnelState::Down(err));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stop.cancelled() => break,
+            }
+            continue;
+        };
+        let kind = dialed.kind();
+        metrics
+            .handshakes
+            .with_label_values(&["edge", kind.as_str(), "ok"])
+            .inc();
+        backoff.reset();
+        last_error = None;
+        let since = std::time::Instant::now();
+        let tunnels = metrics
+            .tunnels_active
+            .with_label_values(&["edge", kind.as_str()]);
+        tunnels.inc();
+        info!(edge = %edge.addr, transport = kind.as_str(), "edge tunnel up");
+        let why = match dialed {
+            Dialed::Quic(conn) => {
+                quic_bad.remove(&edge.addr);
+                let _ = tx.send(TunnelState::Quic(conn.clone()));
+                tokio::select! {
                     e = conn.closed() => e.to_string(),
                     _ = stop.cancelled() => "client stopping".into(),
+                }
+            }
+            Dialed::Tls(probe) => {
+                // The handshake proved the edge reachable; flows dial their own.
+                drop(probe);
+                if dialer.choice == TransportChoice::Auto && quic_bad.insert(edge.addr) {
+                    metrics
+                        .transport_fallbacks
+                        .with_label_values(&["client"])
+                        .inc();
+                    warn!(edge = %edge.addr, "QUIC did not come up within {:?}; using TLS and re-probing QUIC", dialer.head_start);
+                }
+                let _ = tx.send(TunnelState::Tls(edge.clone()));
+                let probe = async {
+                    if dialer.choice == TransportChoice::Auto {
+                        reprobe_quic(dialer, &edge).await
+                    } else {
+                        std::future::pending().await
+                    }
                 };
-                tunnels.dec();
-                info!(edge = %addr, "edge tunnel down: {why}");
-                // Move on to the next address at once; the lost one is tried last.
-                next = next.wrapping_add(1);
-                let _ = tx.send(TunnelState::Connecting);
-                if since.elapsed() > Duration::from_secs(1) {
-                    continue;
+                tokio::select! {
+                    conn = probe => {
+                        info!(edge = %edge.addr, "QUIC works again; moving flows back to QUIC");
+                        ready_quic = Some((conn, edge.clone()));
+                        "moving to QUIC".into()
+                    }
+                    _ = tunnel.tls_failed.notified() => "a flow could not reach the edge over TLS".into(),
+                    _ = stop.cancelled() => "client stopping".into(),
                 }
-                // A tunnel that dies at once (refused identity, edge restarting) backs off.
             }
-            None => {
-                if last_error.as_deref() != Some(err.as_str()) {
-                    warn!("no edge reachable: {err}; retrying with backoff");
-                    last_error = Some(err.clone());
-                }
-                let _ = tx.send(TunnelState::Down(err));
-            }
+        };
+        tunnels.dec();
+        info!(edge = %edge.addr, transport = kind.as_str(), "edge tunnel down: {why}");
+        if ready_quic.is_some() {
+            continue;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = stop.cancelled() => break,
+        // Move on to the next address at once; the lost one is tried last.
+        next = next.wrapping_add(1);
+        let _ = tx.send(TunnelState::Connecting);
+        if since.elapsed() < Duration::from_secs(1) {
+            // A tunnel that dies at once (refused identity, edge restarting) backs off.
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stop.cancelled() => break,
+            }
         }
     }
 }

@@ -36,7 +36,7 @@ fn path() -> &'static Path {
 fn edge_config_loads_with_defaults_and_resolved_paths() {
     let cfg: EdgeConfig = from_text(path(), EDGE).unwrap();
     assert_eq!(cfg.tls.ca, Path::new("/etc/lifeboat/ca.pem"));
-    assert_eq!(cfg.limits.idle_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(5));
     assert_eq!(cfg.limits.preamble_bytes, 8192);
     assert_eq!(cfg.dr.trigger, Some(Trigger::Static(crate::dr::DrMode::On)));
 }
@@ -45,7 +45,7 @@ fn edge_config_loads_with_defaults_and_resolved_paths() {
 fn unknown_key_names_key_and_line() {
     let text = EDGE.replace("[limits]\n", "[limits]\nidle_timout = \"5s\"\n");
     let e = from_text::<EdgeConfig>(path(), &text).unwrap_err();
-    assert_eq!(e.line, Some(13), "{e}");
+    assert_eq!(e.line, Some(12), "{e}");
     assert!(e.message.contains("idle_timout"), "{e}");
     assert!(e.key.starts_with("limits"), "{e}");
 }
@@ -55,7 +55,7 @@ fn bad_duration_is_named() {
     let text = EDGE.replace("\"5s\"", "\"five\"");
     let e = from_text::<EdgeConfig>(path(), &text).unwrap_err();
     assert_eq!(e.key, "limits.idle_timeout", "{e}");
-    assert_eq!(e.line, Some(13), "{e}");
+    assert_eq!(e.line, Some(12), "{e}");
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn dr_segment_without_dr_connector_group_is_refused() {
     let e = from_text::<EdgeConfig>(path(), &text).unwrap_err();
     assert_eq!(e.key, "segment[0].server_groups", "{e}");
     assert!(e.message.contains("reaches no DR connector group"), "{e}");
-    assert_eq!(e.line, Some(28), "{e}");
+    assert_eq!(e.line, Some(24), "{e}");
 }
 
 #[test]

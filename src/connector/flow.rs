@@ -18,28 +18,28 @@ use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
 use crate::transport::stream_code;
 use crate::wire::{self, FailKind, FlowHeader, FlowReply};
 
-pub(super) async fn serve(
-    state: Arc<ConnectorState>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
+pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side) {
     let m = &state.metrics;
     let started = Instant::now();
-    let header =
-        match tokio::time::timeout(state.limits.preamble_timeout, read_header(&mut recv)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                debug!("bad flow header from edge: {e}");
-                let _ = send.reset(stream_code::ABORTED.into());
-                let _ = recv.stop(stream_code::ABORTED.into());
-                return;
-            }
-            Err(_) => {
-                let _ = send.reset(stream_code::ABORTED.into());
-                let _ = recv.stop(stream_code::ABORTED.into());
-                return;
-            }
-        };
+    let header = match tokio::time::timeout(
+        state.limits.preamble_timeout,
+        read_header(&mut edge.recv),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            debug!("bad flow header from edge: {e}");
+            edge.send.abort(stream_code::ABORTED);
+            edge.recv.abort(stream_code::ABORTED);
+            return;
+        }
+        Err(_) => {
+            edge.send.abort(stream_code::ABORTED);
+            edge.recv.abort(stream_code::ABORTED);
+            return;
+        }
+    };
     m.flows_active.inc();
     let (header, early) = header;
     let connected =
@@ -47,14 +47,14 @@ pub(super) async fn serve(
     let tcp = match connected {
         Ok(Ok(s)) => s,
         Ok(Err((kind, message))) => {
-            fail(&state, &mut send, kind, message).await;
+            fail(&state, &mut edge.send, kind, message).await;
             debug!(flow = header.flow_id, dest = %header.dest, client = %header.client, "app unreachable");
             return;
         }
         Err(_) => {
             fail(
                 &state,
-                &mut send,
+                &mut edge.send,
                 FailKind::Timeout,
                 format!(
                     "no answer from {} within {:?}",
@@ -67,7 +67,7 @@ pub(super) async fn serve(
     };
     let mut out = BytesMut::with_capacity(8);
     wire::encode_flow_reply(&FlowReply::Connected, &mut out);
-    if send.write_chunk(out.freeze()).await.is_err() {
+    if edge.send.write(out.freeze()).await.is_err() {
         m.flows_active.dec();
         return;
     }
@@ -83,10 +83,6 @@ pub(super) async fn serve(
         m.flows_active.dec();
         return;
     }
-    let mut edge = Side {
-        recv: RecvHalf::Quic(recv),
-        send: SendHalf::Quic(send),
-    };
     let up = m.flow_bytes.with_label_values(&[NO_SEGMENT, "up"]);
     let down = m.flow_bytes.with_label_values(&[NO_SEGMENT, "down"]);
     let abort = state.abort.clone();
@@ -116,12 +112,7 @@ pub(super) async fn serve(
     }
 }
 
-async fn fail(
-    state: &ConnectorState,
-    send: &mut quinn::SendStream,
-    kind: FailKind,
-    message: String,
-) {
+async fn fail(state: &ConnectorState, send: &mut SendHalf, kind: FailKind, message: String) {
     let word = if kind == FailKind::Timeout {
         "upstream-timeout"
     } else {
@@ -134,18 +125,17 @@ async fn fail(
         .inc();
     let mut out = BytesMut::with_capacity(64 + message.len());
     wire::encode_flow_reply(&FlowReply::Failed { kind, message }, &mut out);
-    let _ = send.write_chunk(out.freeze()).await;
-    let _ = send.finish();
+    if send.write(out.freeze()).await.is_ok() {
+        let _ = send.finish().await;
+    }
     state.metrics.flows_active.dec();
 }
 
-async fn read_header(
-    recv: &mut quinn::RecvStream,
-) -> Result<(FlowHeader, BytesMut), wire::WireError> {
+async fn read_header(recv: &mut RecvHalf) -> Result<(FlowHeader, BytesMut), wire::WireError> {
     let mut buf = BytesMut::new();
     loop {
-        match recv.read_chunk(wire::MAX_HEADER, true).await {
-            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+        match recv.read_chunk().await {
+            Ok(Some(c)) => buf.extend_from_slice(&c),
             _ => {
                 return Err(wire::WireError::Malformed(
                     "stream ended before the flow header",

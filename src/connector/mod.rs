@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -15,9 +16,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::backoff::Backoff;
-use crate::config::{ConnectorConfig, Limits};
+use crate::config::{ConnectorConfig, Limits, TransportChoice};
 use crate::metrics::Metrics;
-use crate::transport::{close_code, quic, resolve_edges, EdgeAddr, TransportKind, ALPN_CONNECTOR};
+use crate::splice::{RecvHalf, SendHalf, Side};
+use crate::transport::dial::{Dialed, Dialer, HEAD_START};
+use crate::transport::{close_code, mux, quic, resolve_edges, tls, EdgeAddr, ALPN_CONNECTOR};
 use crate::trust::Trust;
 
 /// State shared by the connector's tasks.
@@ -34,7 +37,7 @@ pub struct ConnectorState {
 pub struct Connector {
     state: Arc<ConnectorState>,
     edges: Vec<String>,
-    endpoint: quinn::Endpoint,
+    dialer: Dialer,
 }
 
 impl Connector {
@@ -76,6 +79,13 @@ impl Connector {
             .cert_expiry
             .with_label_values(&["ca"])
             .set(ca as f64);
+        let dialer = Dialer {
+            choice: cfg.transport,
+            quic: endpoint,
+            tls: tls::connector(&trust, ALPN_CONNECTOR),
+            timeout: cfg.limits.handshake_timeout,
+            head_start: HEAD_START,
+        };
         Ok(Self {
             state: Arc::new(ConnectorState {
                 trust,
@@ -86,7 +96,7 @@ impl Connector {
                 abort: CancellationToken::new(),
             }),
             edges: cfg.edges,
-            endpoint,
+            dialer,
         })
     }
 
@@ -106,11 +116,11 @@ impl Connector {
             anyhow::bail!("no edge address resolved from {:?}", self.edges);
         }
         for edge in addrs {
-            let span = tracing::info_span!("tunnel", transport = "quic", edge = %edge.addr);
+            let span = tracing::info_span!("tunnel", edge = %edge.addr);
             tracker.spawn(
                 keep_tunnel(
                     Arc::clone(&self.state),
-                    self.endpoint.clone(),
+                    self.dialer.clone(),
                     edge,
                     tracker.clone(),
                     drain.clone(),
@@ -124,9 +134,10 @@ impl Connector {
         if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
             warn!("drain deadline passed; aborting remaining flows");
             self.state.abort.cancel();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
         }
-        self.endpoint
+        self.dialer
+            .quic
             .close(close_code::DRAINING.into(), b"connector shutting down");
         info!("connector stopped");
         Ok(())
@@ -136,53 +147,28 @@ impl Connector {
 /// Dial one edge address forever (until drain), serving flows while up.
 async fn keep_tunnel(
     state: Arc<ConnectorState>,
-    endpoint: quinn::Endpoint,
+    dialer: Dialer,
     edge: EdgeAddr,
     tracker: TaskTracker,
     drain: CancellationToken,
 ) {
+    let m = &state.metrics;
     let mut backoff = Backoff::tunnel();
     let mut last_error: Option<String> = None;
-    let tunnels = state
-        .metrics
-        .tunnels_active
-        .with_label_values(&["edge", TransportKind::Quic.as_str()]);
+    let mut quic_bad = false;
+    let mut ready_quic: Option<quinn::Connection> = None;
     while !drain.is_cancelled() {
-        let attempt = quic::connect(
-            &endpoint,
-            edge.addr,
-            &edge.server_name,
-            state.limits.handshake_timeout,
-        );
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = drain.cancelled() => break,
+        let dialed = match ready_quic.take() {
+            Some(c) => Ok(Dialed::Quic(c)),
+            None => tokio::select! {
+                r = dialer.dial(&edge, quic_bad) => r,
+                _ = drain.cancelled() => break,
+            },
         };
-        match result {
-            Ok(conn) => {
-                state
-                    .metrics
-                    .handshakes
-                    .with_label_values(&["edge", "quic", "ok"])
-                    .inc();
-                backoff.reset();
-                last_error = None;
-                tunnels.inc();
-                let peer = quic::peer_id(&conn)
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
-                info!(peer, "edge tunnel up");
-                let why = serve_tunnel(&state, &conn, &tracker, &drain).await;
-                tunnels.dec();
-                info!(peer, "edge tunnel down: {why}");
-                if drain.is_cancelled() {
-                    break;
-                }
-            }
+        let dialed = match dialed {
+            Ok(d) => d,
             Err(e) => {
-                state
-                    .metrics
-                    .handshakes
+                m.handshakes
                     .with_label_values(&["edge", "quic", e.reason()])
                     .inc();
                 let msg = e.to_string();
@@ -191,18 +177,119 @@ async fn keep_tunnel(
                     warn!("cannot reach edge: {msg}; retrying with backoff");
                     last_error = Some(msg);
                 }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = drain.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        let kind = dialed.kind();
+        m.handshakes
+            .with_label_values(&["edge", kind.as_str(), "ok"])
+            .inc();
+        backoff.reset();
+        last_error = None;
+        let since = std::time::Instant::now();
+        match dialed {
+            Dialed::Quic(conn) => {
+                quic_bad = false;
+                let tunnels = m.tunnels_active.with_label_values(&["edge", "quic"]);
+                tunnels.inc();
+                let peer = quic::peer_id(&conn)
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                info!(peer, transport = "quic", "edge tunnel up");
+                let why = serve_quic(&state, &conn, &tracker, &drain).await;
+                tunnels.dec();
+                info!(peer, transport = "quic", "edge tunnel down: {why}");
+            }
+            Dialed::Tls(stream) => {
+                if dialer.choice == TransportChoice::Auto && !quic_bad {
+                    m.transport_fallbacks
+                        .with_label_values(&["connector"])
+                        .inc();
+                    warn!("QUIC to the edge did not come up within {:?}; using TLS and re-probing QUIC", dialer.head_start);
+                }
+                quic_bad = dialer.choice == TransportChoice::Auto;
+                let stop = drain.child_token();
+                let mut task = tracker.spawn(serve_tls(
+                    Arc::clone(&state),
+                    *stream,
+                    tracker.clone(),
+                    stop.clone(),
+                ));
+                let probe = async {
+                    if dialer.choice == TransportChoice::Auto {
+                        reprobe_quic(&dialer, &edge).await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                tokio::select! {
+                    _ = &mut task => {}
+                    conn = probe => {
+                        info!("QUIC to the edge works again; moving to QUIC, TLS tunnel drains");
+                        // The TLS tunnel finishes its running flows in the background.
+                        stop.cancel();
+                        ready_quic = Some(conn);
+                        continue;
+                    }
+                }
             }
         }
-        let wait = backoff.next_delay();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = drain.cancelled() => break,
+        if drain.is_cancelled() {
+            break;
+        }
+        // A tunnel that died at once (refused identity, edge restarting) backs off.
+        if since.elapsed() < Duration::from_secs(1) {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = drain.cancelled() => break,
+            }
         }
     }
 }
 
-/// Accept flows on one tunnel until it closes or drain begins.
-async fn serve_tunnel(
+/// Try QUIC now and then (jittered, growing to a minute) until it works.
+async fn reprobe_quic(dialer: &Dialer, edge: &EdgeAddr) -> quinn::Connection {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(backoff.next_delay()).await;
+        if let Ok(c) = dialer.dial_quic(edge).await {
+            return c;
+        }
+    }
+}
+
+/// Serve flows on a TLS tunnel until it ends or `stop` (then gracefully).
+async fn serve_tls(
+    state: Arc<ConnectorState>,
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let tunnels = state
+        .metrics
+        .tunnels_active
+        .with_label_values(&["edge", "tls"]);
+    tunnels.inc();
+    let peer = tls::peer_id(stream.get_ref().1)
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    info!(peer, transport = "tls", "edge tunnel up");
+    let limits = state.limits.clone();
+    let st = Arc::clone(&state);
+    let why = mux::connector_side(stream, &limits, stop, move |side| {
+        tracker.spawn(flow::serve(Arc::clone(&st), side).instrument(tracing::debug_span!("flow")));
+    })
+    .await;
+    tunnels.dec();
+    info!(peer, transport = "tls", "edge tunnel down: {why}");
+}
+
+/// Accept flows on a QUIC tunnel until it closes or drain begins.
+async fn serve_quic(
     state: &Arc<ConnectorState>,
     conn: &quinn::Connection,
     tracker: &TaskTracker,
@@ -212,7 +299,8 @@ async fn serve_tunnel(
         tokio::select! {
             r = conn.accept_bi() => match r {
                 Ok((send, recv)) => {
-                    tracker.spawn(flow::serve(Arc::clone(state), send, recv).instrument(tracing::debug_span!("flow")));
+                    let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
+                    tracker.spawn(flow::serve(Arc::clone(state), side).instrument(tracing::debug_span!("flow")));
                 }
                 Err(e) => return e.to_string(),
             },

@@ -37,6 +37,7 @@ pub struct Topology {
     pub dir: tempfile::TempDir,
     pub app: SocketAddr,
     pub edge_quic: SocketAddr,
+    pub edge_tls: Option<SocketAddr>,
     pub edge_admin: Option<SocketAddr>,
     pub socks: SocketAddr,
     pub http: SocketAddr,
@@ -99,6 +100,7 @@ impl Topology {
             Arc::clone(&edge_metrics),
         )?;
         let edge_quic = edge.quic_addr().context("edge has no QUIC listener")?;
+        let edge_tls = edge.tls_addr();
         let edge_admin = match admin {
             Some(a) => {
                 let l = crate::admin::bind(a).await?;
@@ -148,6 +150,7 @@ impl Topology {
             dir,
             app,
             edge_quic,
+            edge_tls,
             edge_admin,
             socks,
             http,
@@ -365,6 +368,14 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
         "  try: curl --proxy http://{} -p http://{DR_HOST}:{port}/",
         t.http
     );
+    if let Some(tls) = t.edge_tls {
+        let d = t.dir.path().display();
+        println!(
+            "  try the edge as an HTTPS proxy, no lifeboat client:\n    curl --proxy https://127.0.0.1:{} \
+             --proxy-cacert {d}/ca.pem --proxy-cert {d}/alice.pem --proxy-key {d}/alice.key -p http://{DR_HOST}:{port}/",
+            tls.port()
+        );
+    }
     println!("running until Ctrl-C");
     tokio::signal::ctrl_c().await?;
     t.shutdown().await?;

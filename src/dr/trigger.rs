@@ -50,7 +50,14 @@ pub fn start(
     stop: CancellationToken,
 ) -> anyhow::Result<watch::Receiver<DrMode>> {
     match trigger {
-        None => Ok(fixed(DrMode::On, &metrics)),
+        None => {
+            // No trigger of its own: the role follows the edge's decision and
+            // announces nothing (the activation message belongs to a trigger).
+            let (tx, rx) = watch::channel(DrMode::On);
+            metrics.set_dr_mode(DrMode::On);
+            std::mem::forget(tx);
+            Ok(rx)
+        }
         Some(Trigger::Static(m)) => Ok(fixed(*m, &metrics)),
         Some(Trigger::File(p)) => {
             let (tx, rx) = watch::channel(DrMode::Off);

@@ -14,10 +14,10 @@ use super::EdgeState;
 use crate::preamble::{self, ConnectRequest};
 use crate::refusal::Refusal;
 use crate::segments::Lookup;
-use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
+use crate::splice::{self, Counters, RecvHalf, Side};
 use crate::transport::stream_code;
 use crate::trust::SpiffeId;
-use crate::wire::{self, FailKind, FlowHeader, FlowReply};
+use crate::wire::{self, FlowHeader, FlowReply};
 
 /// Extra time the edge gives a connector beyond its own connect timeout.
 const REPLY_MARGIN: Duration = Duration::from_secs(2);
@@ -27,8 +27,7 @@ pub(super) async fn serve(
     state: Arc<EdgeState>,
     peer: Arc<SpiffeId>,
     id: u64,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    mut client: Side,
     _permit: OwnedSemaphorePermit,
 ) {
     let m = &state.metrics;
@@ -39,7 +38,7 @@ pub(super) async fn serve(
 
     let head = tokio::time::timeout(
         limits.preamble_timeout,
-        read_preamble(&mut recv, limits.preamble_bytes),
+        read_preamble(&mut client.recv, limits.preamble_bytes),
     )
     .await;
     let (req, early) = match head {
@@ -50,15 +49,14 @@ pub(super) async fn serve(
             return;
         }
         Ok(Err(refusal)) => {
-            refuse(&state, &mut send, &mut recv, refusal, None, started).await;
+            refuse(&state, &mut client, refusal, None, started).await;
             return;
         }
         Err(_) => {
             debug!("no complete preamble within {:?}", limits.preamble_timeout);
             refuse(
                 &state,
-                &mut send,
-                &mut recv,
+                &mut client,
                 Refusal::BadRequest,
                 Some("no complete CONNECT preamble in time"),
                 started,
@@ -78,7 +76,7 @@ pub(super) async fn serve(
         } else {
             Refusal::NotAllowed
         };
-        refuse(&state, &mut send, &mut recv, r, None, started).await;
+        refuse(&state, &mut client, r, None, started).await;
         return;
     }
     let segment = match policy.matcher.lookup(&dest) {
@@ -86,8 +84,7 @@ pub(super) async fn serve(
         Lookup::WrongPort(_) => {
             refuse(
                 &state,
-                &mut send,
-                &mut recv,
+                &mut client,
                 Refusal::NotDrSegment,
                 Some("port is outside the DR segment's ports"),
                 started,
@@ -96,15 +93,7 @@ pub(super) async fn serve(
             return;
         }
         Lookup::Miss => {
-            refuse(
-                &state,
-                &mut send,
-                &mut recv,
-                Refusal::NotDrSegment,
-                None,
-                started,
-            )
-            .await;
+            refuse(&state, &mut client, Refusal::NotDrSegment, None, started).await;
             return;
         }
     };
@@ -138,11 +127,16 @@ pub(super) async fn serve(
     }
     let Some((mut app_side, _guard, tunnel)) = upstream else {
         seg_m.refusal(last).inc();
-        answer_refusal(&state, &mut send, &mut recv, last, None, started).await;
+        answer_refusal(&state, &mut client, last, None, started).await;
         return;
     };
 
-    if send.write_all(preamble::ESTABLISHED).await.is_err() {
+    if client
+        .send
+        .write(Bytes::from_static(preamble::ESTABLISHED))
+        .await
+        .is_err()
+    {
         app_side.send.abort(stream_code::ABORTED);
         app_side.recv.abort(stream_code::ABORTED);
         m.flows_active.dec();
@@ -159,10 +153,6 @@ pub(super) async fn serve(
         }
     }
 
-    let mut client_side = Side {
-        recv: RecvHalf::Quic(recv),
-        send: SendHalf::Quic(send),
-    };
     let mut mode_rx = state.mode.clone();
     let abort = state.abort.clone();
     let stop = async move {
@@ -179,7 +169,7 @@ pub(super) async fn serve(
         }
     };
     let outcome = splice::splice(
-        &mut client_side,
+        &mut client,
         &mut app_side,
         Counters {
             up: &seg_m.bytes_up,
@@ -216,14 +206,13 @@ pub(super) async fn serve(
 /// Read until a whole preamble is in; returns the request and any bytes after it.
 /// `Ok(None)` when the stream ends first.
 async fn read_preamble(
-    recv: &mut quinn::RecvStream,
+    recv: &mut RecvHalf,
     limit: usize,
 ) -> Result<Option<(ConnectRequest, Bytes)>, Refusal> {
     let mut buf = BytesMut::new();
     loop {
-        let room = limit.saturating_sub(buf.len()).max(1);
-        match recv.read_chunk(room, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+        match recv.read_chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
             Ok(None) | Err(_) => {
                 return if buf.is_empty() {
                     Ok(None)
@@ -249,48 +238,39 @@ async fn open_upstream(
     header: &FlowHeader,
     reply_timeout: Duration,
 ) -> Result<Side, Refusal> {
-    let (mut send, mut recv) = tunnel
-        .conn
-        .open_bi()
+    let mut side = tunnel
+        .link
+        .open()
         .await
         .map_err(|_| Refusal::UpstreamFailed)?;
     let mut out = BytesMut::with_capacity(256);
     wire::encode_flow_header(header, &mut out).map_err(|_| Refusal::BadRequest)?;
-    send.write_chunk(out.freeze())
-        .await
-        .map_err(|_| Refusal::UpstreamFailed)?;
-    let reply = tokio::time::timeout(reply_timeout, read_reply(&mut recv)).await;
+    if side.send.write(out.freeze()).await.is_err() {
+        return Err(Refusal::UpstreamFailed);
+    }
+    let reply = tokio::time::timeout(reply_timeout, read_reply(&mut side.recv)).await;
     match reply {
-        Ok(Ok(FlowReply::Connected)) => Ok(Side {
-            recv: RecvHalf::Quic(recv),
-            send: SendHalf::Quic(send),
-        }),
-        Ok(Ok(FlowReply::Failed {
-            kind: FailKind::Timeout,
-            ..
-        })) => Err(Refusal::UpstreamTimeout),
-        Ok(Ok(FlowReply::Failed { .. })) | Ok(Err(())) => Err(Refusal::UpstreamFailed),
+        Ok(Ok(FlowReply::Connected)) => Ok(side),
+        Ok(Ok(FlowReply::Failed { kind, .. })) => Err(kind.refusal()),
+        Ok(Err(())) => Err(Refusal::UpstreamFailed),
         Err(_) => {
-            let _ = send.reset(stream_code::ABORTED.into());
-            let _ = recv.stop(stream_code::ABORTED.into());
+            side.send.abort(stream_code::ABORTED);
+            side.recv.abort(stream_code::ABORTED);
             Err(Refusal::UpstreamTimeout)
         }
     }
 }
 
-async fn read_reply(recv: &mut quinn::RecvStream) -> Result<FlowReply, ()> {
+async fn read_reply(recv: &mut RecvHalf) -> Result<FlowReply, ()> {
     let mut buf = BytesMut::new();
     loop {
-        match recv.read_chunk(wire::MAX_HEADER, true).await {
-            Ok(Some(c)) => buf.extend_from_slice(&c.bytes),
+        match recv.read_chunk().await {
+            Ok(Some(c)) => buf.extend_from_slice(&c),
             _ => return Err(()),
         }
         match wire::parse_flow_reply(&buf) {
-            Ok(Some((r, used))) => {
-                // The connector sends nothing after its reply until we send data.
-                debug_assert_eq!(used, buf.len());
-                return Ok(r);
-            }
+            // The connector sends nothing after its reply until we send data.
+            Ok(Some((r, _))) => return Ok(r),
             Ok(None) if buf.len() < wire::MAX_HEADER => continue,
             _ => return Err(()),
         }
@@ -300,29 +280,28 @@ async fn read_reply(recv: &mut quinn::RecvStream) -> Result<FlowReply, ()> {
 /// Refuse a flow that matched no segment.
 async fn refuse(
     state: &EdgeState,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    client: &mut Side,
     r: Refusal,
     reason: Option<&str>,
     started: Instant,
 ) {
     state.metrics.refused_unmatched(r).inc();
-    answer_refusal(state, send, recv, r, reason, started).await;
+    answer_refusal(state, client, r, reason, started).await;
 }
 
 async fn answer_refusal(
     state: &EdgeState,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
+    client: &mut Side,
     r: Refusal,
     reason: Option<&str>,
     started: Instant,
 ) {
     debug!(word = r.word(), "refused");
     let body = r.encode_response(reason.unwrap_or(r.default_reason()));
-    let _ = send.write_chunk(body).await;
-    let _ = send.finish();
-    let _ = recv.stop(stream_code::ABORTED.into());
+    if client.send.write(body).await.is_ok() {
+        let _ = client.send.finish().await;
+    }
+    client.recv.abort(stream_code::ABORTED);
     state
         .metrics
         .flow_setup

@@ -2,6 +2,7 @@
 //! QUIC endpoint, checks identities (done in the TLS handshake by `trust`,
 //! role against ALPN here), and hands each client stream to `flow`.
 
+mod accept;
 mod flow;
 pub mod registry;
 
@@ -16,15 +17,15 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::config::{compile_segments, EdgeConfig, Limits};
 use crate::dr::DrMode;
 use crate::metrics::{Metrics, SegmentMetrics};
 use crate::segments::Matcher;
-use crate::transport::{close_code, quic, TransportKind, ALPN_CLIENT, ALPN_CONNECTOR};
-use crate::trust::{Role, SpiffeId, Trust};
-use registry::{ConnectorTunnel, Registry};
+use crate::transport::{close_code, quic};
+use crate::trust::{SpiffeId, Trust};
+use registry::{ConnectorTunnel, Link, Registry};
 
 /// What a reload may swap: the compiled segments and the policy around them.
 pub struct Policy {
@@ -146,8 +147,8 @@ impl EdgeState {
 pub struct Edge {
     state: Arc<EdgeState>,
     quic: Option<quinn::Endpoint>,
-    handshakes: Arc<Semaphore>,
-    tunnels: Arc<Semaphore>,
+    tls: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    gates: accept::Gates,
 }
 
 impl Edge {
@@ -164,6 +165,7 @@ impl Edge {
             .with_context(|| format!("loading [tls] of {}", file.display()))?;
         let limits = cfg.limits.clone();
         let quic_addr = cfg.listen.quic;
+        let tls_addr = cfg.listen.tls;
         let policy = Policy::compile(cfg, file, text, &metrics)?;
         let quic = match quic_addr {
             Some(addr) => {
@@ -171,6 +173,22 @@ impl Edge {
                     .with_context(|| format!("binding QUIC listener {addr}"))?;
                 info!("listening quic {}", ep.local_addr()?);
                 Some(ep)
+            }
+            None => None,
+        };
+        // `quic` and `tls` on the same address and port 0: one port number for both.
+        let tls_addr = match (tls_addr, &quic) {
+            (Some(t), Some(ep)) if Some(t) == quic_addr && t.port() == 0 => {
+                Some(SocketAddr::new(t.ip(), ep.local_addr()?.port()))
+            }
+            _ => tls_addr,
+        };
+        let tls = match tls_addr {
+            Some(addr) => {
+                let l = crate::transport::tcp_listener(addr)
+                    .with_context(|| format!("binding TLS listener {addr}"))?;
+                info!("listening tls {}", l.local_addr()?);
+                Some((l, crate::transport::tls::acceptor(&trust)))
             }
             None => None,
         };
@@ -197,14 +215,22 @@ impl Edge {
         Ok(Self {
             state,
             quic,
-            handshakes: Arc::new(Semaphore::new(limits.max_handshakes_inflight)),
-            tunnels: Arc::new(Semaphore::new(limits.max_tunnels)),
+            tls,
+            gates: accept::Gates {
+                handshakes: Arc::new(Semaphore::new(limits.max_handshakes_inflight)),
+                tunnels: Arc::new(Semaphore::new(limits.max_tunnels)),
+            },
         })
     }
 
     /// The bound QUIC address.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
         self.quic.as_ref().and_then(|e| e.local_addr().ok())
+    }
+
+    /// The bound TLS address.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     pub fn state(&self) -> Arc<EdgeState> {
@@ -215,19 +241,30 @@ impl Edge {
     /// `drain_timeout`, abort the rest and close.
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        let mut loops = tokio::task::JoinSet::new();
         if let Some(ep) = &self.quic {
-            loop {
-                tokio::select! {
-                    incoming = ep.accept() => {
-                        let Some(incoming) = incoming else { break };
-                        self.on_incoming(incoming, &tracker, &drain);
-                    }
-                    _ = drain.cancelled() => break,
-                }
-            }
+            loops.spawn(accept::quic_loop(
+                self.state(),
+                ep.clone(),
+                self.gates.clone(),
+                tracker.clone(),
+                drain.clone(),
+            ));
+        }
+        if let Some((listener, acceptor)) = self.tls {
+            loops.spawn(accept::tls_loop(
+                Arc::clone(&self.state),
+                listener,
+                acceptor,
+                self.gates.clone(),
+                tracker.clone(),
+                drain.clone(),
+            ));
+        }
+        drain.cancelled().await;
+        while loops.join_next().await.is_some() {}
+        if let Some(ep) = &self.quic {
             ep.set_server_config(None);
-        } else {
-            drain.cancelled().await;
         }
         let drain_timeout = self.state.policy.load().limits.drain_timeout;
         info!(
@@ -250,96 +287,17 @@ impl Edge {
         info!("edge stopped");
         Ok(())
     }
-
-    fn on_incoming(
-        &self,
-        incoming: quinn::Incoming,
-        tracker: &TaskTracker,
-        drain: &CancellationToken,
-    ) {
-        let m = &self.state.metrics;
-        // Shed before any crypto: refusing costs one stateless packet.
-        let Ok(hs_permit) = Arc::clone(&self.handshakes).try_acquire_owned() else {
-            m.handshakes
-                .with_label_values(&["client", "quic", "shed"])
-                .inc();
-            incoming.refuse();
-            return;
-        };
-        let Ok(tunnel_permit) = Arc::clone(&self.tunnels).try_acquire_owned() else {
-            m.handshakes
-                .with_label_values(&["client", "quic", "shed"])
-                .inc();
-            incoming.refuse();
-            return;
-        };
-        let state = Arc::clone(&self.state);
-        let remote = incoming.remote_address();
-        let drain = drain.clone();
-        let tracker2 = tracker.clone();
-        tracker.spawn(
-            async move {
-                let timeout = state.policy.load().limits.handshake_timeout;
-                let conn = match incoming.accept() {
-                    Ok(connecting) => match tokio::time::timeout(timeout, connecting).await {
-                        Ok(Ok(c)) => c,
-                        Ok(Err(e)) => {
-                            let reason = crate::trust::classify_quic(&e);
-                            state.metrics.handshakes.with_label_values(&["client", "quic", reason]).inc();
-                            debug!(%remote, reason, "handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            state.metrics.handshakes.with_label_values(&["client", "quic", "timeout"]).inc();
-                            debug!(%remote, "handshake timed out");
-                            return;
-                        }
-                    },
-                    Err(e) => {
-                        debug!(%remote, "accept failed: {e}");
-                        return;
-                    }
-                };
-                drop(hs_permit);
-                let peer = match quic::peer_id(&conn) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        state.metrics.handshakes.with_label_values(&["client", "quic", "no-identity"]).inc();
-                        conn.close(close_code::WRONG_ROLE.into(), b"no identity");
-                        debug!(%remote, "no identity: {e}");
-                        return;
-                    }
-                };
-                let alpn = quic::alpn(&conn);
-                let claimed = match alpn.as_deref() {
-                    Some(ALPN_CONNECTOR) => Role::Connector,
-                    Some(ALPN_CLIENT) | None => Role::Client,
-                    Some(_) => Role::Client,
-                };
-                if peer.role != claimed {
-                    state.metrics.handshakes.with_label_values(&[claimed.as_str(), "quic", "wrong-role"]).inc();
-                    warn!(%remote, peer = %peer, "refused: a {} certificate on a {} tunnel", peer.role.as_str(), claimed.as_str());
-                    conn.close(close_code::WRONG_ROLE.into(), b"wrong-role");
-                    return;
-                }
-                state.metrics.handshakes.with_label_values(&[claimed.as_str(), "quic", "ok"]).inc();
-                let _tunnel_permit = tunnel_permit;
-                match claimed {
-                    Role::Connector => connector_tunnel(state, conn, peer).await,
-                    _ => client_tunnel(state, conn, peer, tracker2, drain).await,
-                }
-            }
-            .instrument(tracing::info_span!("tunnel", transport = "quic", %remote)),
-        );
-    }
 }
 
-async fn connector_tunnel(state: Arc<EdgeState>, conn: quinn::Connection, peer: SpiffeId) {
+/// Register a connector tunnel (either transport) until `closed` resolves.
+async fn connector_tunnel(
+    state: Arc<EdgeState>,
+    link: Link,
+    peer: SpiffeId,
+    closed: impl std::future::Future<Output = String>,
+) {
     let Some(group) = peer.group.clone() else {
-        conn.close(
-            close_code::WRONG_ROLE.into(),
-            b"connector identity without group",
-        );
+        warn!(peer = %peer, "connector identity without a group; tunnel ignored");
         return;
     };
     let known = state
@@ -352,70 +310,28 @@ async fn connector_tunnel(state: Arc<EdgeState>, conn: quinn::Connection, peer: 
     if !known {
         warn!(peer = %peer, "connector of group `{group}`, which is not a DR connector group here: it will carry no flows");
     }
+    let kind = link.kind();
     let t = Arc::new(ConnectorTunnel {
         id: state.next_id(),
         peer: peer.clone(),
         group: group.clone(),
-        conn: conn.clone(),
+        link,
         active: Default::default(),
     });
     let m = &state.metrics;
     let tunnels = m
         .tunnels_active
-        .with_label_values(&["connector", TransportKind::Quic.as_str()]);
+        .with_label_values(&["connector", kind.as_str()]);
     let connected = m.connectors_connected.with_label_values(&[group.as_str()]);
     tunnels.inc();
     connected.inc();
     state.registry.add(Arc::clone(&t));
     state.update_ready();
-    info!(peer = %peer, "connector tunnel up");
-    let why = conn.closed().await;
+    info!(peer = %peer, transport = kind.as_str(), "connector tunnel up");
+    let why = closed.await;
     state.registry.remove(&group, t.id);
     state.update_ready();
     tunnels.dec();
     connected.dec();
-    info!(peer = %peer, "connector tunnel down: {why}");
-}
-
-async fn client_tunnel(
-    state: Arc<EdgeState>,
-    conn: quinn::Connection,
-    peer: SpiffeId,
-    tracker: TaskTracker,
-    drain: CancellationToken,
-) {
-    let tunnels = state
-        .metrics
-        .tunnels_active
-        .with_label_values(&["client", TransportKind::Quic.as_str()]);
-    tunnels.inc();
-    info!(peer = %peer, "client tunnel up");
-    let peer = Arc::new(peer);
-    let why = loop {
-        tokio::select! {
-            r = conn.accept_bi() => match r {
-                Ok((send, recv)) => {
-                    let Ok(permit) = Arc::clone(&state.flows).try_acquire_owned() else {
-                        // Over max_flows: refuse the stream itself; the client sees a reset.
-                        let (mut send, mut recv) = (send, recv);
-                        let _ = send.reset(crate::transport::stream_code::ABORTED.into());
-                        let _ = recv.stop(crate::transport::stream_code::ABORTED.into());
-                        continue;
-                    };
-                    let id = state.next_id();
-                    let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
-                    tracker.spawn(flow::serve(Arc::clone(&state), Arc::clone(&peer), id, send, recv, permit).instrument(span));
-                }
-                Err(e) => break e.to_string(),
-            },
-            _ = drain.cancelled() => {
-                // Running flows keep the tunnel until they end or the drain deadline.
-                break "draining".to_string();
-            }
-        }
-    };
-    // On drain the tunnel lives on in its running flows' stream handles and
-    // closes when the last one ends; the drain deadline aborts those.
-    tunnels.dec();
-    info!(peer = %peer, "client tunnel down: {why}");
+    info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: {why}");
 }

@@ -7,14 +7,53 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::splice::{RecvHalf, SendHalf, Side};
+use crate::transport::mux::MuxLink;
+use crate::transport::TransportKind;
 use crate::trust::SpiffeId;
+
+/// How the edge reaches one connector.
+pub enum Link {
+    Quic(quinn::Connection),
+    Mux(MuxLink),
+}
+
+impl Link {
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::Quic(c) => c.close_reason().is_some(),
+            Self::Mux(m) => m.is_closed(),
+        }
+    }
+
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            Self::Quic(_) => TransportKind::Quic,
+            Self::Mux(_) => TransportKind::Tls,
+        }
+    }
+
+    /// Open a flow stream towards the connector.
+    pub async fn open(&self) -> std::io::Result<Side> {
+        match self {
+            Self::Quic(c) => {
+                let (send, recv) = c.open_bi().await.map_err(std::io::Error::other)?;
+                Ok(Side {
+                    recv: RecvHalf::Quic(recv),
+                    send: SendHalf::Quic(send),
+                })
+            }
+            Self::Mux(m) => m.open().await.map_err(std::io::Error::other),
+        }
+    }
+}
 
 /// One connector tunnel.
 pub struct ConnectorTunnel {
     pub id: u64,
     pub peer: SpiffeId,
     pub group: String,
-    pub conn: quinn::Connection,
+    pub link: Link,
     /// Flows currently carried.
     pub active: AtomicUsize,
 }
@@ -68,7 +107,7 @@ impl Registry {
         }
         for v in &refs {
             for t in v.iter() {
-                if exclude.contains(&t.id) || t.conn.close_reason().is_some() {
+                if exclude.contains(&t.id) || t.link.is_closed() {
                     continue;
                 }
                 let load = t.active.load(Ordering::Relaxed);

@@ -2,7 +2,10 @@
 //! bidirectional streams. Both legs share the ALPN names, the tunnel error
 //! type and the flow halves in `crate::splice`.
 
+pub mod dial;
+pub mod mux;
 pub mod quic;
+pub mod tls;
 
 use std::fmt;
 
@@ -68,6 +71,8 @@ pub enum TunnelError {
     Identity(String),
     #[error("no address for edge `{0}`")]
     NoAddress(String),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -79,6 +84,7 @@ impl TunnelError {
             Self::Connection(e) => crate::trust::classify_quic(e),
             Self::Timeout(_) => "timeout",
             Self::Identity(_) => "wrong-role",
+            Self::Tls(e) => crate::trust::classify_io(e),
             Self::Connect(_) | Self::NoAddress(_) | Self::Io(_) => "other",
         }
     }

@@ -1,0 +1,307 @@
+//! The edge's accept loops: QUIC (clients and connectors on one UDP port,
+//! a stream per flow) and TLS over TCP (a client flow per connection, or a
+//! multiplexed connector tunnel). Both shed excess handshakes before any
+//! crypto and check that the certificate's role fits the tunnel the peer
+//! asked for by ALPN.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use super::registry::Link;
+use super::{connector_tunnel, flow, EdgeState};
+use crate::splice::{RecvHalf, SendHalf, Side};
+use crate::transport::{close_code, mux, quic, stream_code, tls, TransportKind, ALPN_CONNECTOR};
+use crate::trust::{Role, SpiffeId};
+
+/// The permits bounding tunnels and handshakes in progress.
+#[derive(Clone)]
+pub(super) struct Gates {
+    pub handshakes: Arc<Semaphore>,
+    pub tunnels: Arc<Semaphore>,
+}
+
+fn count(state: &EdgeState, role: Role, transport: TransportKind, result: &str) {
+    state
+        .metrics
+        .handshakes
+        .with_label_values(&[role.as_str(), transport.as_str(), result])
+        .inc();
+}
+
+/// The role a peer claims by ALPN: connectors ask for `lifeboat-connector/1`,
+/// everything else (`lifeboat/1`, `http/1.1`, none) is a client.
+fn claimed_role(alpn: Option<&[u8]>) -> Role {
+    if alpn == Some(ALPN_CONNECTOR) {
+        Role::Connector
+    } else {
+        Role::Client
+    }
+}
+
+/// Accept QUIC connections until `drain`.
+pub(super) async fn quic_loop(
+    state: Arc<EdgeState>,
+    ep: quinn::Endpoint,
+    gates: Gates,
+    tracker: TaskTracker,
+    drain: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            i = ep.accept() => match i { Some(i) => i, None => return },
+            _ = drain.cancelled() => return,
+        };
+        // Shed before any crypto: refusing costs one stateless packet.
+        let (Ok(hs), Ok(tunnel)) = (
+            Arc::clone(&gates.handshakes).try_acquire_owned(),
+            Arc::clone(&gates.tunnels).try_acquire_owned(),
+        ) else {
+            count(&state, Role::Client, TransportKind::Quic, "shed");
+            incoming.refuse();
+            continue;
+        };
+        let remote = incoming.remote_address();
+        let span = tracing::info_span!("tunnel", transport = "quic", %remote);
+        tracker.spawn(
+            quic_conn(
+                Arc::clone(&state),
+                incoming,
+                hs,
+                tunnel,
+                tracker.clone(),
+                drain.clone(),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+async fn quic_conn(
+    state: Arc<EdgeState>,
+    incoming: quinn::Incoming,
+    hs: OwnedSemaphorePermit,
+    _tunnel: OwnedSemaphorePermit,
+    tracker: TaskTracker,
+    drain: CancellationToken,
+) {
+    let q = TransportKind::Quic;
+    let timeout = state.policy.load().limits.handshake_timeout;
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            debug!("accept failed: {e}");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let reason = crate::trust::classify_quic(&e);
+            count(&state, Role::Client, q, reason);
+            debug!(reason, "handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            count(&state, Role::Client, q, "timeout");
+            return;
+        }
+    };
+    drop(hs);
+    let claimed = claimed_role(quic::alpn(&conn).as_deref());
+    let peer = match quic::peer_id(&conn) {
+        Ok(p) if p.role == claimed => p,
+        Ok(p) => {
+            count(&state, claimed, q, "wrong-role");
+            warn!(peer = %p, "refused: a {} certificate on a {} tunnel", p.role.as_str(), claimed.as_str());
+            conn.close(close_code::WRONG_ROLE.into(), b"wrong-role");
+            return;
+        }
+        Err(e) => {
+            count(&state, claimed, q, "no-identity");
+            debug!("no identity: {e}");
+            conn.close(close_code::WRONG_ROLE.into(), b"no identity");
+            return;
+        }
+    };
+    count(&state, claimed, q, "ok");
+    if claimed == Role::Connector {
+        let closed = {
+            let conn = conn.clone();
+            async move { conn.closed().await.to_string() }
+        };
+        connector_tunnel(state, Link::Quic(conn), peer, closed).await;
+    } else {
+        client_tunnel(state, conn, peer, tracker, drain).await;
+    }
+}
+
+async fn client_tunnel(
+    state: Arc<EdgeState>,
+    conn: quinn::Connection,
+    peer: SpiffeId,
+    tracker: TaskTracker,
+    drain: CancellationToken,
+) {
+    let tunnels = state
+        .metrics
+        .tunnels_active
+        .with_label_values(&["client", TransportKind::Quic.as_str()]);
+    tunnels.inc();
+    info!(peer = %peer, "client tunnel up");
+    let peer = Arc::new(peer);
+    let why = loop {
+        tokio::select! {
+            r = conn.accept_bi() => match r {
+                Ok((mut send, mut recv)) => {
+                    let Ok(permit) = Arc::clone(&state.flows).try_acquire_owned() else {
+                        // Over max_flows: refuse the stream itself; the client sees a reset.
+                        let _ = send.reset(stream_code::ABORTED.into());
+                        let _ = recv.stop(stream_code::ABORTED.into());
+                        continue;
+                    };
+                    let id = state.next_id();
+                    let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
+                    let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
+                    tracker.spawn(flow::serve(Arc::clone(&state), Arc::clone(&peer), id, side, permit).instrument(span));
+                }
+                Err(e) => break e.to_string(),
+            },
+            // Running flows keep the connection alive through their stream
+            // handles until they end or the drain deadline aborts them.
+            _ = drain.cancelled() => break "draining".to_string(),
+        }
+    };
+    tunnels.dec();
+    info!(peer = %peer, "client tunnel down: {why}");
+}
+
+/// Accept TLS connections until `drain`. Over `max_handshakes_inflight`,
+/// connections wait in the kernel's backlog (no accept, no crypto).
+pub(super) async fn tls_loop(
+    state: Arc<EdgeState>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    gates: Gates,
+    tracker: TaskTracker,
+    drain: CancellationToken,
+) {
+    loop {
+        let hs = tokio::select! {
+            p = Arc::clone(&gates.handshakes).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = drain.cancelled() => return,
+        };
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("tls accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = drain.cancelled() => return,
+        };
+        let Ok(tunnel) = Arc::clone(&gates.tunnels).try_acquire_owned() else {
+            count(&state, Role::Client, TransportKind::Tls, "shed");
+            drop(tcp);
+            continue;
+        };
+        let span = tracing::info_span!("tunnel", transport = "tls", %remote);
+        tracker.spawn(
+            tls_conn(
+                Arc::clone(&state),
+                acceptor.clone(),
+                tcp,
+                remote,
+                hs,
+                tunnel,
+                drain.clone(),
+            )
+            .instrument(span),
+        );
+    }
+}
+
+async fn tls_conn(
+    state: Arc<EdgeState>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    hs: OwnedSemaphorePermit,
+    _tunnel: OwnedSemaphorePermit,
+    drain: CancellationToken,
+) {
+    let t = TransportKind::Tls;
+    let limits = state.policy.load().limits.clone();
+    let _ = tcp.set_nodelay(true);
+    let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = crate::trust::classify_io(&e);
+            count(&state, Role::Client, t, reason);
+            debug!(%remote, reason, "handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            count(&state, Role::Client, t, "timeout");
+            return;
+        }
+    };
+    drop(hs);
+    let (_, conn) = stream.get_ref();
+    let claimed = claimed_role(conn.alpn_protocol());
+    let peer = match tls::peer_id(conn) {
+        Ok(p) if p.role == claimed => p,
+        Ok(p) => {
+            count(&state, claimed, t, "wrong-role");
+            warn!(peer = %p, "refused: a {} certificate on a {} tunnel", p.role.as_str(), claimed.as_str());
+            return;
+        }
+        Err(e) => {
+            count(&state, claimed, t, "no-identity");
+            debug!("no identity: {e}");
+            return;
+        }
+    };
+    count(&state, claimed, t, "ok");
+    if claimed == Role::Connector {
+        match mux::edge_side(stream, &limits).await {
+            Ok((link, driver)) => {
+                let closed = tokio::spawn(driver);
+                let closed = async move { closed.await.unwrap_or_else(|e| e.to_string()) };
+                connector_tunnel(state, Link::Mux(link), peer, closed).await;
+            }
+            Err(e) => debug!(peer = %peer, "connector tunnel setup failed: {e}"),
+        }
+        return;
+    }
+    // A client: this connection is one flow.
+    let Ok(permit) = Arc::clone(&state.flows).try_acquire_owned() else {
+        return;
+    };
+    if drain.is_cancelled() {
+        return;
+    }
+    let tunnels = state
+        .metrics
+        .tunnels_active
+        .with_label_values(&["client", t.as_str()]);
+    tunnels.inc();
+    let (r, w) = tokio::io::split(stream);
+    let side = Side {
+        recv: RecvHalf::io(Box::new(r)),
+        send: SendHalf::Io(Box::new(w)),
+    };
+    let id = state.next_id();
+    let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
+    flow::serve(Arc::clone(&state), Arc::new(peer), id, side, permit)
+        .instrument(span)
+        .await;
+    tunnels.dec();
+}

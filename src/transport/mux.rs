@@ -1,0 +1,165 @@
+//! The connector tunnel over TLS on TCP, for networks that drop UDP: one TLS
+//! connection multiplexed with HTTP/2 framing (the h2 crate). HTTP/2 gives
+//! what the QUIC tunnel has: many flows on one connection, a window per flow
+//! and per tunnel (so one slow reader stalls only its own flow), resets, and
+//! PING frames for liveness. The edge is the HTTP/2 client (it opens one
+//! stream per flow towards the connector, which dialled out and is the TLS
+//! client), the connector the HTTP/2 server. A stream's body carries the
+//! same flow header and reply as a QUIC stream (`crate::wire`), then raw
+//! bytes both ways.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::splice::{RecvHalf, SendHalf, Side};
+
+/// Largest HTTP/2 frame we accept (fewer frames per megabyte than the 16 KiB default).
+const MAX_FRAME: u32 = 256 * 1024;
+
+/// The edge's handle on a multiplexed connector tunnel.
+#[derive(Clone)]
+pub struct MuxLink {
+    send: h2::client::SendRequest<Bytes>,
+    closed: CancellationToken,
+}
+
+impl MuxLink {
+    /// Whether the tunnel has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Resolves when the tunnel ends.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    /// Open a flow stream: the first bytes written are the flow header; the
+    /// first bytes read are the connector's reply.
+    pub async fn open(&self) -> Result<Side, h2::Error> {
+        let mut send = self.send.clone().ready().await?;
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri("https://lifeboat/flow")
+            .body(())
+            .expect("static request parts are valid");
+        let (resp, stream) = send.send_request(req, false)?;
+        Ok(Side {
+            recv: RecvHalf::H2Pending(Some(resp)),
+            send: SendHalf::H2(stream),
+        })
+    }
+}
+
+/// Send a PING every `interval`; end when one is not answered within `idle`.
+async fn keepalive(mut pp: h2::PingPong, interval: Duration, idle: Duration) -> String {
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(idle, pp.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("ping failed: {e}"),
+            Err(_) => return format!("no PING answer within {idle:?}"),
+        }
+    }
+}
+
+/// Edge side: run the HTTP/2 client handshake on an accepted connector
+/// connection. Returns the link and the driver future to spawn; the driver
+/// ends (and the link reports closed) when the tunnel dies.
+pub async fn edge_side<T>(
+    io: T,
+    limits: &Limits,
+) -> Result<(MuxLink, impl Future<Output = String>), h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, mut conn) = h2::client::Builder::new()
+        .initial_window_size(limits.flow_window)
+        .initial_connection_window_size(limits.tunnel_window)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(0)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let closed = CancellationToken::new();
+    let pp = conn.ping_pong();
+    let (interval, idle) = (limits.keepalive(), limits.idle_timeout);
+    let done = closed.clone();
+    let driver = async move {
+        let why = match pp {
+            Some(pp) => tokio::select! {
+                r = conn => r.err().map_or("closed".to_string(), |e| e.to_string()),
+                why = keepalive(pp, interval, idle) => why,
+            },
+            None => conn
+                .await
+                .err()
+                .map_or("closed".to_string(), |e| e.to_string()),
+        };
+        done.cancel();
+        why
+    };
+    Ok((MuxLink { send, closed }, driver))
+}
+
+/// Connector side: serve flow streams opened by the edge on `io`, calling
+/// `on_flow` for each, until the tunnel ends or `stop` fires. Returns why it ended.
+pub async fn connector_side<T, F>(
+    io: T,
+    limits: &Limits,
+    stop: CancellationToken,
+    mut on_flow: F,
+) -> String
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(Side),
+{
+    let mut conn = match h2::server::Builder::new()
+        .initial_window_size(limits.flow_window)
+        .initial_connection_window_size(limits.tunnel_window)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(limits.max_flows_per_tunnel)
+        .handshake::<_, Bytes>(io)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return format!("HTTP/2 handshake: {e}"),
+    };
+    let ka = conn
+        .ping_pong()
+        .map(|pp| keepalive(pp, limits.keepalive(), limits.idle_timeout));
+    let ka = async move {
+        match ka {
+            Some(k) => k.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(ka);
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, mut respond))) => {
+                    let resp = http::Response::builder().status(200).body(()).expect("static response parts are valid");
+                    match respond.send_response(resp, false) {
+                        Ok(send) => on_flow(Side { recv: RecvHalf::H2(req.into_body()), send: SendHalf::H2(send) }),
+                        Err(e) => tracing::debug!("cannot answer a flow stream: {e}"),
+                    }
+                }
+                Some(Err(e)) => return e.to_string(),
+                None => return "closed by edge".into(),
+            },
+            why = &mut ka => return why,
+            _ = stop.cancelled() => {
+                conn.graceful_shutdown();
+                // Let running flows finish on the shutting-down connection.
+                let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+                return "draining".into();
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! mTLS over TCP (tokio-rustls): the edge's `tls` listener, the client's
+//! per-flow connections and the connector's tunnel. Same pinned-CA verifiers
+//! as QUIC; TLS 1.3 session tickets let repeat clients skip the full
+//! handshake (tickets die with every trust reload, so a revoked certificate
+//! cannot resume).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::{TunnelError, ALPN_CLIENT, ALPN_CONNECTOR};
+use crate::trust::{spiffe_id_of, Role, SpiffeId, Trust};
+
+/// ALPN for standard HTTPS-proxy clients.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// The edge's acceptor: clients (one flow per connection) and connectors (a multiplexed tunnel).
+pub fn acceptor(trust: &Arc<Trust>) -> TlsAcceptor {
+    let cfg = trust.server_config(
+        &[Role::Client, Role::Connector],
+        &[ALPN_CLIENT, ALPN_HTTP1, ALPN_CONNECTOR],
+    );
+    TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// A client-side connector presenting our certificate with `alpn`.
+pub fn connector(trust: &Arc<Trust>, alpn: &[u8]) -> TlsConnector {
+    TlsConnector::from(Arc::new(trust.client_config(&[alpn])))
+}
+
+/// TCP keepalive for TLS connections that carry no ping frames of their own.
+pub fn tcp_keepalive(s: &TcpStream, idle: Duration) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(idle);
+    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&ka);
+}
+
+/// Connect TCP and run the TLS handshake, bounded by `timeout`.
+pub async fn connect(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TunnelError> {
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|_| TunnelError::NoAddress(server_name.to_string()))?;
+    let fut = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        connector.connect(name, tcp).await.map_err(TunnelError::Tls)
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(TunnelError::Timeout(timeout)),
+    }
+}
+
+/// The peer's SPIFFE id from a finished handshake.
+pub fn peer_id(conn: &rustls::CommonState) -> Result<SpiffeId, TunnelError> {
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| TunnelError::Identity("peer presented no certificate".into()))?;
+    spiffe_id_of(leaf).map_err(|e| TunnelError::Identity(e.to_string()))
+}
