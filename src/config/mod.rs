@@ -100,7 +100,7 @@ impl TlsSection {
 }
 
 /// `[dr]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrSection {
     #[serde(default)]
@@ -118,20 +118,6 @@ pub struct DrSection {
     /// Upper bound of the random delay spreading reactions to mode changes and reconnects.
     #[serde(default, with = "duration_opt")]
     pub jitter: Option<Duration>,
-}
-
-impl Default for DrSection {
-    fn default() -> Self {
-        Self {
-            trigger: None,
-            test_users: Vec::new(),
-            poll_interval: None,
-            signing_key: None,
-            state_file: None,
-            cert_grace: None,
-            jitter: None,
-        }
-    }
 }
 
 impl DrSection {

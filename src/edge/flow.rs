@@ -297,7 +297,7 @@ async fn answer_refusal(
     started: Instant,
 ) {
     debug!(word = r.word(), "refused");
-    let body = r.encode_response(reason.unwrap_or(r.default_reason()));
+    let body = r.encode_response(reason.unwrap_or_else(|| r.default_reason()));
     if client.send.write(body).await.is_ok() {
         let _ = client.send.finish().await;
     }

@@ -93,13 +93,13 @@ where
     let driver = async move {
         let why = match pp {
             Some(pp) => tokio::select! {
-                r = conn => r.err().map_or("closed".to_string(), |e| e.to_string()),
+                r = conn => r.err().map_or_else(|| "closed".to_string(), |e| e.to_string()),
                 why = keepalive(pp, interval, idle) => why,
             },
             None => conn
                 .await
                 .err()
-                .map_or("closed".to_string(), |e| e.to_string()),
+                .map_or_else(|| "closed".to_string(), |e| e.to_string()),
         };
         done.cancel();
         why
