@@ -16,6 +16,19 @@ use crate::trust::{spiffe_id_of, Role, SpiffeId, Trust};
 /// UDP socket buffer size asked of the kernel (it may grant less).
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
+/// Largest UDP payload path MTU discovery probes for: a 9000-byte jumbo
+/// frame less IPv4 and UDP headers. Internet paths settle lower by
+/// themselves (lost probes); data-centre and loopback paths get fewer,
+/// larger packets, which is most of QUIC's per-byte cost.
+const MAX_UDP_PAYLOAD: u16 = 8952;
+
+fn endpoint_config() -> EndpointConfig {
+    let mut c = EndpointConfig::default();
+    // Only fails for values outside QUIC's 1200..=65527 range.
+    let _ = c.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    c
+}
+
 /// Transport parameters for one side. `incoming_bidi` is how many flows the
 /// peer may open at once towards us (0 where the peer never opens any).
 pub fn transport_config(limits: &Limits, incoming_bidi: u32) -> TransportConfig {
@@ -27,6 +40,9 @@ pub fn transport_config(limits: &Limits, incoming_bidi: u32) -> TransportConfig 
         .send_window(u64::from(limits.tunnel_window))
         .keep_alive_interval(Some(limits.keepalive()))
         .max_idle_timeout(Some(idle(limits.idle_timeout)));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
     t
 }
 
@@ -71,7 +87,7 @@ pub fn server_endpoint(
     server.migration(true);
     let socket = udp_socket(addr)?;
     Ok(Endpoint::new(
-        EndpointConfig::default(),
+        endpoint_config(),
         Some(server),
         socket,
         Arc::new(TokioRuntime),
@@ -93,7 +109,7 @@ pub fn client_endpoint(
     client.transport_config(Arc::new(transport_config(limits, incoming_bidi)));
     let socket = udp_socket(bind)?;
     let mut ep = Endpoint::new(
-        EndpointConfig::default(),
+        endpoint_config(),
         None,
         socket,
         Arc::new(TokioRuntime),

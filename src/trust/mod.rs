@@ -127,7 +127,7 @@ impl Trust {
     /// the CA and names a SPIFFE id in `trust_domain`.
     pub fn load(files: TlsFiles, trust_domain: &str) -> Result<Arc<Self>, TrustError> {
         check_trust_domain(trust_domain).map_err(TrustError::TrustDomain)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let state = state::load(&files, trust_domain, &provider, 0)?;
         warn_expired_crl(&files, &state);
         Ok(Arc::new(Self {
@@ -293,4 +293,18 @@ fn warn_expired_crl(files: &TlsFiles, state: &State) {
             "CRL is past its nextUpdate; still honoured (entries stay revoked), issue a fresh one with `lifeboat pki revoke`"
         );
     }
+}
+
+/// The ring provider with AES-128-GCM first: as strong as a deployment of
+/// pinned P-256 keys needs, and the fastest suite on AES-NI machines (the
+/// bulk path encrypts every byte twice).
+fn provider() -> CryptoProvider {
+    let mut p = rustls::crypto::ring::default_provider();
+    let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    };
+    p.cipher_suites.sort_by_key(rank);
+    p
 }
