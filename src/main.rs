@@ -57,6 +57,9 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Print the zone-file lines of the DR trigger TXT record and the edges'
+    /// A/AAAA records; `keygen` makes the trigger signing pair.
+    DnsRecord(lifeboat::dns_record::Args),
     /// The whole DR topology on loopback with an embedded config.
     Demo {
         /// Exit after the walkthrough (status 0 only if everything behaved).
@@ -175,6 +178,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => {
             let report = lifeboat::check::run(&config)?;
             print!("{report}");
+        }
+        Command::DnsRecord(args) => {
+            print!(
+                "{}",
+                lifeboat::dns_record::run(&args, lifeboat::dr::trigger::unix_now())?
+            );
         }
         Command::Demo { once } => {
             let ok = runtime()?.block_on(lifeboat::demo::run(once))?;

@@ -15,6 +15,7 @@ use crate::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
 use crate::connector::Connector;
 use crate::edge::Edge;
 use crate::metrics::Metrics;
+use crate::trust::Role;
 
 fn tunnels_up(m: &Metrics) -> bool {
     ["quic", "tls"]
@@ -34,8 +35,13 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
     let (cfg, text) = config::load_with_text::<EdgeConfig>(file)?;
     let (drain, mut reload) = signals()?;
     let metrics = Arc::new(Metrics::new("edge"));
-    let mode =
-        crate::dr::trigger::start(cfg.dr.trigger.as_ref(), Arc::clone(&metrics), drain.clone())?;
+    let mode = crate::dr::trigger::start_for(
+        Role::Edge,
+        &cfg.dr,
+        &cfg.dns,
+        Arc::clone(&metrics),
+        drain.clone(),
+    )?;
     let admin_addr = cfg.listen.admin;
     let edge = Edge::bind(cfg, file, &text, mode, Arc::clone(&metrics))?;
     let state = edge.state();
@@ -106,8 +112,13 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
     let cfg = config::load::<ClientConfig>(file)?;
     let (drain, mut reload) = signals()?;
     let metrics = Arc::new(Metrics::new("client"));
-    let mode =
-        crate::dr::trigger::start(cfg.dr.trigger.as_ref(), Arc::clone(&metrics), drain.clone())?;
+    let mode = crate::dr::trigger::start_for(
+        Role::Client,
+        &cfg.dr,
+        &cfg.dns,
+        Arc::clone(&metrics),
+        drain.clone(),
+    )?;
     let admin_addr = cfg.listen.admin;
     let client = Client::bind(cfg, file, mode, Arc::clone(&metrics)).await?;
     if let Some(addr) = admin_addr {

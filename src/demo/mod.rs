@@ -86,8 +86,10 @@ impl Topology {
         let edge_path = write(d, "edge.toml", &edge_text)?;
         let edge_cfg: EdgeConfig = config::from_text(&edge_path, &edge_text)?;
         let edge_metrics = Arc::new(Metrics::new("edge"));
-        let mode = crate::dr::trigger::start(
-            edge_cfg.dr.trigger.as_ref(),
+        let mode = crate::dr::trigger::start_for(
+            Role::Edge,
+            &edge_cfg.dr,
+            &edge_cfg.dns,
             Arc::clone(&edge_metrics),
             drain.clone(),
         )?;
@@ -130,8 +132,13 @@ impl Topology {
         let client_path = write(d, "client.toml", &client_text)?;
         let client_cfg: ClientConfig = config::from_text(&client_path, &client_text)?;
         let client_metrics = Arc::new(Metrics::new("client"));
-        let client_mode =
-            crate::dr::trigger::start(None, Arc::clone(&client_metrics), drain.clone())?;
+        let client_mode = crate::dr::trigger::start_for(
+            Role::Client,
+            &client_cfg.dr,
+            &client_cfg.dns,
+            Arc::clone(&client_metrics),
+            drain.clone(),
+        )?;
         let client = Client::bind(
             client_cfg,
             &client_path,

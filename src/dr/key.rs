@@ -47,9 +47,15 @@ pub fn encode_public_key(key: &VerifyingKey) -> String {
         .expect("an Ed25519 public key always encodes")
 }
 
-/// The `.key` file's text (secret: write it 0600).
+/// The `.key` file's text (secret: write it 0600). PKCS#8 v1 (the seed
+/// only), as `openssl genpkey` writes it: OpenSSL 3.0 refuses the v2 form
+/// that also carries the public key.
 pub fn encode_private_key(key: &SigningKey) -> String {
-    key.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+    let pair = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    pair.to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
         .expect("an Ed25519 private key always encodes")
         .to_string()
 }

@@ -75,7 +75,11 @@ impl FromStr for Trigger {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
-            Some(("dns", name)) if !name.is_empty() => Ok(Self::Dns(name.to_string())),
+            Some(("dns", name)) if !name.is_empty() => {
+                hickory_resolver::Name::from_str(name)
+                    .map_err(|e| format!("`dns:{name}`: not a DNS name ({e})"))?;
+                Ok(Self::Dns(name.to_string()))
+            }
             Some(("static", mode)) => mode.parse().map(Self::Static),
             Some(("file", path)) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
             _ => Err(format!(

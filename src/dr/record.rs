@@ -69,6 +69,17 @@ impl Kind {
     }
 }
 
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "zpa" => Ok(Self::Zpa),
+            "all" => Ok(Self::All),
+            other => Err(format!("`{other}` is not a record kind (zpa or all)")),
+        }
+    }
+}
+
 /// The fields of a record to write with [`encode`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {

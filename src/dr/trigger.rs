@@ -1,21 +1,42 @@
-//! The async side of DR mode: reads the trigger (a fixed mode, a file, or
-//! DNS), applies the record's time window, and publishes the mode on a
-//! `watch` channel. Every transition is logged and counted here, once.
+//! The async side of DR mode: reads the trigger (a fixed mode, a file, or a
+//! DNS TXT record through hickory-resolver), feeds what it read to the pure
+//! [`Machine`], and publishes the mode on a `watch` channel. It owns the
+//! clocks, the resolver, the state file and the random spread; every
+//! transition is logged and counted here, once, in [`apply`].
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::{Name, ResolveError, ResolveErrorKind, TokioResolver};
+use rand::Rng as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::record::{self, Record};
-use super::{DrMode, Trigger};
+use super::machine::{Condition, Lookup, LookupResult, Machine, Now, Output, Settings};
+use super::{key, DrMode, Trigger};
+use crate::config::{ConfigError, DnsSection, DrSection};
 use crate::metrics::Metrics;
+use crate::trust::Role;
 
-/// How often a file trigger is re-read (it is local and cheap).
+/// How often a file trigger is re-read by default (it is local and cheap).
 const FILE_POLL: Duration = Duration::from_secs(1);
+/// `[dr] poll_interval` defaults, as in the guide.
+const AGENT_POLL: Duration = Duration::from_secs(30);
+const CLIENT_POLL: Duration = Duration::from_secs(200);
+/// `[dr] jitter` default for connectors and clients (the edge: 0).
+const AGENT_JITTER: Duration = Duration::from_secs(5);
+/// The resolver's per-query timeout is the poll interval within these bounds.
+const QUERY_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+const QUERY_TIMEOUT_MAX: Duration = Duration::from_secs(5);
 
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
@@ -42,35 +63,94 @@ pub fn apply(tx: &watch::Sender<DrMode>, new: DrMode, metrics: &Metrics) {
     let _ = tx.send(new);
 }
 
-/// Start following `trigger`. `None` means the role follows the edge's
-/// decision (clients and connectors without a trigger act as `on`).
+/// `[dr] poll_interval` when the config leaves it out.
+pub fn default_poll_interval(role: Role) -> Duration {
+    match role {
+        Role::Client => CLIENT_POLL,
+        Role::Edge | Role::Connector => AGENT_POLL,
+    }
+}
+
+/// `[dr] jitter` when the config leaves it out.
+pub fn default_jitter(role: Role) -> Duration {
+    match role {
+        Role::Edge => Duration::ZERO,
+        Role::Connector | Role::Client => AGENT_JITTER,
+    }
+}
+
+/// [`start_for`] with only a trigger: edge defaults, the system resolver,
+/// no signing key, no state file.
 pub fn start(
     trigger: Option<&Trigger>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> anyhow::Result<watch::Receiver<DrMode>> {
-    match trigger {
-        None => {
-            // No trigger of its own: the role follows the edge's decision and
-            // announces nothing (the activation message belongs to a trigger).
-            let (tx, rx) = watch::channel(DrMode::On);
-            metrics.set_dr_mode(DrMode::On);
-            std::mem::forget(tx);
-            Ok(rx)
-        }
-        Some(Trigger::Static(m)) => Ok(fixed(*m, &metrics)),
-        Some(Trigger::File(p)) => {
-            let (tx, rx) = watch::channel(DrMode::Off);
-            metrics.set_dr_mode(DrMode::Off);
-            let mut last = None;
-            poll_file(p, &tx, &metrics, &mut last);
-            tokio::spawn(file_loop(p.clone(), tx, metrics, stop, last));
-            Ok(rx)
-        }
-        Some(Trigger::Dns(name)) => anyhow::bail!(
-            "[dr] trigger `dns:{name}`: DNS triggers are not available in this build yet; use `file:PATH` or `static:MODE`"
+    let dr = DrSection {
+        trigger: trigger.cloned(),
+        ..DrSection::default()
+    };
+    start_for(Role::Edge, &dr, &DnsSection::default(), metrics, stop)
+}
+
+/// Start following `[dr]` for a role. No trigger means the role follows the
+/// edge's decision (clients and connectors without one act as `on`). With a
+/// state file, the mode it holds is published before any lookup.
+pub fn start_for(
+    role: Role,
+    dr: &DrSection,
+    dns: &DnsSection,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> anyhow::Result<watch::Receiver<DrMode>> {
+    let (source, poll_interval) = match &dr.trigger {
+        None => return Ok(fixed(DrMode::On, &metrics)),
+        Some(Trigger::Static(m)) => return Ok(fixed(*m, &metrics)),
+        Some(Trigger::File(p)) => (
+            Source::File(p.clone()),
+            dr.poll_interval.unwrap_or(FILE_POLL),
         ),
+        Some(Trigger::Dns(name)) => {
+            let poll = dr
+                .poll_interval
+                .unwrap_or_else(|| default_poll_interval(role));
+            let source = Source::Dns {
+                name: fqdn(name)?,
+                resolver: resolver(dns, poll)?,
+                timeout: query_timeout(poll) * 3,
+            };
+            (source, poll)
+        }
+    };
+    let key = match &dr.signing_key {
+        None => None,
+        Some(path) => Some(load_key(path)?),
+    };
+    let now = Now::system();
+    let mut machine = Machine::new(Settings { poll_interval, key }, now);
+    if let Some(path) = &dr.state_file {
+        restore(&mut machine, now, path);
     }
+    let (tx, rx) = watch::channel(DrMode::Off);
+    metrics.set_dr_mode(DrMode::Off);
+    apply(&tx, machine.mode(), &metrics);
+    let mut shell = Shell {
+        source,
+        machine,
+        tx,
+        metrics,
+        state_file: dr.state_file.clone(),
+        jitter: dr.jitter.unwrap_or_else(|| default_jitter(role)),
+        settled: false,
+        spreading: None,
+    };
+    if let Source::File(path) = &shell.source {
+        // A file is read at once, so the mode is known before the role binds.
+        let lookup = read_file(path);
+        shell.handle(Some(lookup));
+    }
+    tokio::spawn(shell.run(stop));
+    Ok(rx)
 }
 
 fn fixed(mode: DrMode, metrics: &Metrics) -> watch::Receiver<DrMode> {
@@ -83,70 +163,323 @@ fn fixed(mode: DrMode, metrics: &Metrics) -> watch::Receiver<DrMode> {
     rx
 }
 
-/// Outcome of one read of a trigger source, for logging once per condition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Condition {
-    Ok(Record),
-    Unreadable(String),
-    Malformed(String),
+fn config_error(file: &Path, key: &str, message: String) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        key: key.into(),
+        line: None,
+        message,
+    }
 }
 
-fn poll_file(
-    path: &Path,
-    tx: &watch::Sender<DrMode>,
-    metrics: &Metrics,
-    last: &mut Option<Condition>,
-) {
-    let cond = match std::fs::read_to_string(path) {
-        Err(e) => Condition::Unreadable(e.to_string()),
-        Ok(text) => match record::parse(text.trim()) {
-            Ok(r) => Condition::Ok(r),
-            Err(e) => Condition::Malformed(e.to_string()),
+/// `dns:NAME` as an absolute name, so no search domain is ever appended.
+fn fqdn(name: &str) -> anyhow::Result<Name> {
+    // Checked when the config was parsed (`Trigger::from_str`).
+    let mut n = Name::from_str(name)
+        .map_err(|e| anyhow::anyhow!("[dr] trigger `dns:{name}`: not a DNS name: {e}"))?;
+    n.set_fqdn(true);
+    Ok(n)
+}
+
+fn load_key(path: &Path) -> Result<ed25519_dalek::VerifyingKey, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(path, "dr.signing_key", format!("cannot read: {e}")))?;
+    key::parse_public_key(&text).map_err(|e| config_error(path, "dr.signing_key", e.to_string()))
+}
+
+fn query_timeout(poll: Duration) -> Duration {
+    poll.clamp(QUERY_TIMEOUT_MIN, QUERY_TIMEOUT_MAX)
+}
+
+/// A resolver that asks afresh every time (we schedule by TTL ourselves):
+/// `[dns] nameservers` over UDP and TCP, or the system's configuration.
+fn resolver(dns: &DnsSection, poll: Duration) -> anyhow::Result<TokioResolver> {
+    let mut builder = if dns.nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| {
+            anyhow::anyhow!("[dr] trigger: cannot read the system resolver configuration ({e}); set [dns] nameservers")
+        })?
+    } else {
+        let servers: Vec<NameServerConfig> = dns
+            .nameservers
+            .iter()
+            .flat_map(|a| {
+                [
+                    NameServerConfig::new(*a, Protocol::Udp),
+                    NameServerConfig::new(*a, Protocol::Tcp),
+                ]
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], servers),
+            TokioConnectionProvider::default(),
+        )
+    };
+    let o = builder.options_mut();
+    o.timeout = query_timeout(poll);
+    o.attempts = 2;
+    o.cache_size = 0;
+    o.use_hosts_file = ResolveHosts::Never;
+    o.try_tcp_on_error = true;
+    Ok(builder.build())
+}
+
+/// Where the record text comes from.
+enum Source {
+    Dns {
+        resolver: TokioResolver,
+        name: Name,
+        /// Bound on one whole lookup (all servers, both transports).
+        timeout: Duration,
+    },
+    File(PathBuf),
+}
+
+impl Source {
+    async fn lookup(&self) -> Lookup {
+        match self {
+            Self::File(p) => read_file(p),
+            Self::Dns {
+                resolver,
+                name,
+                timeout,
+            } => {
+                resolver.clear_cache();
+                match tokio::time::timeout(*timeout, resolver.txt_lookup(name.clone())).await {
+                    Err(_) => Lookup::Timeout,
+                    Ok(Ok(answer)) => {
+                        let mut texts = Vec::new();
+                        let mut ttl: Option<u32> = None;
+                        for r in answer.as_lookup().record_iter() {
+                            if let RData::TXT(txt) = r.data() {
+                                let joined: Vec<u8> = txt.txt_data().concat();
+                                texts.push(String::from_utf8_lossy(&joined).into_owned());
+                                ttl = Some(ttl.map_or(r.ttl(), |t| t.min(r.ttl())));
+                            }
+                        }
+                        if texts.is_empty() {
+                            return Lookup::NoData;
+                        }
+                        Lookup::Found {
+                            texts,
+                            ttl: ttl.map(|t| Duration::from_secs(t.into())),
+                        }
+                    }
+                    Ok(Err(e)) => lookup_error(&e),
+                }
+            }
+        }
+    }
+}
+
+fn lookup_error(e: &ResolveError) -> Lookup {
+    let ResolveErrorKind::Proto(p) = e.kind() else {
+        return Lookup::Failed(e.to_string());
+    };
+    match p.kind() {
+        ProtoErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
+            ResponseCode::NXDomain => Lookup::NxDomain,
+            ResponseCode::NoError => Lookup::NoData,
+            ResponseCode::ServFail => Lookup::ServFail,
+            other => Lookup::Failed(format!("the server answered {other}")),
         },
-    };
-    let result = match &cond {
-        Condition::Ok(_) => "ok",
-        Condition::Unreadable(_) => "error",
-        Condition::Malformed(_) => "malformed",
-    };
-    metrics
-        .dr_trigger_lookups
-        .with_label_values(&[result])
-        .inc();
-    if last.as_ref() != Some(&cond) {
-        match &cond {
-            Condition::Ok(r) => {
-                info!(file = %path.display(), mode = r.mode.as_str(), applies = r.applies, "DR trigger read")
-            }
-            Condition::Unreadable(e) => {
-                warn!(file = %path.display(), "DR trigger unreadable, mode unchanged: {e}")
-            }
-            Condition::Malformed(e) => {
-                warn!(file = %path.display(), "DR trigger malformed, mode unchanged: {e}")
-            }
-        }
+        ProtoErrorKind::Timeout => Lookup::Timeout,
+        ProtoErrorKind::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => Lookup::Timeout,
+        _ => Lookup::Failed(e.to_string()),
     }
-    if let Condition::Ok(r) = &cond {
-        metrics.dr_last_good_lookup.set(unix_now() as f64);
-        if let Some(mode) = r.mode_at(unix_now()) {
-            apply(tx, mode, metrics);
-        }
-    }
-    *last = Some(cond);
 }
 
-async fn file_loop(
-    path: PathBuf,
+fn read_file(path: &Path) -> Lookup {
+    match std::fs::read_to_string(path) {
+        Err(e) => Lookup::Failed(format!("{}: {e}", path.display())),
+        Ok(text) => Lookup::Found {
+            texts: vec![text.trim_end_matches(['\r', '\n']).to_string()],
+            ttl: None,
+        },
+    }
+}
+
+/// The state file: the last accepted record, TOML, written atomically.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    /// For people reading the file; `record` is what counts.
+    mode: String,
+    #[serde(default)]
+    t: Option<u64>,
+    record: String,
+}
+
+fn restore(machine: &mut Machine, now: Now, path: &Path) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            warn!(file = %path.display(), "DR state file unreadable, starting in off: {e}");
+            return;
+        }
+    };
+    let state: State = match toml::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(file = %path.display(), "DR state file malformed, starting in off: {e}");
+            return;
+        }
+    };
+    match machine.restore(now, &state.record) {
+        Ok(_) => info!(
+            file = %path.display(),
+            mode = machine.mode().as_str(),
+            record = %state.record,
+            "DR mode restored from the state file"
+        ),
+        Err(e) => {
+            warn!(file = %path.display(), "DR state file not restored ({e}), starting in off")
+        }
+    }
+}
+
+fn write_state(path: &Path, record: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let parsed = super::record::parse(record).ok();
+    let state = State {
+        mode: parsed.as_ref().map_or("?", |r| r.mode.as_str()).to_string(),
+        t: parsed.and_then(|r| r.start),
+        record: record.to_string(),
+    };
+    let body = toml::to_string(&state).map_err(std::io::Error::other)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    writeln!(
+        tmp,
+        "# lifeboat DR state: the last accepted trigger record. Written by lifeboat."
+    )?;
+    tmp.write_all(body.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The watcher task's state.
+struct Shell {
+    source: Source,
+    machine: Machine,
     tx: watch::Sender<DrMode>,
     metrics: Arc<Metrics>,
-    stop: CancellationToken,
-    mut last: Option<Condition>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(FILE_POLL) => {}
-            _ = stop.cancelled() => return,
+    state_file: Option<PathBuf>,
+    jitter: Duration,
+    /// Set after the first lookup: from then on changes are spread.
+    settled: bool,
+    /// A mode change waiting for its random delay.
+    spreading: Option<(DrMode, Instant)>,
+}
+
+impl Shell {
+    async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let mut wake = self.machine.poll_timeout();
+            if let Some((_, at)) = self.spreading {
+                wake = wake.min(at);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = stop.cancelled() => return,
+            }
+            let lookup = if self.machine.poll_due(Instant::now()) {
+                tokio::select! {
+                    l = self.source.lookup() => Some(l),
+                    _ = stop.cancelled() => return,
+                }
+            } else {
+                None
+            };
+            self.handle(lookup);
         }
-        poll_file(&path, &tx, &metrics, &mut last);
+    }
+
+    /// Feed the machine (a lookup, or just the time) and act on its output.
+    fn handle(&mut self, lookup: Option<Lookup>) {
+        let now = Now::system();
+        let out = match lookup {
+            Some(l) => self.machine.handle_lookup(now, l),
+            None => self.machine.handle_timeout(now),
+        };
+        self.report(&out);
+        self.publish(now.at);
+        if out.result.is_some() {
+            self.settled = true;
+        }
+    }
+
+    /// Publish the machine's mode: at once at start-up or with no jitter,
+    /// otherwise after a random delay in [0, jitter] (no stampede).
+    fn publish(&mut self, now: Instant) {
+        let want = self.machine.mode();
+        let applied = *self.tx.borrow();
+        if want == applied {
+            self.spreading = None;
+        } else if !self.settled || self.jitter.is_zero() {
+            self.spreading = None;
+            apply(&self.tx, want, &self.metrics);
+        } else if self.spreading.map(|(m, _)| m) != Some(want) {
+            let delay = rand::thread_rng().gen_range(Duration::ZERO..=self.jitter);
+            info!(
+                to = want.as_str(),
+                delay_ms = delay.as_millis() as u64,
+                "DR mode change spread"
+            );
+            self.spreading = Some((want, now + delay));
+        }
+        if let Some((mode, at)) = self.spreading {
+            if now >= at {
+                self.spreading = None;
+                apply(&self.tx, mode, &self.metrics);
+            }
+        }
+    }
+
+    fn report(&self, out: &Output) {
+        if let Some(result) = out.result {
+            self.metrics
+                .dr_trigger_lookups
+                .with_label_values(&[result.as_str()])
+                .inc();
+            if result == LookupResult::Ok {
+                self.metrics.dr_last_good_lookup.set(unix_now() as f64);
+            }
+        }
+        if let Some(c) = &out.changed {
+            log_condition(c, self.machine.mode());
+        }
+        if let (Some(path), Some(record)) = (&self.state_file, &out.persist) {
+            if let Err(e) = write_state(path, record) {
+                warn!(file = %path.display(), "DR state file not written: {e}");
+            }
+        }
+    }
+}
+
+/// One line per change of condition (never one per poll).
+fn log_condition(c: &Condition, mode: DrMode) {
+    let mode = mode.as_str();
+    match c {
+        Condition::InEffect { text } => info!(record = %text, mode, "DR trigger record in effect"),
+        Condition::Scheduled { text, start } => {
+            info!(record = %text, start, mode, "DR trigger record scheduled: it applies from its t=")
+        }
+        Condition::NxDomain => warn!(
+            mode,
+            "DR trigger lookup: no such name (NXDOMAIN), mode unchanged"
+        ),
+        Condition::NoData => warn!(
+            mode,
+            "DR trigger lookup: no TXT record at the name, mode unchanged"
+        ),
+        Condition::ServFail => warn!(mode, "DR trigger lookup: SERVFAIL, mode unchanged"),
+        Condition::Timeout => warn!(mode, "DR trigger lookup timed out, mode unchanged"),
+        Condition::Failed(e) => warn!(mode, "DR trigger lookup failed, mode unchanged: {e}"),
+        Condition::Malformed(e) => warn!(mode, "DR trigger record malformed, mode unchanged: {e}"),
+        Condition::Ignored(why) => warn!(mode, "DR trigger record ignored, mode unchanged: {why}"),
     }
 }
