@@ -55,9 +55,30 @@ fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<std::path::PathBu
     Ok(p)
 }
 
+/// Which transport the client and the connector use (`auto`, `quic`, `tls`).
+#[derive(Debug, Clone, Copy)]
+pub struct TopologyOptions {
+    pub client_transport: &'static str,
+    pub connector_transport: &'static str,
+}
+
+impl Default for TopologyOptions {
+    fn default() -> Self {
+        Self {
+            client_transport: "auto",
+            connector_transport: "auto",
+        }
+    }
+}
+
 impl Topology {
     /// Make a CA and certificates, start the app, edge, connector and client.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(TopologyOptions::default()).await
+    }
+
+    /// [`Topology::start`] with chosen transports.
+    pub async fn start_with(opts: TopologyOptions) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
         pki::init(d, "demo.lifeboat.test", 2)?;
@@ -121,14 +142,18 @@ impl Topology {
         tasks.push(tokio::spawn(edge.run(drain.clone())));
 
         let edge_entry = edge_quic.to_string();
-        let conn_text = CONNECTOR_TOML.replace("@EDGE@", &edge_entry);
+        let conn_text = CONNECTOR_TOML
+            .replace("@EDGE@", &edge_entry)
+            .replace("@TRANSPORT@", opts.connector_transport);
         let conn_path = write(d, "connector.toml", &conn_text)?;
         let conn_cfg: ConnectorConfig = config::from_text(&conn_path, &conn_text)?;
         let connector_metrics = Arc::new(Metrics::new("connector"));
         let connector = Connector::bind(conn_cfg, &conn_path, Arc::clone(&connector_metrics))?;
         tasks.push(tokio::spawn(connector.run(drain.clone())));
 
-        let client_text = CLIENT_TOML.replace("@EDGE@", &edge_entry);
+        let client_text = CLIENT_TOML
+            .replace("@EDGE@", &edge_entry)
+            .replace("@TRANSPORT@", opts.client_transport);
         let client_path = write(d, "client.toml", &client_text)?;
         let client_cfg: ClientConfig = config::from_text(&client_path, &client_text)?;
         let client_metrics = Arc::new(Metrics::new("client"));
@@ -181,11 +206,15 @@ impl Topology {
                 .segment_ready
                 .with_label_values(&["payroll"])
                 .get();
-            let client = self
-                .client_metrics
-                .tunnels_active
-                .with_label_values(&["edge", "quic"])
-                .get();
+            let client: i64 = ["quic", "tls"]
+                .iter()
+                .map(|t| {
+                    self.client_metrics
+                        .tunnels_active
+                        .with_label_values(&["edge", t])
+                        .get()
+                })
+                .sum();
             if seg == 1 && client == 1 {
                 return Ok(());
             }
