@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::dr::machine::LookupResult;
 use crate::metrics::Metrics;
 
 /// Concurrent admin connections.
@@ -27,6 +28,53 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Answers `/readyz`: `Ok` when ready, else why not.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The edge's readiness. Its admin listener is bound after `Edge::bind`
+/// returned, so by the time this is asked the listeners are bound and the
+/// config compiled; what is left is knowing the DR mode (a fixed trigger, a
+/// restored state file, or one good trigger lookup).
+pub fn edge_readiness(metrics: Arc<Metrics>) -> Readiness {
+    Arc::new(move || {
+        if metrics.dr_mode_is_known() {
+            return Ok(());
+        }
+        let failed: u64 = LookupResult::ALL
+            .iter()
+            .filter(|&&r| r != LookupResult::Ok)
+            .map(|r| {
+                metrics
+                    .dr_trigger_lookups
+                    .with_label_values(&[r.as_str()])
+                    .get()
+            })
+            .sum();
+        Err(format!(
+            "DR mode not known yet: no good trigger lookup ({failed} failed) and no state restored"
+        ))
+    })
+}
+
+/// The connector's readiness: at least one edge tunnel is up.
+pub fn connector_readiness(metrics: Arc<Metrics>) -> Readiness {
+    Arc::new(move || {
+        if metrics.edge_tunnels() > 0 {
+            Ok(())
+        } else {
+            Err("no edge tunnel is up".into())
+        }
+    })
+}
+
+/// The client's readiness: at least one edge is reachable.
+pub fn client_readiness(metrics: Arc<Metrics>) -> Readiness {
+    Arc::new(move || {
+        if metrics.edge_tunnels() > 0 {
+            Ok(())
+        } else {
+            Err("no edge is reachable".into())
+        }
+    })
+}
 
 /// Bind the admin listener and log its address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -86,14 +134,23 @@ fn answer(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Resp
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n", PLAIN);
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    let readiness = match path {
+        "/metrics" | "/readyz" => {
+            let r = ready();
+            metrics.ready.set(i64::from(r.is_ok()));
+            r
+        }
+        _ => Ok(()),
+    };
+    match path {
         "/metrics" => text(
             StatusCode::OK,
             metrics.encode(),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/healthz" => text(StatusCode::OK, "ok\n", PLAIN),
-        "/readyz" => match ready() {
+        "/readyz" => match readiness {
             Ok(()) => text(StatusCode::OK, "ready\n", PLAIN),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,

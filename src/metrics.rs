@@ -67,6 +67,11 @@ pub struct Metrics {
     pub transport_fallbacks: IntCounterVec,
     pub cert_expiry: GaugeVec,
     pub build_info: IntGaugeVec,
+    /// `lifeboat_ready`: 1 when `/readyz` answers ready (refreshed by the admin listener).
+    pub ready: IntGauge,
+    /// `lifeboat_dr_mode_known`: 1 once the DR mode is known (a fixed
+    /// trigger, a restored state file or a good lookup); sticky.
+    pub dr_mode_known: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -176,6 +181,14 @@ impl Metrics {
                 opts("build_info", "Build information"),
                 &["version"]
             )),
+            ready: reg!(IntGauge::with_opts(opts(
+                "ready",
+                "1 when the role is ready (what /readyz answers)"
+            ))),
+            dr_mode_known: reg!(IntGauge::with_opts(opts(
+                "dr_mode_known",
+                "1 once the DR mode is known: a fixed trigger, a restored state file or a good lookup"
+            ))),
             registry,
         };
         m.build_info
@@ -183,6 +196,12 @@ impl Metrics {
             .set(1);
         for mode in DrMode::ALL {
             m.dr_mode.with_label_values(&[mode.as_str()]).set(0);
+            for to in DrMode::ALL {
+                if to != mode {
+                    m.dr_transitions
+                        .with_label_values(&[mode.as_str(), to.as_str()]);
+                }
+            }
         }
         for r in [
             "ok",
@@ -215,10 +234,38 @@ impl Metrics {
             m.flows_closed.with_label_values(&[r]);
         }
         m.transport_fallbacks.with_label_values(&[role]);
+        m.flows_total.with_label_values(&[NO_SEGMENT, "ok"]);
         for w in Refusal::ALL {
             m.flows_total.with_label_values(&[NO_SEGMENT, w.word()]);
         }
+        for d in ["up", "down"] {
+            m.flow_bytes.with_label_values(&[NO_SEGMENT, d]);
+        }
         m
+    }
+
+    /// Whether the DR mode is known: marked (fixed trigger, restored state)
+    /// or a trigger lookup has succeeded. Sets `lifeboat_dr_mode_known`.
+    pub fn dr_mode_is_known(&self) -> bool {
+        if self.dr_mode_known.get() == 0 && self.dr_last_good_lookup.get() > 0.0 {
+            self.dr_mode_known.set(1);
+        }
+        self.dr_mode_known.get() == 1
+    }
+
+    /// The current DR mode as `lifeboat_dr_mode` shows it.
+    pub fn current_dr_mode(&self) -> Option<DrMode> {
+        DrMode::ALL
+            .into_iter()
+            .find(|m| self.dr_mode.with_label_values(&[m.as_str()]).get() == 1)
+    }
+
+    /// Tunnels up to edges (connector and client), either transport.
+    pub fn edge_tunnels(&self) -> i64 {
+        ["quic", "tls"]
+            .iter()
+            .map(|t| self.tunnels_active.with_label_values(&["edge", t]).get())
+            .sum()
     }
 
     /// Set `lifeboat_dr_mode{mode}` to 1 for `mode`, 0 for the others.

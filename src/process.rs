@@ -9,19 +9,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::admin::{self, Readiness};
+use crate::admin;
 use crate::client::Client;
 use crate::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
 use crate::connector::Connector;
 use crate::edge::Edge;
 use crate::metrics::Metrics;
 use crate::trust::Role;
-
-fn tunnels_up(m: &Metrics) -> bool {
-    ["quic", "tls"]
-        .iter()
-        .any(|t| m.tunnels_active.with_label_values(&["edge", t]).get() > 0)
-}
 
 fn signals() -> anyhow::Result<(CancellationToken, mpsc::Receiver<()>)> {
     let drain = CancellationToken::new();
@@ -42,19 +36,16 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         drain.clone(),
     )?;
+    if matches!(cfg.dr.trigger, Some(crate::dr::Trigger::Static(_))) {
+        // A fixed mode is known from the start (readiness, `lifeboat_dr_mode_known`).
+        metrics.dr_mode_known.set(1);
+    }
     let admin_addr = cfg.listen.admin;
     let edge = Edge::bind(cfg, file, &text, mode, Arc::clone(&metrics))?;
     let state = edge.state();
     if let Some(addr) = admin_addr {
         let l = admin::bind(addr).await?;
-        let m = Arc::clone(&metrics);
-        let ready: Readiness = Arc::new(move || {
-            if m.dr_last_good_lookup.get() > 0.0 {
-                Ok(())
-            } else {
-                Err("DR mode not known yet (no good trigger lookup)".into())
-            }
-        });
+        let ready = admin::edge_readiness(Arc::clone(&metrics));
         tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
     }
     let file = file.to_path_buf();
@@ -78,14 +69,7 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
     let connector = Connector::bind(cfg, file, Arc::clone(&metrics))?;
     if let Some(addr) = admin_addr {
         let l = admin::bind(addr).await?;
-        let m = Arc::clone(&metrics);
-        let ready: Readiness = Arc::new(move || {
-            if tunnels_up(&m) {
-                Ok(())
-            } else {
-                Err("no edge tunnel is up".into())
-            }
-        });
+        let ready = admin::connector_readiness(Arc::clone(&metrics));
         tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
     }
     let state = connector.state();
@@ -123,14 +107,7 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
     let client = Client::bind(cfg, file, mode, Arc::clone(&metrics)).await?;
     if let Some(addr) = admin_addr {
         let l = admin::bind(addr).await?;
-        let m = Arc::clone(&metrics);
-        let ready: Readiness = Arc::new(move || {
-            if tunnels_up(&m) {
-                Ok(())
-            } else {
-                Err("no edge is reachable".into())
-            }
-        });
+        let ready = admin::client_readiness(Arc::clone(&metrics));
         tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
     }
     tokio::spawn(async move {
