@@ -56,10 +56,50 @@ enum Command {
     Check {
         #[arg(short, long)]
         config: PathBuf,
+        /// Also say which segment HOST:PORT hits and why (repeatable).
+        #[arg(long = "match", value_name = "HOST:PORT", value_parser = lifeboat::check::parse_match)]
+        probes: Vec<lifeboat::preamble::Dest>,
     },
     /// Print the zone-file lines of the DR trigger TXT record and the edges'
     /// A/AAAA records; `keygen` makes the trigger signing pair.
     DnsRecord(lifeboat::dns_record::Args),
+    /// The guide's DR test, automated: one real flow per target through
+    /// each edge address, a table of results; exit 0 only if all passed.
+    Drill(lifeboat::drill::Args),
+    /// Load against a real edge, as one or many clients: flows/s, setup
+    /// latency percentiles, throughput, refusals by word.
+    Loadgen {
+        /// A client config: its certificate, edges and transport are used.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Destination of every flow, HOST:PORT.
+        #[arg(long)]
+        target: String,
+        /// Flows to open in all.
+        #[arg(long, default_value_t = 10_000)]
+        flows: u64,
+        /// Flows in progress at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Separate clients (tunnels) to spread the flows over.
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Stop after this long whatever is left ("30s").
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Each flow sends `GET PATH` and reads the answer to its end.
+        #[arg(long)]
+        http_get: Option<String>,
+        /// Keep each flow open and idle this long ("0s").
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        hold: std::time::Duration,
+        /// Override the config's transport: auto, quic or tls.
+        #[arg(long)]
+        transport: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The whole DR topology on loopback with an embedded config.
     Demo {
         /// Exit after the walkthrough (status 0 only if everything behaved).
@@ -175,8 +215,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         },
-        Command::Check { config } => {
-            let report = lifeboat::check::run(&config)?;
+        Command::Check { config, probes } => {
+            let report = lifeboat::check::run_with(&config, &probes)?;
             print!("{report}");
         }
         Command::DnsRecord(args) => {
@@ -184,6 +224,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{}",
                 lifeboat::dns_record::run(&args, lifeboat::dr::trigger::unix_now())?
             );
+        }
+        Command::Loadgen {
+            config,
+            target,
+            flows,
+            concurrency,
+            clients,
+            duration,
+            http_get,
+            hold,
+            transport,
+            json,
+        } => {
+            let target = lifeboat::preamble::Dest::parse(&target)
+                .map_err(|e| anyhow::anyhow!("--target `{target}`: {e}"))?;
+            let transport = match transport.as_deref() {
+                None => None,
+                Some("auto") => Some(lifeboat::config::TransportChoice::Auto),
+                Some("quic") => Some(lifeboat::config::TransportChoice::Quic),
+                Some("tls") => Some(lifeboat::config::TransportChoice::Tls),
+                Some(other) => anyhow::bail!("--transport `{other}`: use auto, quic or tls"),
+            };
+            let opts = lifeboat::loadgen::Options {
+                target,
+                flows,
+                concurrency,
+                clients,
+                duration,
+                http_get,
+                hold,
+                transport,
+            };
+            let report = runtime()?.block_on(lifeboat::loadgen::run(&config, opts))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+        }
+        Command::Drill(args) => {
+            if !runtime()?.block_on(lifeboat::drill::run(&args))? {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Demo { once } => {
             let ok = runtime()?.block_on(lifeboat::demo::run(once))?;
