@@ -94,7 +94,7 @@ pub fn run(args: &Args, now_unix: u64) -> anyhow::Result<String> {
         let spec = Spec {
             mode,
             kind: args.kind,
-            start: args.start.or(signing.as_ref().map(|_| now_unix)),
+            start: args.start.or_else(|| signing.as_ref().map(|_| now_unix)),
             end: args.end,
         };
         if let (Some(t), Some(x)) = (spec.start, spec.end) {

@@ -104,7 +104,7 @@ pub fn start_for(
     stop: CancellationToken,
 ) -> anyhow::Result<watch::Receiver<DrMode>> {
     let (source, poll_interval) = match &dr.trigger {
-        None => return Ok(fixed(DrMode::On, &metrics)),
+        None => return Ok(follow_edge(&metrics)),
         Some(Trigger::Static(m)) => return Ok(fixed(*m, &metrics)),
         Some(Trigger::File(p)) => (
             Source::File(p.clone()),
@@ -116,7 +116,7 @@ pub fn start_for(
                 .unwrap_or_else(|| default_poll_interval(role));
             let source = Source::Dns {
                 name: fqdn(name)?,
-                resolver: resolver(dns, poll)?,
+                resolver: Box::new(resolver(dns, poll)?),
                 timeout: query_timeout(poll) * 3,
             };
             (source, poll)
@@ -151,6 +151,16 @@ pub fn start_for(
     }
     tokio::spawn(shell.run(stop));
     Ok(rx)
+}
+
+/// No trigger: the role has no DR mode of its own and lets every flow go to
+/// the edge, which decides. Published as `on` without a transition (nothing
+/// was activated here, so no `DR mode is activated!` from this role).
+fn follow_edge(metrics: &Metrics) -> watch::Receiver<DrMode> {
+    let (tx, rx) = watch::channel(DrMode::On);
+    metrics.set_dr_mode(DrMode::On);
+    std::mem::forget(tx);
+    rx
 }
 
 fn fixed(mode: DrMode, metrics: &Metrics) -> watch::Receiver<DrMode> {
@@ -226,7 +236,7 @@ fn resolver(dns: &DnsSection, poll: Duration) -> anyhow::Result<TokioResolver> {
 /// Where the record text comes from.
 enum Source {
     Dns {
-        resolver: TokioResolver,
+        resolver: Box<TokioResolver>,
         name: Name,
         /// Bound on one whole lookup (all servers, both transports).
         timeout: Duration,
@@ -248,12 +258,12 @@ impl Source {
                     Err(_) => Lookup::Timeout,
                     Ok(Ok(answer)) => {
                         let mut texts = Vec::new();
-                        let mut ttl: Option<u32> = None;
+                        let mut ttl = u32::MAX;
                         for r in answer.as_lookup().record_iter() {
                             if let RData::TXT(txt) = r.data() {
                                 let joined: Vec<u8> = txt.txt_data().concat();
                                 texts.push(String::from_utf8_lossy(&joined).into_owned());
-                                ttl = Some(ttl.map_or(r.ttl(), |t| t.min(r.ttl())));
+                                ttl = ttl.min(r.ttl());
                             }
                         }
                         if texts.is_empty() {
@@ -261,7 +271,7 @@ impl Source {
                         }
                         Lookup::Found {
                             texts,
-                            ttl: ttl.map(|t| Duration::from_secs(t.into())),
+                            ttl: Some(Duration::from_secs(ttl.into())),
                         }
                     }
                     Ok(Err(e)) => lookup_error(&e),
