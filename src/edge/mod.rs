@@ -167,31 +167,13 @@ impl Edge {
         let quic_addr = cfg.listen.quic;
         let tls_addr = cfg.listen.tls;
         let policy = Policy::compile(cfg, file, text, &metrics)?;
-        let quic = match quic_addr {
-            Some(addr) => {
-                let ep = quic::server_endpoint(addr, &trust, &limits)
-                    .with_context(|| format!("binding QUIC listener {addr}"))?;
-                info!("listening quic {}", ep.local_addr()?);
-                Some(ep)
-            }
-            None => None,
-        };
-        // `quic` and `tls` on the same address and port 0: one port number for both.
-        let tls_addr = match (tls_addr, &quic) {
-            (Some(t), Some(ep)) if Some(t) == quic_addr && t.port() == 0 => {
-                Some(SocketAddr::new(t.ip(), ep.local_addr()?.port()))
-            }
-            _ => tls_addr,
-        };
-        let tls = match tls_addr {
-            Some(addr) => {
-                let l = crate::transport::tcp_listener(addr)
-                    .with_context(|| format!("binding TLS listener {addr}"))?;
-                info!("listening tls {}", l.local_addr()?);
-                Some((l, crate::transport::tls::acceptor(&trust)))
-            }
-            None => None,
-        };
+        let (quic, tls) = bind_listeners(quic_addr, tls_addr, &trust, &limits)?;
+        if let Some(ep) = &quic {
+            info!("listening quic {}", ep.local_addr()?);
+        }
+        if let Some((l, _)) = &tls {
+            info!("listening tls {}", l.local_addr()?);
+        }
         let (local, ca) = trust.expiry_unix();
         metrics
             .cert_expiry
@@ -286,6 +268,47 @@ impl Edge {
         }
         info!("edge stopped");
         Ok(())
+    }
+}
+
+type TlsListener = (tokio::net::TcpListener, tokio_rustls::TlsAcceptor);
+
+/// Bind the QUIC endpoint and the TLS listener. When both ask for the same
+/// address with port 0 (tests, the demo), they get one port number, as in a
+/// deployment where both are on 443: the TCP port is taken first and the UDP
+/// port of the same number tried, a few times over.
+fn bind_listeners(
+    quic_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    trust: &Arc<Trust>,
+    limits: &Limits,
+) -> anyhow::Result<(Option<quinn::Endpoint>, Option<TlsListener>)> {
+    let bind_quic = |addr: SocketAddr| {
+        quic::server_endpoint(addr, trust, limits)
+            .with_context(|| format!("binding QUIC listener {addr}"))
+    };
+    let bind_tls = |addr: SocketAddr| {
+        crate::transport::tcp_listener(addr)
+            .map(|l| (l, crate::transport::tls::acceptor(trust)))
+            .with_context(|| format!("binding TLS listener {addr}"))
+    };
+    match (quic_addr, tls_addr) {
+        (Some(q), Some(t)) if q == t && q.port() == 0 => {
+            let mut last = None;
+            for _ in 0..16 {
+                let tls = bind_tls(t)?;
+                let port = tls.0.local_addr()?.port();
+                match bind_quic(SocketAddr::new(q.ip(), port)) {
+                    Ok(ep) => return Ok((Some(ep), Some(tls))),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no port free for both QUIC and TLS")))
+        }
+        _ => Ok((
+            quic_addr.map(bind_quic).transpose()?,
+            tls_addr.map(bind_tls).transpose()?,
+        )),
     }
 }
 
