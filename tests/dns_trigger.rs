@@ -293,6 +293,7 @@ async fn signed_triggers_refuse_forgeries_and_replays_across_restarts() {
     dns.set(Answer::Silent);
     let w = Watcher::start(&dns, Role::Edge, &extra);
     assert_eq!(w.mode(), DrMode::On, "restored before any lookup");
+    assert_eq!(w.metrics.dr_mode_known.get(), 1, "a restored mode is known");
     w.wait_lookups("timeout", 0, 1).await;
     assert_eq!(w.mode(), DrMode::On);
     dns.publish(&old_off);

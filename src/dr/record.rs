@@ -252,6 +252,36 @@ mod tests {
         assert_eq!(signed, "v=1;b=on;k=zpa;t=5;");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,200}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn parse_reads_what_encode_writes(
+            mode in 0..3usize,
+            all: bool,
+            start: Option<u64>,
+            end: Option<u64>,
+            seed: Option<u8>,
+        ) {
+            let spec = Spec {
+                mode: DrMode::ALL[mode],
+                kind: if all { Kind::All } else { Kind::Zpa },
+                start,
+                end,
+            };
+            let k = seed.map(key);
+            let text = encode(&spec, k.as_ref());
+            let r = parse(&text).unwrap();
+            proptest::prop_assert_eq!((r.mode, r.applies, r.start, r.end), (spec.mode, true, start, end));
+            if let Some(k) = k {
+                proptest::prop_assert_eq!(r.verify(&k.verifying_key()), Ok(()));
+            }
+        }
+    }
+
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
     }

@@ -129,7 +129,9 @@ pub fn start_for(
     let now = Now::system();
     let mut machine = Machine::new(Settings { poll_interval, key }, now);
     if let Some(path) = &dr.state_file {
-        restore(&mut machine, now, path);
+        if restore(&mut machine, now, path) {
+            metrics.dr_mode_known.set(1);
+        }
     }
     let (tx, rx) = watch::channel(DrMode::Off);
     metrics.set_dr_mode(DrMode::Off);
@@ -159,6 +161,7 @@ pub fn start_for(
 fn follow_edge(metrics: &Metrics) -> watch::Receiver<DrMode> {
     let (tx, rx) = watch::channel(DrMode::On);
     metrics.set_dr_mode(DrMode::On);
+    metrics.dr_mode_known.set(1);
     std::mem::forget(tx);
     rx
 }
@@ -166,6 +169,7 @@ fn follow_edge(metrics: &Metrics) -> watch::Receiver<DrMode> {
 fn fixed(mode: DrMode, metrics: &Metrics) -> watch::Receiver<DrMode> {
     let (tx, rx) = watch::channel(DrMode::Off);
     metrics.set_dr_mode(DrMode::Off);
+    metrics.dr_mode_known.set(1);
     apply(&tx, mode, metrics);
     // Keep the sender alive for the life of the process: receivers treat a
     // closed channel as "no more changes", which is what a fixed mode means.
@@ -318,31 +322,36 @@ struct State {
     record: String,
 }
 
-fn restore(machine: &mut Machine, now: Now, path: &Path) {
+/// Restore the machine from the state file; whether it was restored.
+fn restore(machine: &mut Machine, now: Now, path: &Path) -> bool {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
         Err(e) => {
             warn!(file = %path.display(), "DR state file unreadable, starting in off: {e}");
-            return;
+            return false;
         }
     };
     let state: State = match toml::from_str(&text) {
         Ok(s) => s,
         Err(e) => {
             warn!(file = %path.display(), "DR state file malformed, starting in off: {e}");
-            return;
+            return false;
         }
     };
     match machine.restore(now, &state.record) {
-        Ok(_) => info!(
-            file = %path.display(),
-            mode = machine.mode().as_str(),
-            record = %state.record,
-            "DR mode restored from the state file"
-        ),
+        Ok(_) => {
+            info!(
+                file = %path.display(),
+                mode = machine.mode().as_str(),
+                record = %state.record,
+                "DR mode restored from the state file"
+            );
+            true
+        }
         Err(e) => {
-            warn!(file = %path.display(), "DR state file not restored ({e}), starting in off")
+            warn!(file = %path.display(), "DR state file not restored ({e}), starting in off");
+            false
         }
     }
 }
@@ -457,6 +466,7 @@ impl Shell {
                 .inc();
             if result == LookupResult::Ok {
                 self.metrics.dr_last_good_lookup.set(unix_now() as f64);
+                self.metrics.dr_mode_known.set(1);
             }
         }
         if let Some(c) = &out.changed {
