@@ -277,6 +277,15 @@ impl Metrics {
         }
     }
 
+    /// Create `lifeboat_connectors_connected{group}` at 0 for the config's
+    /// DR connector groups, so "a DR group with no connector" is visible
+    /// (and alertable) before any connector ever connected.
+    pub fn init_connector_groups<'a>(&self, groups: impl IntoIterator<Item = &'a str>) {
+        for g in groups {
+            self.connectors_connected.with_label_values(&[g]);
+        }
+    }
+
     /// The per-segment handles, resolved once per compiled config.
     pub fn segment(&self, name: &str) -> SegmentMetrics {
         SegmentMetrics {

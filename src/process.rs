@@ -36,6 +36,12 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         drain.clone(),
     )?;
+    metrics.init_connector_groups(
+        cfg.connector_groups
+            .iter()
+            .filter(|g| g.dr)
+            .map(|g| g.name.as_str()),
+    );
     if matches!(cfg.dr.trigger, Some(crate::dr::Trigger::Static(_))) {
         // A fixed mode is known from the start (readiness, `lifeboat_dr_mode_known`).
         metrics.dr_mode_known.set(1);
