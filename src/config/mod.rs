@@ -4,7 +4,9 @@
 //! segments (that is `segments`) nor touch sockets.
 
 mod limits;
+mod locate;
 mod validate;
+mod warnings;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +19,7 @@ use serde::Deserialize;
 
 pub use limits::Limits;
 pub use validate::compile_segments;
+pub use warnings::{dr_connector_groups, edge_warnings, ConfigWarning, WarningKind};
 
 use crate::dr::Trigger;
 use crate::trust::TlsFiles;

@@ -4,60 +4,19 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use super::locate::Locator;
 use super::{ConfigError, EdgeConfig, Limits};
 use crate::segments::{Matcher, SegmentError, SegmentSpec};
 
-/// An error at `key`, with the line found by scanning `text` for it.
+/// An error at `key`, with the line found in `text`.
 pub(crate) fn at(file: &Path, text: &str, key: String, message: String) -> ConfigError {
-    let line = find_line(text, &key);
+    let line = Locator::new(text).line(&key);
     ConfigError {
         file: file.to_path_buf(),
         key,
         line,
         message,
     }
-}
-
-/// Best-effort line of a key path such as `segment[2].tcp_ports` or `limits.idle_timeout`.
-fn find_line(text: &str, key: &str) -> Option<usize> {
-    let mut lines = text.lines().enumerate().peekable();
-    let mut parts = key.split('.').peekable();
-    let mut found = None;
-    while let Some(part) = parts.next() {
-        let (name, index) = match part.split_once('[') {
-            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let last = parts.peek().is_none();
-        let table_header = |l: &str| {
-            let l = l.trim();
-            l == format!("[[{name}]]") || l == format!("[{name}]")
-        };
-        let key_line = |l: &str| {
-            let l = l.trim_start();
-            l.strip_prefix(name)
-                .is_some_and(|r| r.trim_start().starts_with('='))
-        };
-        let mut seen = 0usize;
-        let mut hit = None;
-        for (no, l) in lines.by_ref() {
-            if table_header(l) {
-                if index.is_none_or(|i| i == seen) {
-                    hit = Some(no + 1);
-                    break;
-                }
-                seen += 1;
-            } else if key_line(l) && (last || index.is_none()) {
-                hit = Some(no + 1);
-                break;
-            }
-        }
-        match hit {
-            Some(n) => found = Some(n),
-            None => return found,
-        }
-    }
-    found
 }
 
 /// Checks shared by connector and client.
@@ -165,7 +124,6 @@ pub fn compile_segments(cfg: &EdgeConfig, file: &Path, text: &str) -> Result<Mat
     }
     let mut specs = Vec::new();
     let mut names = HashSet::new();
-    let mut spec_index = Vec::new();
     for (i, seg) in cfg.segments.iter().enumerate() {
         if !names.insert(seg.name.as_str()) {
             return Err(at(
@@ -202,14 +160,9 @@ pub fn compile_segments(cfg: &EdgeConfig, file: &Path, text: &str) -> Result<Mat
                 file,
                 text,
                 format!("segment[{i}].server_groups"),
-                format!(
-                    "DR segment `{}` reaches no DR connector group through its server groups \
-                     (a DR segment needs a server group with at least one `dr = true` connector group)",
-                    seg.name
-                ),
+                no_dr_group(cfg, seg),
             ));
         }
-        spec_index.push(i);
         specs.push(SegmentSpec {
             name: seg.name.clone(),
             domains: seg.domains.clone(),
@@ -218,18 +171,65 @@ pub fn compile_segments(cfg: &EdgeConfig, file: &Path, text: &str) -> Result<Mat
             connector_groups: serving,
         });
     }
-    Matcher::compile(&specs).map_err(|e| {
-        let (seg_name, what) = segment_error_parts(&e);
-        let i = cfg
-            .segments
-            .iter()
-            .position(|s| Some(s.name.as_str()) == seg_name)
-            .unwrap_or(0);
-        at(file, text, format!("segment[{i}].{what}"), e.to_string())
-    })
+    Matcher::compile(&specs).map_err(|e| segment_error(cfg, file, text, &e))
 }
 
-/// Which segment and which key a segment error is about.
-fn segment_error_parts(e: &SegmentError) -> (Option<&str>, &'static str) {
-    e.culprit()
+/// A [`SegmentError`] as a [`ConfigError`] at the segment's entry: for a
+/// bad value `segment[i].domains[j]`, for a duplicate claim the later
+/// segment's entry, with the line of the earlier one in the message.
+fn segment_error(cfg: &EdgeConfig, file: &Path, text: &str, e: &SegmentError) -> ConfigError {
+    let (seg_name, what) = e.culprit();
+    let index = |name: Option<&str>| {
+        cfg.segments
+            .iter()
+            .position(|s| Some(s.name.as_str()) == name)
+    };
+    let i = index(seg_name).unwrap_or(0);
+    let key = match e.item() {
+        Some(item) => format!("segment[{i}].{what}[{item}]"),
+        None => format!("segment[{i}].{what}"),
+    };
+    let mut message = e.to_string();
+    if let SegmentError::Duplicate { first, .. } = e {
+        if let Some(j) = index(Some(first)) {
+            let line = Locator::new(text).line(&format!("segment[{j}]"));
+            message.push_str(&format!("; `{first}` is segment[{j}]"));
+            if let Some(l) = line {
+                message.push_str(&format!(" at line {l}"));
+            }
+        }
+    }
+    at(file, text, key, message)
+}
+
+/// Why a DR segment reaches no DR connector group, naming what it does reach.
+fn no_dr_group(cfg: &EdgeConfig, seg: &super::SegmentConfig) -> String {
+    let head = format!("DR segment `{}` reaches no DR connector group", seg.name);
+    if seg.server_groups.is_empty() {
+        return format!("{head}: it has no server groups (add one whose connector groups include a `dr = true` one)");
+    }
+    let mut reached = Vec::new();
+    for sg in &seg.server_groups {
+        let cgs = cfg
+            .server_groups
+            .iter()
+            .find(|s| &s.name == sg)
+            .map(|s| s.connector_groups.as_slice())
+            .unwrap_or_default();
+        if cgs.is_empty() {
+            reached.push(format!("server group `{sg}` has no connector groups"));
+        } else {
+            reached.push(format!(
+                "server group `{sg}` reaches {} (not `dr = true`)",
+                cgs.iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    format!(
+        "{head} through its server groups: {}; a DR segment needs a server group with a `dr = true` connector group",
+        reached.join("; ")
+    )
 }

@@ -119,13 +119,15 @@ impl fmt::Display for Ports {
 
 /// Parses `payroll.corp.example` or `*.hr.corp.example` (case-insensitive,
 /// trailing dot ignored). `*` is only allowed as the whole leftmost label,
-/// and a bare `*` is refused.
+/// and a bare `*` is refused. A name with non-ASCII characters
+/// (`bücher.example`, `*.例え.jp`) is converted to its ASCII (punycode) form
+/// by UTS #46 (`xn--bcher-kva.example`): destinations arrive in that form.
 pub(super) fn parse_domain(s: &str) -> Result<DomainPattern, &'static str> {
     if let Some(rest) = s.strip_prefix("*.") {
         if rest.contains('*') {
             return Err("'*' is allowed only as the whole leftmost label");
         }
-        return normalize_name(rest).map(DomainPattern::Wildcard);
+        return normalize_idn(rest).map(DomainPattern::Wildcard);
     }
     if s.contains('*') {
         return Err("'*' is allowed only as the whole leftmost label, as in *.example.com");
@@ -136,7 +138,24 @@ pub(super) fn parse_domain(s: &str) -> Result<DomainPattern, &'static str> {
     if s.parse::<IpAddr>().is_ok() {
         return Err("an IP address; list it under cidrs");
     }
-    normalize_name(s).map(DomainPattern::Exact)
+    normalize_idn(s).map(DomainPattern::Exact)
+}
+
+/// [`normalize_name`], after converting a non-ASCII name to punycode.
+pub fn normalize_idn(s: &str) -> Result<String, &'static str> {
+    if s.is_ascii() {
+        return normalize_name(s);
+    }
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.ends_with('.') || s.starts_with('.') || s.contains("..") {
+        return Err("empty label");
+    }
+    let ascii =
+        idna::domain_to_ascii(s).map_err(|_| "not a valid internationalised domain name")?;
+    if ascii.is_empty() {
+        return Err("not a valid internationalised domain name");
+    }
+    normalize_name(&ascii)
 }
 
 /// Why a CIDR was refused.

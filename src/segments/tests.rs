@@ -412,6 +412,155 @@ fn ports_overlap() {
     assert!(p(&[(1, 65535)]).overlaps(&p(&[(65535, 65535)])));
 }
 
+#[test]
+fn idn_names_compile_to_punycode() {
+    let m = compile(&[spec(
+        "idn",
+        &["B\u{fc}cher.Example.", "*.\u{4f8b}\u{3048}.jp"],
+        &[],
+        &["443"],
+    )]);
+    let s = &m.segments()[0];
+    assert_eq!(
+        s.domains.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        ["xn--bcher-kva.example", "*.xn--r8jz45g.jp"]
+    );
+    // Destinations arrive in ASCII (punycode) form, any case.
+    assert_eq!(
+        look(&m, "xn--bcher-kva.example:443").as_deref(),
+        Some("idn")
+    );
+    assert_eq!(
+        look(&m, "XN--BCHER-KVA.example.:443").as_deref(),
+        Some("idn")
+    );
+    assert_eq!(look(&m, "www.xn--r8jz45g.jp:443").as_deref(), Some("idn"));
+    // The same name written in Unicode and in punycode is one key.
+    let e = Matcher::compile(&[
+        spec("a", &["b\u{fc}cher.example"], &[], &["1"]),
+        spec("b", &["xn--bcher-kva.example"], &[], &["1"]),
+    ])
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "segments `a` and `b` both claim domain xn--bcher-kva.example on overlapping TCP ports"
+    );
+    for bad in [
+        "b\u{fc}cher..example",
+        "*.\u{fc}*.example",
+        "\u{fc} x.example",
+        ".\u{fc}.example",
+    ] {
+        let e = Matcher::compile(&[spec("s", &[bad], &[], &["1"])]).unwrap_err();
+        assert!(matches!(e, SegmentError::BadDomain { .. }), "{bad}: {e}");
+    }
+    assert_eq!(
+        normalize_idn("B\u{fc}cher.example."),
+        Ok("xn--bcher-kva.example".into())
+    );
+    assert_eq!(normalize_idn("Plain.Example"), Ok("plain.example".into()));
+}
+
+#[test]
+fn explain_names_the_deciding_key() {
+    let m = design_example();
+    let key = |d: &str| m.explain(&dest(d)).1.map(|k| k.to_string());
+    assert_eq!(
+        key("payroll.corp.example:443").as_deref(),
+        Some("exact name payroll.corp.example")
+    );
+    assert_eq!(
+        key("x.hr.corp.example:1").as_deref(),
+        Some("wildcard *.hr.corp.example")
+    );
+    assert_eq!(
+        key("10.20.30.1:22").as_deref(),
+        Some("prefix 10.20.30.0/24")
+    );
+    assert_eq!(
+        key("[fd00:20::1]:443").as_deref(),
+        Some("prefix fd00:20::/32")
+    );
+    assert_eq!(key("nowhere.example:443"), None);
+    for d in [
+        "payroll.corp.example:22",
+        "a.corp.example:1",
+        "10.20.0.1:22",
+    ] {
+        assert_eq!(m.explain(&dest(d)).0, m.lookup(&dest(d)), "{d}");
+    }
+}
+
+#[test]
+fn errors_point_at_the_entry() {
+    let e = Matcher::compile(&[spec("s", &["a.example", "b..example"], &[], &["1"])]).unwrap_err();
+    assert_eq!(e.item(), Some(1));
+    let e = Matcher::compile(&[spec("s", &[], &["10.0.0.0/8", "10.0.0.1/8"], &["1"])]).unwrap_err();
+    assert_eq!((e.culprit(), e.item()), ((Some("s"), "cidrs"), Some(1)));
+    let e = Matcher::compile(&[spec("s", &["a.example"], &[], &["1", "2", "9-3"])]).unwrap_err();
+    assert_eq!((e.culprit(), e.item()), ((Some("s"), "tcp_ports"), Some(2)));
+    // A duplicate names the later segment's entry as written, after
+    // deduplication within the segment.
+    let e = Matcher::compile(&[
+        spec("a", &["*.x.example"], &[], &["1-100"]),
+        spec(
+            "b",
+            &["y.example", "Y.example.", "*.X.example"],
+            &[],
+            &["50"],
+        ),
+    ])
+    .unwrap_err();
+    assert_eq!((e.culprit(), e.item()), ((Some("b"), "domains"), Some(2)));
+    let e = Matcher::compile(&[spec("s", &["a.example"], &[], &[])]).unwrap_err();
+    assert_eq!(e.item(), None);
+}
+
+#[test]
+fn many_segments_share_a_key_by_port() {
+    let specs: Vec<SegmentSpec> = (1..=40u16)
+        .map(|p| {
+            spec(
+                &format!("p{p}"),
+                &["svc.example", "*.svc.example"],
+                &["10.9.0.0/16"],
+                &[&p.to_string()],
+            )
+        })
+        .collect();
+    let m = compile(&specs);
+    for p in 1..=40 {
+        for h in ["svc.example", "a.svc.example", "10.9.1.1"] {
+            assert_eq!(look(&m, &format!("{h}:{p}")), Some(format!("p{p}")));
+        }
+    }
+    assert_eq!(look(&m, "svc.example:41").as_deref(), Some("!p1"));
+    let mut dup = specs.clone();
+    dup.push(spec("late", &[], &["10.9.0.0/16"], &["20-22"]));
+    let e = Matcher::compile(&dup).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "segments `p20` and `late` both claim prefix 10.9.0.0/16 on overlapping TCP ports"
+    );
+}
+
+#[test]
+fn compile_is_linear_in_segments() {
+    // 20k segments with distinct names: the duplicate-name check once was
+    // quadratic. Generous bound for debug builds on slow machines.
+    let specs: Vec<SegmentSpec> = (0..20_000)
+        .map(|i| spec(&format!("s{i}"), &[&format!("h{i}.example")], &[], &["443"]))
+        .collect();
+    let t = std::time::Instant::now();
+    let m = compile(&specs);
+    assert_eq!(m.segments().len(), 20_000);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
 // ---- property test: Matcher::lookup == reference::lookup ----
 
 const DOMAINS: &[&str] = &[

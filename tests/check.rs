@@ -1,0 +1,565 @@
+//! `lifeboat check` as a process: every validation error with its exit code
+//! (2), key and line; a valid config's table, unreachable segments and
+//! warnings (exit 0); `--match`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const HEAD: &str = r#"trust_domain = "dr.example.com"
+[tls]
+ca = "ca.pem"
+cert = "edge1.pem"
+key = "edge1.key"
+[listen]
+quic = "127.0.0.1:0"
+[dr]
+trigger = "static:on"
+
+[[connector_group]]
+name = "dc1-dr"
+dr = true
+[[connector_group]]
+name = "dc1-app"
+[[server_group]]
+name = "dc1"
+connector_groups = ["dc1-dr"]
+[[server_group]]
+name = "dc1-normal"
+connector_groups = ["dc1-app"]
+"#;
+
+const PAYROLL: &str = r#"
+[[segment]]
+name = "payroll"
+dr = true
+domains = ["payroll.corp.example", "*.hr.corp.example"]
+cidrs = ["10.20.0.0/16", "fd00:20::/32"]
+tcp_ports = ["443", "8000-8080"]
+server_groups = ["dc1"]
+"#;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    text: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    /// 1-based line of the only line of the config containing `needle`,
+    /// counting from the `nth` (0-based) occurrence.
+    fn line(&self, needle: &str, nth: usize) -> usize {
+        self.text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(needle))
+            .nth(nth)
+            .map(|(i, _)| i + 1)
+            .unwrap_or_else(|| panic!("{needle:?} not in config"))
+    }
+
+    /// Asserts exit 2 and an error at `key` on `line` whose message has `msg`.
+    fn error(&self, key: &str, line: usize, msg: &str) {
+        let want = format!("edge.toml:{line}: key `{key}`: ");
+        assert_eq!(self.code, 2, "stderr: {}", self.stderr);
+        assert!(
+            self.stderr.contains(&want) && self.stderr.contains(msg),
+            "want {want:?} and {msg:?} in stderr: {}",
+            self.stderr
+        );
+        assert!(self.stdout.is_empty(), "{}", self.stdout);
+    }
+}
+
+fn check(text: &str, args: &[&str]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("edge.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        text: text.to_owned(),
+        _dir: dir,
+    }
+}
+
+fn edge(segments: &str) -> String {
+    format!("{HEAD}{PAYROLL}{segments}")
+}
+
+#[test]
+fn valid_config_prints_table_unreachable_and_warnings() {
+    let text = edge(
+        r#"
+[[segment]]
+name = "corp"
+dr = true
+domains = ["*.corp.example", "B\u00fccher.example"]
+tcp_ports = ["1-65535"]
+server_groups = ["dc1"]
+
+[[segment]]
+name = "wiki"
+domains = ["wiki.corp.example"]
+tcp_ports = ["443"]
+server_groups = ["dc1"]
+
+[[segment]]
+name = "legacy"
+dr = false
+domains = ["legacy.example"]
+server_groups = ["dc1-normal"]
+
+[[segment]]
+name = "empty"
+dr = true
+tcp_ports = ["1"]
+server_groups = ["dc1"]
+"#,
+    );
+    let r = check(&text, &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let out = &r.stdout;
+    assert!(
+        out.contains("valid edge config: 5 segments, 3 DR segments compiled"),
+        "{out}"
+    );
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}: {out}"))
+            .to_owned()
+    };
+    let payroll = row("payroll");
+    for part in [
+        "payroll.corp.example, *.hr.corp.example, 10.20.0.0/16, fd00:20::/32",
+        "443,8000-8080",
+        "dc1-dr",
+    ] {
+        assert!(payroll.contains(part), "{payroll}");
+    }
+    // IDN compiled to punycode.
+    assert!(row("corp").contains("xn--bcher-kva.example"), "{out}");
+    assert!(row("empty").contains("(nothing)"), "{out}");
+    // Unreachable segments, each with why, file and line.
+    let wiki = r.line("name = \"wiki\"", 0) - 1;
+    let legacy_dr = r.line("dr = false", 0);
+    let empty = r.line("name = \"empty\"", 0) - 1;
+    assert!(out.contains("not reachable in DR (3):"), "{out}");
+    for want in [
+        "  wiki: ".into(),
+        format!("edge.toml:{wiki}: key `segment[2].dr`: segment `wiki` is not a DR segment (`dr = false`)"),
+        "set `dr = true` to serve it in DR".into(),
+        format!("edge.toml:{legacy_dr}: key `segment[3].dr`: segment `legacy` is not a DR segment"),
+        "its server groups reach no DR connector group either; as a DR segment it would be refused: segment `legacy` has no TCP ports".into(),
+        format!("edge.toml:{empty}: key `segment[4]`: DR segment `empty` has no domains and no cidrs: it matches nothing"),
+    ] {
+        assert!(out.contains(&want), "want {want:?} in:\n{out}");
+    }
+    // A non-DR name reachable anyway through a DR wildcard.
+    let wiki_dom = r.line("domains = [\"wiki.corp.example\"]", 0);
+    let want = format!(
+        "edge.toml:{wiki_dom}: key `segment[2].domains[0]`: non-DR segment `wiki`: this entry is reachable in DR through broader DR segments: wiki.corp.example via DR segment `corp` (wildcard *.corp.example, ports 1-65535)"
+    );
+    let warning = out.lines().find(|l| l.contains(&want));
+    assert!(
+        warning.is_some_and(|l| l.starts_with("warning: ")),
+        "want {want:?} in:\n{out}"
+    );
+}
+
+#[test]
+fn match_says_which_segment_and_why() {
+    let text = edge(
+        r#"
+[[segment]]
+name = "wiki"
+domains = ["wiki.example"]
+cidrs = ["192.0.2.0/24"]
+tcp_ports = ["80"]
+server_groups = ["dc1"]
+"#,
+    );
+    let probes = [
+        "payroll.corp.example:443",
+        "PAYROLL.corp.example.:8080",
+        "a.b.hr.corp.example:8000",
+        "[fd00:20::9]:443",
+        "10.20.3.4:22",
+        "nowhere.example:443",
+        "wiki.example:80",
+        "192.0.2.1:81",
+    ];
+    let mut args = Vec::new();
+    for p in probes {
+        args.extend(["--match", p]);
+    }
+    let r = check(&text, &args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for want in [
+        "payroll.corp.example:443: DR segment `payroll` by exact name payroll.corp.example, port 443 in 443,8000-8080; served by DR connector groups dc1-dr",
+        "payroll.corp.example:8080: DR segment `payroll` by exact name",
+        "a.b.hr.corp.example:8000: DR segment `payroll` by wildcard *.hr.corp.example",
+        "[fd00:20::9]:443: DR segment `payroll` by prefix fd00:20::/32",
+        "10.20.3.4:22: no segment (refused 403 not-dr-segment): the most specific key, prefix 10.20.0.0/16, belongs to DR segment `payroll`, but port 22 is not in its ports 443,8000-8080",
+        "nowhere.example:443: no segment (refused 403 not-dr-segment): no DR segment's domains match this name",
+        "wiki.example:80: no segment (refused 403 not-dr-segment): no DR segment's domains match this name; non-DR segment `wiki` has it (exact name wiki.example), but it is `dr = false`",
+        "192.0.2.1:81: no segment (refused 403 not-dr-segment): no DR segment's cidrs contain this address; non-DR segment `wiki` has it (prefix 192.0.2.0/24, not on this port), but it is `dr = false`",
+    ] {
+        assert!(r.stdout.contains(want), "want {want:?} in:\n{}", r.stdout);
+    }
+    // A bad argument is a usage error.
+    let r = check(&text, &["--match", "no-port.example"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--match"), "{}", r.stderr);
+}
+
+#[test]
+fn match_accepts_unicode_names() {
+    let text = edge(
+        r#"
+[[segment]]
+name = "books"
+dr = true
+domains = ["*.b\u00fccher.example"]
+tcp_ports = ["443"]
+server_groups = ["dc1"]
+"#,
+    );
+    let r = check(&text, &["--match", "www.b\u{fc}cher.example:443"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(
+            "www.xn--bcher-kva.example:443: DR segment `books` by wildcard *.xn--bcher-kva.example"
+        ),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn reference_errors() {
+    // Segment naming a missing server group.
+    let r = check(
+        &edge("").replace("server_groups = [\"dc1\"]", "server_groups = [\"dc9\"]"),
+        &[],
+    );
+    r.error(
+        "segment[0].server_groups",
+        r.line("server_groups = [\"dc9\"]", 0),
+        "segment `payroll` names server group `dc9`, which is not defined",
+    );
+    // Server group naming a missing connector group.
+    let r = check(&edge("").replace("[\"dc1-app\"]", "[\"dc1-gone\"]"), &[]);
+    r.error(
+        "server_group[1].connector_groups",
+        r.line("[\"dc1-gone\"]", 0),
+        "server group `dc1-normal` names connector group `dc1-gone`, which is not defined",
+    );
+    // DR segment reaching only non-DR connector groups.
+    let r = check(
+        &edge("").replace(
+            "server_groups = [\"dc1\"]",
+            "server_groups = [\"dc1-normal\"]",
+        ),
+        &[],
+    );
+    r.error(
+        "segment[0].server_groups",
+        r.line("server_groups = [\"dc1-normal\"]", 0),
+        "DR segment `payroll` reaches no DR connector group through its server groups: server group `dc1-normal` reaches `dc1-app` (not `dr = true`)",
+    );
+    // DR segment without server groups: the error stands at its header.
+    let r = check(&edge("").replace("server_groups = [\"dc1\"]\n", ""), &[]);
+    r.error(
+        "segment[0].server_groups",
+        r.line("[[segment]]", 0),
+        "it has no server groups",
+    );
+    // Duplicate definitions.
+    let r = check(&edge(&PAYROLL.replace("10.20", "10.30")), &[]);
+    r.error(
+        "segment[1].name",
+        r.line("name = \"payroll\"", 1),
+        "segment `payroll` is defined twice",
+    );
+    let r = check(
+        &format!("{HEAD}\n[[server_group]]\nname = \"dc1\"\n{PAYROLL}"),
+        &[],
+    );
+    r.error(
+        "server_group[2].name",
+        r.line("name = \"dc1\"", 1),
+        "server group `dc1` is defined twice",
+    );
+}
+
+#[test]
+fn duplicate_claims_name_both_segments() {
+    let other = |domains: &str, cidrs: &str, ports: &str| {
+        edge(&format!(
+            "\n[[segment]]\nname = \"other\"\ndr = true\ndomains = [{domains}]\ncidrs = [{cidrs}]\ntcp_ports = [{ports}]\nserver_groups = [\"dc1\"]\n"
+        ))
+    };
+    let first = |r: &Run| {
+        format!(
+            "`payroll` is segment[0] at line {}",
+            r.line("[[segment]]", 0)
+        )
+    };
+    // Same exact name (case and trailing dot do not matter), overlapping ports.
+    let r = check(
+        &other(
+            "\"a.example\", \"Payroll.Corp.Example.\"",
+            "",
+            "\"8080-9000\"",
+        ),
+        &[],
+    );
+    r.error(
+        "segment[1].domains[1]",
+        r.line("Payroll.Corp.Example.", 0),
+        "segments `payroll` and `other` both claim domain payroll.corp.example on overlapping TCP ports",
+    );
+    assert!(r.stderr.contains(&first(&r)), "{}", r.stderr);
+    // Same wildcard.
+    let r = check(&other("\"*.hr.corp.example\"", "", "\"443\""), &[]);
+    r.error(
+        "segment[1].domains[0]",
+        r.line("domains = [\"*.hr.corp.example\"]", 0),
+        "both claim wildcard *.hr.corp.example on overlapping TCP ports",
+    );
+    // Same prefix, written differently.
+    let r = check(
+        &other("", "\"10.1.0.0/16\",\n  \"FD00:20:0::/32\"", "\"1-500\""),
+        &[],
+    );
+    r.error(
+        "segment[1].cidrs[1]",
+        r.line("FD00:20:0::/32", 0),
+        "both claim prefix fd00:20::/32 on overlapping TCP ports",
+    );
+    // Disjoint ports, or a non-DR segment: fine.
+    let r = check(
+        &other("\"payroll.corp.example\"", "\"10.20.0.0/16\"", "\"22\""),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = check(
+        &other("\"payroll.corp.example\"", "", "\"443\"")
+            .replace("dr = true\ndomains = [\"payroll", "domains = [\"payroll"),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn bad_values_name_the_entry() {
+    let seg = |domains: &str, cidrs: &str, ports: &str| {
+        edge(&format!(
+            "\n[[segment]]\nname = \"bad\"\ndr = true\ndomains = [{domains}]\ncidrs = [{cidrs}]\ntcp_ports = [{ports}]\nserver_groups = [\"dc1\"]\n"
+        ))
+    };
+    let cases: &[(&str, &str, &str, &str, &str, &str)] = &[
+        // (domains, cidrs, ports, key, needle for the line, message part)
+        (
+            "",
+            "",
+            "",
+            "segment[1].tcp_ports",
+            "tcp_ports = []",
+            "segment `bad` has no TCP ports (tcp_ports is empty)",
+        ),
+        (
+            "",
+            "",
+            "\"443\", \"0\"",
+            "segment[1].tcp_ports[1]",
+            "\"443\", \"0\"",
+            "bad TCP port `0`: port 0 is not a TCP port",
+        ),
+        (
+            "",
+            "",
+            "\"65536\"",
+            "segment[1].tcp_ports[0]",
+            "\"65536\"",
+            "bad TCP port `65536`: port above 65535",
+        ),
+        (
+            "",
+            "",
+            "\"1\", \"9000-8000\"",
+            "segment[1].tcp_ports[1]",
+            "9000-8000",
+            "bad TCP port `9000-8000`: range is reversed",
+        ),
+        (
+            "",
+            "",
+            "\"http\"",
+            "segment[1].tcp_ports[0]",
+            "\"http\"",
+            "bad TCP port `http`: not a port number or range",
+        ),
+        (
+            "\"a..example\"",
+            "",
+            "\"1\"",
+            "segment[1].domains[0]",
+            "a..example",
+            "bad domain `a..example`",
+        ),
+        (
+            "\"ok.example\", \"*.*.example\"",
+            "",
+            "\"1\"",
+            "segment[1].domains[1]",
+            "*.*.example",
+            "'*' is allowed only as the whole leftmost label",
+        ),
+        (
+            "\"x*.example\"",
+            "",
+            "\"1\"",
+            "segment[1].domains[0]",
+            "x*.example",
+            "bad domain `x*.example`",
+        ),
+        (
+            "\"10.0.0.1\"",
+            "",
+            "\"1\"",
+            "segment[1].domains[0]",
+            "\"10.0.0.1\"",
+            "an IP address; list it under cidrs",
+        ),
+        (
+            "",
+            "\"10.0.0.0/33\"",
+            "\"1\"",
+            "segment[1].cidrs[0]",
+            "10.0.0.0/33",
+            "bad CIDR `10.0.0.0/33`: prefix length out of range",
+        ),
+        (
+            "",
+            "\"corp.example/8\"",
+            "\"1\"",
+            "segment[1].cidrs[0]",
+            "corp.example/8",
+            "bad CIDR `corp.example/8`: not an IP address or prefix",
+        ),
+        (
+            "",
+            "\"10.20.1.0/16\"",
+            "\"1\"",
+            "segment[1].cidrs[0]",
+            "10.20.1.0/16",
+            "has host bits set (did you mean `10.20.0.0/16`?)",
+        ),
+    ];
+    for &(d, c, p, key, needle, msg) in cases {
+        let r = check(&seg(d, c, p), &[]);
+        r.error(key, r.line(needle, 0), msg);
+    }
+}
+
+#[test]
+fn parse_errors_name_key_and_line() {
+    // Unknown key.
+    let r = check(&edge("").replace("tcp_ports = [", "tcp_port = ["), &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let want = format!("edge.toml:{}: key `segment[0]", r.line("tcp_port = [", 0));
+    assert!(
+        r.stderr.contains(&want) && r.stderr.contains("tcp_port"),
+        "{want} in {}",
+        r.stderr
+    );
+    // Bad duration.
+    let r = check(
+        &format!("{}\n[limits]\nidle_timeout = \"soon\"\n", edge("")),
+        &[],
+    );
+    r.error(
+        "limits.idle_timeout",
+        r.line("idle_timeout", 0),
+        "`soon` is not a duration",
+    );
+    // Wrong type.
+    let r = check(
+        &edge("").replace("dr = true\ndomains", "dr = \"yes\"\ndomains"),
+        &[],
+    );
+    r.error("segment[0].dr", r.line("dr = \"yes\"", 0), "");
+    // Not TOML at all.
+    let r = check("trust_domain = [\n", &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("edge.toml:"), "{}", r.stderr);
+}
+
+#[test]
+fn unreadable_or_unknown_role_is_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
+        .args(["check", "-c", "/nonexistent/edge.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let r = check("trust_domain = \"x\"\n", &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot tell the role"), "{}", r.stderr);
+    // --match needs an edge config.
+    let r = check(
+        "trust_domain = \"x\"\nedges = [\"e:443\"]\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        &["--match", "a.example:1"],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--match needs an edge config"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn connector_and_client_configs_check() {
+    let r = check(
+        "trust_domain = \"x.example\"\nedges = [\"edge.example:443\"]\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("valid connector config"), "{}", r.stdout);
+    let r = check(
+        "trust_domain = \"x.example\"\nedges = [\"edge.example:443\"]\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[listen]\nsocks = \"127.0.0.1:1080\"\n[[forward]]\nlisten = \"127.0.0.1:2222\"\nto = \"git:22\"\n",
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("valid client config")
+            && r.stdout.contains("forward 127.0.0.1:2222 -> git:22"),
+        "{}",
+        r.stdout
+    );
+    let r = check(
+        "trust_domain = \"x.example\"\nedges = []\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[listen]\nsocks = \"127.0.0.1:1080\"\n",
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(":2: key `edges`: at least one edge address is required"),
+        "{}",
+        r.stderr
+    );
+}
