@@ -455,3 +455,30 @@ async fn dns_record_output_loads_into_hickory_and_drives_the_trigger() {
     let w2 = Watcher::start(&dns2, Role::Edge, "");
     w2.wait_mode(DrMode::On, Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn an_unusable_signing_key_is_a_configuration_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.pub");
+    std::fs::write(&bad, "not a key\n").expect("write");
+    let dns = DnsServer::start().await;
+    for path in [bad, dir.path().join("missing.pub")] {
+        let dr = common_dns::dr_section(&format!(
+            "trigger = \"dns:{TRIGGER}\"\nsigning_key = {:?}\n",
+            path.display().to_string()
+        ));
+        let err = lifeboat::dr::trigger::start_for(
+            Role::Edge,
+            &dr,
+            &dns.dns_section(),
+            std::sync::Arc::new(lifeboat::metrics::Metrics::new("edge")),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .expect_err("refused");
+        let ce = err
+            .downcast_ref::<lifeboat::config::ConfigError>()
+            .unwrap_or_else(|| panic!("not a ConfigError (exit 2): {err:#}"));
+        assert_eq!(ce.key, "dr.signing_key");
+        assert_eq!(ce.file, path);
+    }
+}

@@ -137,7 +137,6 @@ pub fn start_for(
     metrics.set_dr_mode(DrMode::Off);
     apply(&tx, machine.mode(), &metrics);
     let mut shell = Shell {
-        source,
         machine,
         tx,
         metrics,
@@ -146,12 +145,12 @@ pub fn start_for(
         settled: false,
         spreading: None,
     };
-    if let Source::File(path) = &shell.source {
+    if let Source::File(path) = &source {
         // A file is read at once, so the mode is known before the role binds.
         let lookup = read_file(path);
         shell.handle(Some(lookup));
     }
-    tokio::spawn(shell.run(stop));
+    tokio::spawn(shell.run(source, stop));
     Ok(rx)
 }
 
@@ -382,7 +381,6 @@ fn write_state(path: &Path, record: &str) -> std::io::Result<()> {
 
 /// The watcher task's state.
 struct Shell {
-    source: Source,
     machine: Machine,
     tx: watch::Sender<DrMode>,
     metrics: Arc<Metrics>,
@@ -395,25 +393,41 @@ struct Shell {
 }
 
 impl Shell {
-    async fn run(mut self, stop: CancellationToken) {
+    async fn run(mut self, source: Source, stop: CancellationToken) {
         loop {
-            let mut wake = self.machine.poll_timeout();
-            if let Some((_, at)) = self.spreading {
-                wake = wake.min(at);
-            }
+            let poll = self.machine.poll_timeout();
+            let wake = self.timer().map_or(poll, |t| t.min(poll));
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = stop.cancelled() => return,
             }
-            let lookup = if self.machine.poll_due(Instant::now()) {
+            if !self.machine.poll_due(Instant::now()) {
+                self.handle(None);
+                continue;
+            }
+            // A slow lookup (a silent server: up to `timeout`) must not
+            // delay a `t=`/`x=` edge or a spread change meanwhile.
+            let lookup = source.lookup();
+            tokio::pin!(lookup);
+            let done = loop {
+                let timer = self.timer();
                 tokio::select! {
-                    l = self.source.lookup() => Some(l),
+                    l = &mut lookup => break l,
+                    _ = sleep_until_opt(timer) => self.handle(None),
                     _ = stop.cancelled() => return,
                 }
-            } else {
-                None
             };
-            self.handle(lookup);
+            self.handle(Some(done));
+        }
+    }
+
+    /// The next time edge other than a poll: a record's `t=`/`x=` or the
+    /// end of a spread delay.
+    fn timer(&self) -> Option<Instant> {
+        let spread = self.spreading.map(|(_, at)| at);
+        match (self.machine.poll_edge(), spread) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -477,6 +491,13 @@ impl Shell {
                 warn!(file = %path.display(), "DR state file not written: {e}");
             }
         }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -271,17 +271,24 @@ impl Machine {
     /// When the machine next wants a call: the next poll, a scheduled
     /// record's `t=`, or the accepted record's `x=`.
     pub fn poll_timeout(&self) -> Instant {
-        let mut at = self.next_poll;
+        self.poll_edge()
+            .map_or(self.next_poll, |edge| edge.min(self.next_poll))
+    }
+
+    /// The next time edge that changes the mode without a lookup: a
+    /// scheduled record's `t=` or the accepted record's future `x=`.
+    pub fn poll_edge(&self) -> Option<Instant> {
         let now = self.clock.secs();
-        if let Some(t) = self.scheduled.as_ref().and_then(|s| s.record.start) {
-            at = at.min(self.clock.instant_of(t));
+        let start = self.scheduled.as_ref().and_then(|s| s.record.start);
+        let end = self
+            .accepted
+            .as_ref()
+            .and_then(|a| a.record.end)
+            .filter(|&x| x > now);
+        match (start, end) {
+            (Some(t), Some(x)) => Some(self.clock.instant_of(t.min(x))),
+            (t, x) => t.or(x).map(|e| self.clock.instant_of(e)),
         }
-        if let Some(x) = self.accepted.as_ref().and_then(|a| a.record.end) {
-            if x > now {
-                at = at.min(self.clock.instant_of(x));
-            }
-        }
-        at
     }
 
     /// Whether a lookup is due at `at`.

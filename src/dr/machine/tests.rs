@@ -220,9 +220,11 @@ fn end_means_off_without_a_lookup() {
     let o = m.handle_lookup(now, found(&format!("v=1;b=on;k=zpa;x={}", T0 + 5), 30));
     assert_eq!(o.transition, tr(DrMode::Off, DrMode::On));
     assert_eq!(m.poll_timeout(), now.at + 5 * S, "wakes at x");
+    assert_eq!(m.poll_edge(), Some(now.at + 5 * S));
     let o = m.handle_timeout(now.after(5 * S));
     assert_eq!(o.transition, tr(DrMode::On, DrMode::Off));
     assert_eq!(m.poll_timeout(), now.at + 30 * S, "x is behind us");
+    assert_eq!(m.poll_edge(), None);
 
     // A record already past its end means off.
     let mut m = Machine::new(settings(None), now);
