@@ -270,7 +270,10 @@ fn metric_names(text: &str) -> BTreeSet<String> {
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
-        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/') {
+        let part_of_a_word =
+            before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/');
+        // `lifeboat_` alone is the prefix, spoken of, not a metric.
+        if !part_of_a_word && end > "lifeboat_".len() {
             out.insert(tail[..end].to_string());
         }
         rest = &tail[end..];
@@ -810,4 +813,83 @@ fn drill_unit_command_line_runs_against_the_shipped_configs() {
     );
     let prom = std::fs::read_to_string(&textfile).expect("textfile");
     assert!(prom.contains("lifeboat_drill_success 0"), "{prom}");
+}
+
+// ---------------------------------------------------------------- runbook
+
+#[test]
+fn runbook_commands_alerts_and_metrics_exist() {
+    let runbook = read("docs/runbook.md");
+    assert!(
+        read("README.md").contains("(docs/runbook.md)"),
+        "README links the runbook"
+    );
+    // Every alert it names is a rule.
+    let rules = read("deploy/prometheus/lifeboat-alerts.yml");
+    let mut rest = runbook.as_str();
+    let mut alerts = 0;
+    while let Some(i) = rest.find("`Lifeboat") {
+        let name: String = rest[i + 1..]
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        // `Lifeboat-Error` is the header, not an alert.
+        if name.len() > "Lifeboat".len() {
+            assert!(
+                rules.contains(&format!("- alert: {name}\n")),
+                "runbook names alert {name}"
+            );
+            alerts += 1;
+        }
+        rest = &rest[i + 1..];
+    }
+    assert!(alerts >= 8, "runbook names the alerts to expect: {alerts}");
+    // Every full metric name it uses is exposed.
+    let exposed = exposed_names();
+    for name in metric_names(&runbook) {
+        assert!(
+            exposed.contains(&name),
+            "runbook names `{name}`, which nothing exposes"
+        );
+    }
+    // Every `lifeboat` command line in its shell blocks names a real
+    // subcommand and real flags.
+    let mut in_sh = false;
+    let mut commands = 0;
+    for line in runbook.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        let Some(cmd) = line.trim().strip_prefix("lifeboat ").filter(|_| in_sh) else {
+            continue;
+        };
+        let words: Vec<&str> = cmd.split_whitespace().take_while(|w| *w != "#").collect();
+        let sub: Vec<&str> = words
+            .iter()
+            .take_while(|w| !w.starts_with('-'))
+            .copied()
+            .collect();
+        let mut help_args = sub.clone();
+        help_args.push("--help");
+        let o = lifeboat(&help_args);
+        assert!(
+            o.status.success(),
+            "`lifeboat {}`: {}",
+            sub.join(" "),
+            text(&o)
+        );
+        let help = String::from_utf8_lossy(&o.stdout);
+        for flag in words.iter().filter(|w| w.starts_with("--")) {
+            assert!(
+                help.contains(&format!("{flag} "))
+                    || help.contains(&format!("{flag}\n"))
+                    || help.contains(&format!("{flag},")),
+                "`lifeboat {}` has no {flag}",
+                sub.join(" ")
+            );
+        }
+        commands += 1;
+    }
+    assert!(commands >= 10, "runbook shell commands checked: {commands}");
 }
