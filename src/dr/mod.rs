@@ -1,6 +1,8 @@
 //! DR mode: what it is (`DrMode`), where it comes from (`Trigger`), the TXT
-//! record format (`record`) and the async watcher that feeds the mode to the
-//! roles (`trigger`). The record parser and the mode decision are pure.
+//! record format (`record`), signing keys (`key`), the mode machine that
+//! decides from lookups and time (`machine`), and the async watcher that
+//! resolves, sleeps and feeds the mode to the roles (`trigger`). Everything
+//! but `trigger` is pure.
 
 pub mod key;
 pub mod machine;
