@@ -16,6 +16,8 @@ pub mod dns_record;
 pub mod dr;
 pub mod drill;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loadgen;
 pub mod metrics;
 pub mod pki;

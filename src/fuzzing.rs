@@ -1,0 +1,210 @@
+//! Entry points for the fuzz targets in `fuzz/` and for
+//! `tests/fuzz_corpus.rs`, which replays the committed corpora on stable.
+//! Always compiled, hidden from the docs. Each function takes arbitrary
+//! bytes, must never panic on them, and asserts what the parser promises:
+//! round trips through the encoder, length accounting, agreement with the
+//! reference matcher. A failed assertion is a bug the fuzzer found.
+
+use std::path::Path;
+
+use bytes::BytesMut;
+
+use crate::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
+use crate::dr::record::{self, Kind, Spec};
+use crate::preamble::{self, Dest, Host};
+use crate::segments::{reference, Lookup, Matcher, SegmentSpec};
+use crate::wire;
+
+/// The default preamble limit.
+const LIMIT: usize = 8 * 1024;
+
+/// `preamble`: CONNECT request and response heads.
+pub fn preamble(data: &[u8]) {
+    match preamble::parse_request(data, LIMIT) {
+        Ok(Some((req, consumed))) => {
+            assert!(consumed <= data.len() && consumed <= LIMIT);
+            // The head alone parses the same; the rest is flow data.
+            let again = preamble::parse_request(&data[..consumed], LIMIT);
+            assert_eq!(again, Ok(Some((req.clone(), consumed))));
+            // Our own encoding of the destination round-trips.
+            let enc = preamble::encode_request(&req.dest);
+            let back = preamble::parse_request(&enc, LIMIT);
+            assert_eq!(back, Ok(Some((req.clone(), enc.len()))));
+            assert_eq!(Dest::parse(&req.dest.to_string()), Ok(req.dest));
+        }
+        Ok(None) => assert!(data.len() < LIMIT, "need more at the limit"),
+        Err(_) => {}
+    }
+    match preamble::parse_response(data, LIMIT) {
+        Ok(Some((resp, consumed))) => {
+            assert!(consumed <= data.len() && consumed <= LIMIT);
+            if (200..300).contains(&resp.status) {
+                assert_eq!(resp.content_length, 0);
+            }
+        }
+        Ok(None) => assert!(data.len() < LIMIT, "need more at the limit"),
+        Err(_) => {}
+    }
+}
+
+/// `wire`: edge↔connector flow header and reply.
+pub fn wire(data: &[u8]) {
+    if let Ok(Some((h, consumed))) = wire::parse_flow_header(data) {
+        assert!(consumed <= data.len() && consumed <= wire::MAX_HEADER);
+        let mut out = BytesMut::new();
+        wire::encode_flow_header(&h, &mut out).expect("a parsed header encodes");
+        // Canonical but for the case of names, which the parser lowercases.
+        assert_eq!(out.len(), consumed);
+        assert_eq!(wire::parse_flow_header(&out), Ok(Some((h, consumed))));
+        // Every proper prefix is "need more".
+        for n in [0, 1, 2, consumed / 2, consumed - 1] {
+            assert_eq!(wire::parse_flow_header(&data[..n]), Ok(None), "prefix {n}");
+        }
+    }
+    if let Ok(Some((r, consumed))) = wire::parse_flow_reply(data) {
+        assert!(consumed <= data.len());
+        let mut out = BytesMut::new();
+        wire::encode_flow_reply(&r, &mut out);
+        assert_eq!(&out[..], &data[..consumed]);
+        assert_eq!(wire::parse_flow_reply(&out), Ok(Some((r, consumed))));
+    }
+}
+
+/// `record`: the DR trigger TXT record.
+pub fn record(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(rec) = record::parse(text) else {
+        return;
+    };
+    for now in [0, 1, u64::MAX / 2, u64::MAX] {
+        let _ = rec.mode_at(now);
+    }
+    let spec = Spec {
+        mode: rec.mode,
+        kind: Kind::All,
+        start: rec.start,
+        end: rec.end,
+    };
+    let back = record::parse(&record::encode(&spec, None)).expect("encode writes what parse reads");
+    assert_eq!(
+        (back.mode, back.start, back.end, back.signature),
+        (rec.mode, rec.start, rec.end, None)
+    );
+    assert!(back.applies);
+    if let Some((_, signed)) = &rec.signature {
+        assert!(text.starts_with(signed.as_str()));
+    }
+}
+
+/// `config`: TOML into the three role configs; an edge config that parses is
+/// validated and compiled, with warnings. Errors must name a line inside the
+/// text.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let file = Path::new("/fuzz/edge.toml");
+    let lines = text.lines().count() + 1;
+    let check_line = |e: &config::ConfigError| {
+        assert!(e.line.is_none_or(|l| (1..=lines).contains(&l)), "{e}");
+    };
+    match config::from_text::<EdgeConfig>(file, text) {
+        Ok(cfg) => {
+            let m = config::compile_segments(&cfg, file, text).expect("validated configs compile");
+            assert_eq!(
+                m.segments().len(),
+                cfg.segments.iter().filter(|s| s.dr).count()
+            );
+            for w in config::edge_warnings(&cfg, &m, file, text) {
+                assert!(w.line.is_none_or(|l| (1..=lines).contains(&l)), "{w}");
+            }
+        }
+        Err(e) => check_line(&e),
+    }
+    for r in [
+        config::from_text::<ConnectorConfig>(file, text).err(),
+        config::from_text::<ClientConfig>(file, text).err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        check_line(&r);
+    }
+}
+
+/// `segments`: compile and look up, checked against the linear reference.
+///
+/// Input: UTF-8 lines. `name|domains|cidrs|ports` (comma-separated lists)
+/// defines a segment; `?host:port` or `?!raw-host:port` (a hand-built,
+/// unnormalised name) is a destination to look up.
+pub fn segments(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut specs = Vec::new();
+    let mut probes = Vec::new();
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    for line in text.lines().take(256) {
+        if let Some(raw) = line.strip_prefix("?!") {
+            if let Some((host, port)) = raw.rsplit_once(':') {
+                if let Ok(port) = port.parse() {
+                    probes.push(Dest {
+                        host: Host::Name(host.to_owned()),
+                        port,
+                    });
+                }
+            }
+        } else if let Some(d) = line.strip_prefix('?') {
+            if let Ok(d) = Dest::parse(d) {
+                probes.push(d);
+            }
+        } else {
+            let mut parts = line.split('|');
+            let mut next = || parts.next().unwrap_or("");
+            let (name, domains, cidrs, ports) = (next(), next(), next(), next());
+            specs.push(SegmentSpec {
+                name: name.to_owned(),
+                domains: list(domains),
+                cidrs: list(cidrs),
+                tcp_ports: list(ports),
+                connector_groups: vec!["g".into()],
+            });
+        }
+    }
+    let m = match Matcher::compile(&specs) {
+        Ok(m) => m,
+        Err(e) => {
+            // The error names a segment that exists, and an entry in range.
+            let (seg, key) = e.culprit();
+            let spec = specs
+                .iter()
+                .rev()
+                .find(|s| Some(s.name.as_str()) == seg)
+                .expect("culprit is a spec");
+            let len = match key {
+                "domains" => spec.domains.len(),
+                "cidrs" => spec.cidrs.len(),
+                "tcp_ports" => spec.tcp_ports.len(),
+                _ => usize::MAX,
+            };
+            assert!(e.item().is_none_or(|i| i < len), "{e}");
+            return;
+        }
+    };
+    assert_eq!(m.segments().len(), specs.len());
+    for d in &probes {
+        let got = m.lookup(d);
+        assert_eq!(got, reference::lookup(m.segments(), d), "dest {d}");
+        let (explained, key) = m.explain(d);
+        assert_eq!(explained, got);
+        assert_eq!(key.is_some(), got != Lookup::Miss);
+        if let Lookup::Hit(s) = got {
+            assert!(s.ports.contains(d.port));
+        }
+    }
+}
