@@ -42,10 +42,6 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
             .filter(|g| g.dr)
             .map(|g| g.name.as_str()),
     );
-    if matches!(cfg.dr.trigger, Some(crate::dr::Trigger::Static(_))) {
-        // A fixed mode is known from the start (readiness, `lifeboat_dr_mode_known`).
-        metrics.dr_mode_known.set(1);
-    }
     let admin_addr = cfg.listen.admin;
     let edge = Edge::bind(cfg, file, &text, mode, Arc::clone(&metrics))?;
     let state = edge.state();
