@@ -349,3 +349,117 @@ async fn wildcard_segment_is_served() {
     assert!(text.ends_with("hello\n"), "{text}");
     t.shutdown().await;
 }
+
+/// How the app saw a connection end.
+#[derive(Debug, PartialEq, Eq)]
+enum AppEnd {
+    Eof,
+    Reset,
+    Other(std::io::ErrorKind),
+}
+
+/// An app that echoes, resets the connection itself when it reads `RST`,
+/// and reports how each connection it did not reset ended.
+async fn reset_app() -> (u16, tokio::sync::mpsc::UnboundedReceiver<AppEnd>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => return drop(tx.send(AppEnd::Eof)),
+                        Ok(n) if buf[..n].windows(3).any(|w| w == b"RST") => {
+                            reset(s);
+                            return;
+                        }
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                            return drop(tx.send(AppEnd::Reset))
+                        }
+                        Err(e) => return drop(tx.send(AppEnd::Other(e.kind()))),
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// Close `s` with a RST (linger 0), not a FIN.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(s);
+}
+
+async fn echo_roundtrip(s: &mut TcpStream) {
+    s.write_all(b"hello").await.expect("write");
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("echo within 10 s")
+        .expect("read echo");
+    assert_eq!(&buf, b"hello");
+}
+
+/// DESIGN: "an error or reset on either side aborts both sides of the flow".
+/// A reset must arrive as a reset: were it turned into a FIN, a cut upload
+/// or download would look complete to the other end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_on_either_end_arrives_as_a_reset() {
+    let (port, mut ends) = reset_app().await;
+    let t = Builder::new().segment_port(port).start().await;
+
+    // Client -> app: the client resets, the app must read ECONNRESET.
+    let mut s = lifeboat::demo::socks_client::connect(t.socks(), DR_HOST, port)
+        .await
+        .expect("SOCKS connect");
+    echo_roundtrip(&mut s).await;
+    reset(s);
+    let end = tokio::time::timeout(Duration::from_secs(10), ends.recv())
+        .await
+        .expect("the app saw its connection end within 10 s")
+        .expect("app running");
+    eventually("edge counts a reset flow", Duration::from_secs(5), || {
+        t.edge_closed("reset") == 1
+    })
+    .await;
+
+    // App -> client: the app resets, the client must read ECONNRESET.
+    let mut s = lifeboat::demo::socks_client::connect(t.socks(), DR_HOST, port)
+        .await
+        .expect("SOCKS connect");
+    echo_roundtrip(&mut s).await;
+    s.write_all(b"RST").await.expect("write");
+    let mut buf = [0u8; 16];
+    let got = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the client saw the end within 10 s");
+    eventually(
+        "edge counts two reset flows",
+        Duration::from_secs(5),
+        || t.edge_closed("reset") == 2,
+    )
+    .await;
+
+    assert_eq!(
+        end,
+        AppEnd::Reset,
+        "the client reset its connection; the app saw {end:?}"
+    );
+    match got {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("the app reset its connection; the client read {n} bytes (0 = clean FIN)"),
+    }
+    assert_eq!(t.edge_closed("done"), 0);
+    t.shutdown().await;
+}
