@@ -121,8 +121,13 @@ impl Ca {
 
     /// A client certificate that expired yesterday.
     pub fn issue_expired(&self, name: &str) -> CertFiles {
+        self.issue_expired_as(Role::Client, name, None)
+    }
+
+    /// A certificate for `role`/`name` (`group` for connectors) that expired yesterday.
+    pub fn issue_expired_as(&self, role: Role, name: &str, group: Option<&str>) -> CertFiles {
         let now = time::OffsetDateTime::now_utc();
-        let mut o = self.options(Role::Client, name, None);
+        let mut o = self.options(role, name, group);
         o.not_before = Some(now - time::Duration::days(3));
         o.not_after = Some(now - time::Duration::days(1));
         self.write(&o)
@@ -515,13 +520,7 @@ impl Topology {
 
     /// Wait until every connector is registered and the client tunnel is up.
     pub async fn wait_ready(&self) {
-        let want = self.connectors.len() as i64;
-        eventually(
-            &format!("{want} connector(s) registered at the edge"),
-            Duration::from_secs(10),
-            || self.connectors_connected() == want,
-        )
-        .await;
+        self.wait_connectors().await;
         if let Some(c) = &self.client {
             eventually(
                 "client tunnel up at both ends",
@@ -530,6 +529,17 @@ impl Topology {
             )
             .await;
         }
+    }
+
+    /// Wait until every connector is registered at the edge.
+    pub async fn wait_connectors(&self) {
+        let want = self.connectors.len() as i64;
+        eventually(
+            &format!("{want} connector(s) registered at the edge"),
+            Duration::from_secs(10),
+            || self.connectors_connected() == want,
+        )
+        .await;
     }
 
     /// `connectors_connected{group="dc1-dr"}` at the edge.
@@ -591,8 +601,16 @@ impl Topology {
         &self,
         i: usize,
     ) -> (Arc<Metrics>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        self.start_connector_with(&self.connector_certs[i], &format!("connector{i}"))
+    }
+
+    /// Start another connector presenting `cert`; `name` names its config file.
+    pub fn start_connector_with(
+        &self,
+        cert: &CertFiles,
+        name: &str,
+    ) -> (Arc<Metrics>, tokio::task::JoinHandle<anyhow::Result<()>>) {
         let d = self.dir.path();
-        let cert = &self.connector_certs[i];
         let hosts = [DR_HOST, WILDCARD_HOST, NON_DR_HOST, UNKNOWN_HOST]
             .map(|h| format!("{h:?} = \"127.0.0.1\""))
             .join(", ");
@@ -616,7 +634,7 @@ hosts = {{ {hosts} }}
             cert = toml_path(&cert.cert),
             key = toml_path(&cert.key),
         );
-        let path = d.join(format!("connector{i}.toml"));
+        let path = d.join(format!("{name}.toml"));
         std::fs::write(&path, &text).expect("write connector.toml");
         let cfg: ConnectorConfig = config::from_text(&path, &text)
             .unwrap_or_else(|e| panic!("connector config: {e}\n{text}"));
