@@ -20,6 +20,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::transport::stream_code;
 
+/// Most chunks moved per read (QUIC hands over one chunk per frame).
+const BATCH: usize = 32;
+
 /// Largest chunk read from TCP at once.
 const TCP_CHUNK: usize = 64 * 1024;
 
@@ -53,6 +56,8 @@ pub enum SendHalf {
     Tcp(OwnedWriteHalf),
     Io(BoxWrite),
     H2(h2::SendStream<Bytes>),
+    /// Aborted: nothing more goes out.
+    Closed,
 }
 
 fn h2_io(e: h2::Error) -> io::Error {
@@ -85,6 +90,29 @@ impl RecvHalf {
         Self::Io {
             read,
             buf: BytesMut::new(),
+        }
+    }
+
+    /// Append the next chunks to `out` (several at once where the transport
+    /// has them ready); `false` at a clean end of stream.
+    pub async fn read_batch(&mut self, out: &mut Vec<Bytes>) -> io::Result<bool> {
+        if let Self::Quic(r) = self {
+            let mut bufs: [Bytes; BATCH] = Default::default();
+            return match r.read_chunks(&mut bufs).await {
+                Ok(Some(n)) => {
+                    out.extend(bufs.iter_mut().take(n).map(std::mem::take));
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(e) => Err(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+            };
+        }
+        match self.read_chunk().await? {
+            Some(c) => {
+                out.push(c);
+                Ok(true)
+            }
+            None => Ok(false),
         }
     }
 
@@ -140,6 +168,28 @@ impl RecvHalf {
 }
 
 impl SendHalf {
+    /// Write a batch of chunks; the slice is left consumed in unspecified state.
+    pub async fn write_batch(&mut self, chunks: &mut [Bytes]) -> io::Result<()> {
+        match self {
+            Self::Quic(s) => s
+                .write_all_chunks(chunks)
+                .await
+                .map_err(|e| io::Error::new(io::ErrorKind::ConnectionReset, e)),
+            Self::Tcp(w) => write_all_vectored(w, chunks).await,
+            Self::Io(w) => {
+                write_all_vectored(w, chunks).await?;
+                w.flush().await
+            }
+            Self::H2(_) => {
+                for c in chunks.iter_mut() {
+                    self.write(std::mem::take(c)).await?;
+                }
+                Ok(())
+            }
+            Self::Closed => Err(io::Error::new(io::ErrorKind::NotConnected, "flow aborted")),
+        }
+    }
+
     pub async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
         match self {
             Self::Quic(s) => s
@@ -174,6 +224,7 @@ impl SendHalf {
                 }
                 Ok(())
             }
+            Self::Closed => Err(io::Error::new(io::ErrorKind::NotConnected, "flow aborted")),
         }
     }
 
@@ -186,6 +237,7 @@ impl SendHalf {
             Self::Tcp(w) => w.shutdown().await,
             Self::Io(w) => w.shutdown().await,
             Self::H2(s) => s.send_data(Bytes::new(), true).map_err(h2_io),
+            Self::Closed => Err(io::Error::new(io::ErrorKind::NotConnected, "flow aborted")),
         }
     }
 
@@ -197,11 +249,17 @@ impl SendHalf {
             }
             Self::Io(_) => {}
             Self::H2(s) => s.send_reset(h2::Reason::CANCEL),
-            Self::Tcp(w) => {
-                // Linger 0 turns the close into a RST; it does not block with a zero timeout.
-                let _ =
-                    socket2::SockRef::from(w.as_ref()).set_linger(Some(std::time::Duration::ZERO));
+            Self::Tcp(_) => {
+                if let Self::Tcp(w) = std::mem::replace(self, Self::Closed) {
+                    // Linger 0 turns the close into a RST (it does not block with a
+                    // zero timeout); `forget` keeps tokio from sending a FIN first, so
+                    // the peer sees the reset when the read half goes.
+                    let _ = socket2::SockRef::from(w.as_ref())
+                        .set_linger(Some(std::time::Duration::ZERO));
+                    w.forget();
+                }
             }
+            Self::Closed => {}
         }
     }
 }
@@ -245,13 +303,51 @@ async fn pump(
     count: &mut u64,
     counter: &IntCounter,
 ) -> io::Result<()> {
-    while let Some(chunk) = from.read_chunk().await? {
-        let n = chunk.len() as u64;
-        to.write(chunk).await?;
+    let mut batch = Vec::with_capacity(BATCH);
+    while from.read_batch(&mut batch).await? {
+        let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
+        to.write_batch(&mut batch).await?;
+        batch.clear();
         *count += n;
         counter.inc_by(n);
     }
     to.finish().await
+}
+
+/// Write every byte of `chunks` with vectored writes (one syscall for many
+/// QUIC frames' worth of payload instead of one each).
+async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    chunks: &mut [Bytes],
+) -> io::Result<()> {
+    let mut i = 0;
+    while i < chunks.len() {
+        if chunks[i].is_empty() {
+            i += 1;
+            continue;
+        }
+        let mut slices = [io::IoSlice::new(&[]); BATCH];
+        let mut k = 0;
+        for c in chunks[i..].iter().take(BATCH) {
+            slices[k] = io::IoSlice::new(c);
+            k += 1;
+        }
+        let mut n = w.write_vectored(&slices[..k]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && i < chunks.len() {
+            let len = chunks[i].len();
+            if n >= len {
+                n -= len;
+                i += 1;
+            } else {
+                bytes::Buf::advance(&mut chunks[i], n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Splice `a` (client side) and `b` (app side) until both directions end,

@@ -276,10 +276,20 @@ async fn keeper(
             Dialed::Quic(conn) => {
                 quic_bad.remove(&edge.addr);
                 let _ = tx.send(TunnelState::Quic(conn.clone()));
-                tokio::select! {
+                let why = tokio::select! {
                     e = conn.closed() => e.to_string(),
                     _ = stop.cancelled() => "client stopping".into(),
-                }
+                };
+                let st = conn.stats().path;
+                tracing::debug!(
+                    mtu = st.current_mtu,
+                    lost = st.lost_packets,
+                    cwnd = st.cwnd,
+                    congestion_events = st.congestion_events,
+                    sent = st.sent_packets,
+                    "QUIC path"
+                );
+                why
             }
             Dialed::Tls(probe) => {
                 // The handshake proved the edge reachable; flows dial their own.

@@ -15,7 +15,7 @@ pub struct Limits {
     pub max_tunnels: usize,
     /// Flows a process carries at once; the excess is refused. Default 100000.
     pub max_flows: usize,
-    /// Concurrent flows on one tunnel (QUIC stream credit). Default 4096.
+    /// Concurrent flows on one tunnel (QUIC stream credit). Default 1024.
     pub max_flows_per_tunnel: u32,
     /// Handshakes in progress on an edge; the excess is shed before any crypto. Default 256.
     pub max_handshakes_inflight: usize,
@@ -38,7 +38,12 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Per-flow receive window (bytes buffered per direction per flow). Default 1 MiB.
     pub flow_window: u32,
-    /// Per-tunnel receive window (bytes buffered for all flows of a tunnel). Default 16 MiB.
+    /// Per-tunnel receive window (bytes buffered for all flows of a tunnel).
+    /// Default 16 MiB. A flow whose reader stalls holds at most its own
+    /// `flow_window` of it, so one slow reader never stalls the others; only
+    /// more than `tunnel_window / flow_window` stalled flows at once slow the
+    /// rest. 0 removes the cap (`max_flows_per_tunnel * flow_window`), which
+    /// lets a sender burst past what the receiver's UDP buffer holds.
     pub tunnel_window: u32,
 }
 
@@ -47,7 +52,7 @@ impl Default for Limits {
         Self {
             max_tunnels: 10_000,
             max_flows: 100_000,
-            max_flows_per_tunnel: 4096,
+            max_flows_per_tunnel: 1024,
             max_handshakes_inflight: 256,
             preamble_bytes: 8 * 1024,
             preamble_timeout: Duration::from_secs(10),
@@ -62,6 +67,15 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The tunnel-wide window in effect: the configured cap, or every flow's
+    /// window added up (saturating).
+    pub fn effective_tunnel_window(&self) -> u64 {
+        if self.tunnel_window != 0 {
+            return u64::from(self.tunnel_window);
+        }
+        u64::from(self.flow_window).saturating_mul(u64::from(self.max_flows_per_tunnel))
+    }
+
     /// Keepalive period derived from the idle timeout.
     pub fn keepalive(&self) -> Duration {
         (self.idle_timeout / 3).max(Duration::from_millis(100))
@@ -87,10 +101,13 @@ impl Limits {
         if self.idle_timeout < Duration::from_millis(300) {
             return Err(("idle_timeout", "must be at least 300ms".into()));
         }
-        if self.flow_window < 16 * 1024 || self.tunnel_window < self.flow_window {
+        if self.flow_window < 16 * 1024 {
+            return Err(("flow_window", "must be at least 16384".into()));
+        }
+        if self.tunnel_window != 0 && self.tunnel_window < self.flow_window {
             return Err((
-                "flow_window",
-                "flow_window must be at least 16384 and at most tunnel_window".into(),
+                "tunnel_window",
+                "must be 0 (no tunnel-wide cap) or at least flow_window".into(),
             ));
         }
         Ok(())

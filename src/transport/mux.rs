@@ -21,6 +21,12 @@ use crate::splice::{RecvHalf, SendHalf, Side};
 /// Largest HTTP/2 frame we accept (fewer frames per megabyte than the 16 KiB default).
 const MAX_FRAME: u32 = 256 * 1024;
 
+/// HTTP/2 windows stop at 2^31 - 1.
+fn h2_window(limits: &Limits) -> u32 {
+    u32::try_from(limits.effective_tunnel_window())
+        .map_or(i32::MAX as u32, |w| w.min(i32::MAX as u32))
+}
+
 /// The edge's handle on a multiplexed connector tunnel.
 #[derive(Clone)]
 pub struct MuxLink {
@@ -80,7 +86,7 @@ where
 {
     let (send, mut conn) = h2::client::Builder::new()
         .initial_window_size(limits.flow_window)
-        .initial_connection_window_size(limits.tunnel_window)
+        .initial_connection_window_size(h2_window(limits))
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(0)
         .enable_push(false)
@@ -121,7 +127,7 @@ where
 {
     let mut conn = match h2::server::Builder::new()
         .initial_window_size(limits.flow_window)
-        .initial_connection_window_size(limits.tunnel_window)
+        .initial_connection_window_size(h2_window(limits))
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(limits.max_flows_per_tunnel)
         .handshake::<_, Bytes>(io)
