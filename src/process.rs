@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::client::Client;
-use crate::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
+use crate::config::{self, ClientConfig, ConnectorConfig, EdgeConfig, RestartNeeded};
 use crate::connector::Connector;
 use crate::edge::Edge;
 use crate::metrics::Metrics;
@@ -36,12 +36,6 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         drain.clone(),
     )?;
-    metrics.init_connector_groups(
-        cfg.connector_groups
-            .iter()
-            .filter(|g| g.dr)
-            .map(|g| g.name.as_str()),
-    );
     let admin_addr = cfg.listen.admin;
     let edge = Edge::bind(cfg, file, &text, mode, Arc::clone(&metrics))?;
     let state = edge.state();
@@ -53,9 +47,13 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
     let file = file.to_path_buf();
     tokio::spawn(async move {
         while reload.recv().await.is_some() {
-            match state.reload(&file) {
-                Ok(outcome) => info!(?outcome, "reload done"),
-                Err(e) => error!("{e:#}"),
+            // Parse and compile (100k segments: a fraction of a second) off
+            // the runtime's workers.
+            let (state, file) = (Arc::clone(&state), file.clone());
+            match tokio::task::spawn_blocking(move || state.reload(&file)).await {
+                Ok(Ok(outcome)) => info!(?outcome, "reload done"),
+                Ok(Err(e)) => error!("{e:#}"),
+                Err(e) => error!("reload task failed: {e}"),
             }
         }
     });
@@ -65,6 +63,7 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
 /// `lifeboat connector -c FILE`.
 pub async fn connector(file: &Path) -> anyhow::Result<()> {
     let cfg = config::load::<ConnectorConfig>(file)?;
+    let running = cfg.clone();
     let (drain, mut reload) = signals()?;
     let metrics = Arc::new(Metrics::new("connector"));
     let admin_addr = cfg.listen.admin;
@@ -76,18 +75,21 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
     }
     let state = connector.state();
     let m = Arc::clone(&metrics);
+    let file = file.to_path_buf();
     tokio::spawn(async move {
+        let mut running = running;
         while reload.recv().await.is_some() {
-            match state.trust.reload() {
-                Ok(()) => {
-                    m.config_reloads.with_label_values(&["ok"]).inc();
-                    info!("reload: certificates, CA and CRL re-read");
-                }
-                Err(e) => {
-                    m.config_reloads.with_label_values(&["error"]).inc();
-                    error!("reload kept the old certificates: {e}");
-                }
+            // Certificates, CA and CRL: always, whatever the config says.
+            let trust = state.trust.reload();
+            if trust.is_ok() {
+                let (local, ca) = state.trust.expiry_unix();
+                m.cert_expiry
+                    .with_label_values(&["local"])
+                    .set(local as f64);
+                m.cert_expiry.with_label_values(&["ca"]).set(ca as f64);
             }
+            let checked = check_config(&file, &mut running);
+            count_reload(&m, Some(trust.map_err(anyhow::Error::from)), checked);
         }
     });
     connector.run(drain).await
@@ -96,6 +98,7 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
 /// `lifeboat client -c FILE`.
 pub async fn client(file: &Path) -> anyhow::Result<()> {
     let cfg = config::load::<ClientConfig>(file)?;
+    let running = cfg.clone();
     let (drain, mut reload) = signals()?;
     let metrics = Arc::new(Metrics::new("client"));
     let mode = crate::dr::trigger::start_for(
@@ -112,10 +115,54 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
         let ready = admin::client_readiness(Arc::clone(&metrics));
         tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
     }
+    let m = Arc::clone(&metrics);
+    let file = file.to_path_buf();
     tokio::spawn(async move {
+        let mut running = running;
         while reload.recv().await.is_some() {
-            info!("reload: the client re-reads its config on restart; SIGHUP ignored");
+            // The client keeps its certificates for its life (its state holds
+            // no reloadable trust yet); the config is checked so that a bad
+            // edit is reported now, not at the next restart.
+            let checked = check_config(&file, &mut running);
+            count_reload(&m, None, checked);
         }
     });
     client.run(drain).await
+}
+
+/// Re-reads and validates a connector or client config. Their state is
+/// fixed at start-up, so a valid change is only reported as needing a
+/// restart (`running` then follows the file, so each change is reported
+/// once); a bad file is the error.
+fn check_config<T: config::RoleConfig + RestartNeeded>(
+    file: &Path,
+    running: &mut T,
+) -> anyhow::Result<()> {
+    let new = config::load::<T>(file)?;
+    let restart = running.restart_needed(&new);
+    if !restart.is_empty() {
+        warn!(
+            "reload: changes to {} need a restart and were not applied",
+            restart.join(", ")
+        );
+    }
+    *running = new;
+    Ok(())
+}
+
+/// Counts and logs one connector or client reload (`trust`: `None` when
+/// the role cannot re-read its certificates).
+fn count_reload(m: &Metrics, trust: Option<anyhow::Result<()>>, config: anyhow::Result<()>) {
+    let ok = trust.as_ref().is_none_or(Result::is_ok) && config.is_ok();
+    m.config_reloads
+        .with_label_values(&[if ok { "ok" } else { "error" }])
+        .inc();
+    match trust {
+        Some(Ok(())) => info!("reload: certificates, CA and CRL re-read"),
+        Some(Err(e)) => error!("reload kept the old certificates: {e:#}"),
+        None => warn!("reload: certificates are read at start-up only in this role"),
+    }
+    if let Err(e) = config {
+        error!("reload: config file is invalid (the running config stays): {e:#}");
+    }
 }

@@ -131,7 +131,7 @@ impl Topology {
                 tokio::spawn(crate::admin::serve(
                     l,
                     Arc::clone(&edge_metrics),
-                    Arc::new(|| Ok(())),
+                    crate::admin::edge_readiness(Arc::clone(&edge_metrics)),
                     drain.clone(),
                 ));
                 Some(bound)

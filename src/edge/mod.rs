@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{compile_segments, EdgeConfig, Limits};
+use crate::config::{compile_segments, EdgeConfig, Limits, RestartNeeded};
 use crate::dr::DrMode;
 use crate::metrics::{Metrics, SegmentMetrics};
 use crate::segments::Matcher;
@@ -46,6 +46,15 @@ impl Policy {
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let matcher = compile_segments(&cfg, file, text)?;
+        metrics.init_connector_groups(
+            cfg.connector_groups
+                .iter()
+                .filter(|g| g.dr)
+                .map(|g| g.name.as_str()),
+        );
+        for w in crate::config::edge_warnings(&cfg, &matcher, file, text) {
+            warn!("config: {w}");
+        }
         let segment_metrics = matcher
             .segments()
             .iter()
@@ -104,6 +113,7 @@ impl EdgeState {
                 return Err(e.context("reload: config kept as it was"));
             }
         };
+        self.set_cert_expiry();
         let old = self.policy.load();
         let changes_policy = old.source.segments != policy.source.segments
             || old.source.server_groups != policy.source.server_groups
@@ -114,11 +124,39 @@ impl EdgeState {
             warn!("reload: segment, group and policy changes are refused while DR mode is on; certificates and CRL were re-read");
             return Ok(ReloadOutcome::PolicyRefused);
         }
+        let restart = old.source.restart_needed(&policy.source);
+        if !restart.is_empty() {
+            warn!(
+                "reload: changes to {} need a restart and were not applied",
+                restart.join(", ")
+            );
+        }
+        // Segments the new config drops are no longer ready.
+        let kept: HashSet<&str> = policy
+            .matcher
+            .segments()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        for (seg, sm) in old.matcher.segments().iter().zip(&old.segment_metrics) {
+            if !kept.contains(seg.name.as_str()) {
+                sm.ready.set(0);
+            }
+        }
+        drop(kept);
         self.policy.store(Arc::new(policy));
         self.update_ready();
         m.config_reloads.with_label_values(&["ok"]).inc();
         info!("reload: config and certificates applied");
         Ok(ReloadOutcome::Applied)
+    }
+
+    /// `lifeboat_cert_expiry_timestamp_seconds` from the loaded certificates.
+    fn set_cert_expiry(&self) {
+        let (local, ca) = self.trust.expiry_unix();
+        let g = &self.metrics.cert_expiry;
+        g.with_label_values(&["local"]).set(local as f64);
+        g.with_label_values(&["ca"]).set(ca as f64);
     }
 
     fn next_id(&self) -> u64 {
@@ -345,9 +383,13 @@ async fn connector_tunnel(
     let tunnels = m
         .tunnels_active
         .with_label_values(&["connector", kind.as_str()]);
-    let connected = m.connectors_connected.with_label_values(&[group.as_str()]);
+    // The group label comes from the peer's certificate: count only groups the
+    // config names, so labels stay bounded by the config.
+    let connected = known.then(|| m.connectors_connected.with_label_values(&[group.as_str()]));
     tunnels.inc();
-    connected.inc();
+    if let Some(c) = &connected {
+        c.inc();
+    }
     state.registry.add(Arc::clone(&t));
     state.update_ready();
     info!(peer = %peer, transport = kind.as_str(), "connector tunnel up");
@@ -355,6 +397,8 @@ async fn connector_tunnel(
     state.registry.remove(&group, t.id);
     state.update_ready();
     tunnels.dec();
-    connected.dec();
+    if let Some(c) = &connected {
+        c.dec();
+    }
     info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: {why}");
 }
