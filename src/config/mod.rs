@@ -5,6 +5,7 @@
 
 mod limits;
 mod locate;
+mod reload;
 mod validate;
 mod warnings;
 
@@ -18,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 pub use limits::Limits;
+pub use reload::RestartNeeded;
 pub use validate::compile_segments;
 pub use warnings::{dr_connector_groups, edge_warnings, ConfigWarning, WarningKind};
 
@@ -72,7 +74,7 @@ pub enum TransportChoice {
 }
 
 /// `[tls]`: the pinned CA, our certificate and key, an optional CRL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSection {
     pub ca: PathBuf,
@@ -103,7 +105,7 @@ impl TlsSection {
 }
 
 /// `[dr]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrSection {
     #[serde(default)]
@@ -138,7 +140,7 @@ impl DrSection {
 }
 
 /// `[dns]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsSection {
     #[serde(default)]
@@ -149,7 +151,7 @@ pub struct DnsSection {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     /// One line per finished flow at info level.
@@ -158,7 +160,7 @@ pub struct LogSection {
 }
 
 /// The edge's `[listen]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeListen {
     #[serde(default)]
@@ -202,7 +204,7 @@ pub struct SegmentConfig {
 }
 
 /// `lifeboat edge -c edge.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     pub trust_domain: String,
@@ -225,7 +227,7 @@ pub struct EdgeConfig {
 }
 
 /// `[listen]` of connector and client.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentListen {
     #[serde(default)]
@@ -237,7 +239,7 @@ pub struct AgentListen {
 }
 
 /// `lifeboat connector -c connector.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorConfig {
     pub trust_domain: String,
@@ -258,7 +260,7 @@ pub struct ConnectorConfig {
 }
 
 /// `[[forward]]`: a local port carried to a fixed destination.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardConfig {
     pub listen: SocketAddr,
@@ -266,7 +268,7 @@ pub struct ForwardConfig {
 }
 
 /// `lifeboat client -c client.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     pub trust_domain: String,
