@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use lifeboat::config::ConfigError;
 use lifeboat::trust::Role;
@@ -193,6 +193,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ip,
                 days,
             } => {
+                // Usage errors exit 2, like every other flag error.
+                let usage = |msg: &str| -> ! {
+                    Cli::command()
+                        .error(clap::error::ErrorKind::MissingRequiredArgument, msg)
+                        .exit()
+                };
+                match (role, &group) {
+                    (Role::Connector, None) => {
+                        usage("a connector certificate needs --group <connector group>")
+                    }
+                    (Role::Edge | Role::Client, Some(_)) => {
+                        usage("--group is only for connector certificates")
+                    }
+                    _ => {}
+                }
                 let (cert, key) = lifeboat::pki::issue(&lifeboat::pki::IssueOptions {
                     dir,
                     role,
@@ -237,8 +252,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             transport,
             json,
         } => {
-            let target = lifeboat::preamble::Dest::parse(&target)
-                .map_err(|e| anyhow::anyhow!("--target `{target}`: {e}"))?;
+            let target = match lifeboat::preamble::Dest::parse(&target) {
+                Ok(t) => t,
+                Err(e) => Cli::command()
+                    .error(
+                        clap::error::ErrorKind::InvalidValue,
+                        format!("--target `{target}`: {e}"),
+                    )
+                    .exit(),
+            };
             let transport = match transport.as_deref() {
                 None => None,
                 Some("auto") => Some(lifeboat::config::TransportChoice::Auto),

@@ -264,7 +264,6 @@ async fn keeper(
             .handshakes
             .with_label_values(&["edge", kind.as_str(), "ok"])
             .inc();
-        backoff.reset();
         last_error = None;
         let since = std::time::Instant::now();
         let tunnels = metrics
@@ -328,7 +327,9 @@ async fn keeper(
         // Move on to the next address at once; the lost one is tried last.
         next = next.wrapping_add(1);
         let _ = tx.send(TunnelState::Connecting);
-        if since.elapsed() < Duration::from_secs(1) {
+        if since.elapsed() >= Duration::from_secs(1) {
+            backoff.reset();
+        } else {
             // A tunnel that dies at once (refused identity, edge restarting) backs off.
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next_delay()) => {}

@@ -5,7 +5,7 @@
 mod flow;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +16,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::backoff::Backoff;
-use crate::config::{ConnectorConfig, Limits, TransportChoice};
+use crate::config::{ConnectorConfig, DnsSection, Limits, TransportChoice};
 use crate::metrics::Metrics;
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer, HEAD_START};
-use crate::transport::{close_code, mux, quic, resolve_edges, tls, EdgeAddr, ALPN_CONNECTOR};
+use crate::transport::resolve::EdgeWatch;
+use crate::transport::{close_code, mux, quic, stream_code, tls, EdgeAddr, ALPN_CONNECTOR};
 use crate::trust::Trust;
 
 /// State shared by the connector's tasks.
@@ -37,6 +38,8 @@ pub struct ConnectorState {
 pub struct Connector {
     state: Arc<ConnectorState>,
     edges: Vec<String>,
+    /// `[dns]`: `nameservers` resolve the `edges` names too.
+    dns: DnsSection,
     dialer: Dialer,
 }
 
@@ -52,7 +55,7 @@ impl Connector {
                 id.role.as_str()
             );
         }
-        let bind: std::net::SocketAddr = if cfg.edges.iter().any(|e| e.starts_with('[')) {
+        let bind: SocketAddr = if cfg.edges.iter().any(|e| e.starts_with('[')) {
             "[::]:0".parse()?
         } else {
             "0.0.0.0:0".parse()?
@@ -96,6 +99,7 @@ impl Connector {
                 abort: CancellationToken::new(),
             }),
             edges: cfg.edges,
+            dns: cfg.dns,
             dialer,
         })
     }
@@ -104,31 +108,59 @@ impl Connector {
         Arc::clone(&self.state)
     }
 
-    /// Keep a tunnel to every edge address until `drain`; then let flows
-    /// finish for up to `drain_timeout`.
+    /// Keep a tunnel to every edge address until `drain`, following the
+    /// `edges` names as they re-resolve (at the TTL): a new address gets a
+    /// tunnel; one that left the record is drained (no new flows, running
+    /// ones finish). Nothing resolving is not fatal: the names are retried
+    /// with backoff. At `drain`, flows finish for up to `drain_timeout`.
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
-        let (addrs, errs) = resolve_edges(&self.edges).await;
-        for e in errs {
-            warn!("edge address skipped: {e}");
+        let ipv6 = self.dialer.choice == TransportChoice::Tls
+            || self.dialer.quic.local_addr().is_ok_and(|a| a.is_ipv6());
+        let edges = EdgeWatch::start(&self.edges, &self.dns, ipv6);
+        let mut set = edges.subscribe();
+        // One tunnel per address; its token (a child of `drain`) drains it alone.
+        let mut tunnels: HashMap<SocketAddr, CancellationToken> = HashMap::new();
+        loop {
+            let now: Vec<EdgeAddr> = set.borrow_and_update().clone();
+            tunnels.retain(|addr, stop| {
+                let keep = now.iter().any(|e| e.addr == *addr);
+                if !keep {
+                    info!(edge = %addr, "edge address left the record; draining its tunnel");
+                    stop.cancel();
+                }
+                keep
+            });
+            for edge in now {
+                if tunnels.contains_key(&edge.addr) {
+                    continue;
+                }
+                let stop = drain.child_token();
+                tunnels.insert(edge.addr, stop.clone());
+                let span = tracing::info_span!("tunnel", edge = %edge.addr);
+                tracker.spawn(
+                    keep_tunnel(
+                        Arc::clone(&self.state),
+                        self.dialer.clone(),
+                        edge,
+                        tracker.clone(),
+                        stop,
+                    )
+                    .instrument(span),
+                );
+            }
+            tokio::select! {
+                changed = set.changed() => {
+                    if changed.is_err() {
+                        // The set can no longer change: keep what we have.
+                        drain.cancelled().await;
+                        break;
+                    }
+                }
+                _ = drain.cancelled() => break,
+            }
         }
-        if addrs.is_empty() {
-            anyhow::bail!("no edge address resolved from {:?}", self.edges);
-        }
-        for edge in addrs {
-            let span = tracing::info_span!("tunnel", edge = %edge.addr);
-            tracker.spawn(
-                keep_tunnel(
-                    Arc::clone(&self.state),
-                    self.dialer.clone(),
-                    edge,
-                    tracker.clone(),
-                    drain.clone(),
-                )
-                .instrument(span),
-            );
-        }
-        drain.cancelled().await;
+        drop((set, edges));
         tracker.close();
         let timeout = self.state.limits.drain_timeout;
         if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
@@ -144,7 +176,8 @@ impl Connector {
     }
 }
 
-/// Dial one edge address forever (until drain), serving flows while up.
+/// Dial one edge address until `drain` (its own token: the address left
+/// the record, or shutdown), serving flows while up; never gives up.
 async fn keep_tunnel(
     state: Arc<ConnectorState>,
     dialer: Dialer,
@@ -188,7 +221,6 @@ async fn keep_tunnel(
         m.handshakes
             .with_label_values(&["edge", kind.as_str(), "ok"])
             .inc();
-        backoff.reset();
         last_error = None;
         let since = std::time::Instant::now();
         match dialed {
@@ -241,8 +273,11 @@ async fn keep_tunnel(
         if drain.is_cancelled() {
             break;
         }
-        // A tunnel that died at once (refused identity, edge restarting) backs off.
-        if since.elapsed() < Duration::from_secs(1) {
+        // A tunnel that died at once (refused identity, edge restarting) backs
+        // off; only one that lived a while starts the backoff over.
+        if since.elapsed() >= Duration::from_secs(1) {
+            backoff.reset();
+        } else {
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = drain.cancelled() => break,
@@ -288,23 +323,45 @@ async fn serve_tls(
     info!(peer, transport = "tls", "edge tunnel down: {why}");
 }
 
-/// Accept flows on a QUIC tunnel until it closes or drain begins.
+/// Accept flows on a QUIC tunnel until it closes or `stop` (its address
+/// left the record, or shutdown). A stopped tunnel takes no new flow: each
+/// stream the edge still opens is refused at once, so the edge tries
+/// another connector instead of waiting; running flows finish (bounded by
+/// the shutdown deadline through `abort`), then the tunnel closes.
 async fn serve_quic(
     state: &Arc<ConnectorState>,
     conn: &quinn::Connection,
     tracker: &TaskTracker,
-    drain: &CancellationToken,
+    stop: &CancellationToken,
 ) -> String {
+    let flows = TaskTracker::new();
     loop {
         tokio::select! {
             r = conn.accept_bi() => match r {
                 Ok((send, recv)) => {
                     let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
-                    tracker.spawn(flow::serve(Arc::clone(state), side).instrument(tracing::debug_span!("flow")));
+                    let flow = flow::serve(Arc::clone(state), side).instrument(tracing::debug_span!("flow"));
+                    tracker.spawn(flows.track_future(flow));
                 }
                 Err(e) => return e.to_string(),
             },
-            _ = drain.cancelled() => return "draining".into(),
+            _ = stop.cancelled() => break,
         }
     }
+    flows.close();
+    info!(flows = flows.len(), "edge tunnel draining");
+    loop {
+        tokio::select! {
+            r = conn.accept_bi() => match r {
+                Ok((mut send, mut recv)) => {
+                    let _ = send.reset(stream_code::ABORTED.into());
+                    let _ = recv.stop(stream_code::ABORTED.into());
+                }
+                Err(e) => return e.to_string(),
+            },
+            _ = flows.wait() => break,
+        }
+    }
+    conn.close(close_code::DRAINING.into(), b"draining");
+    "draining".into()
 }

@@ -92,23 +92,35 @@ async fn quic_conn(
 ) {
     let q = TransportKind::Quic;
     let timeout = state.policy.load().limits.handshake_timeout;
-    let connecting = match incoming.accept() {
+    let mut connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
             debug!("accept failed: {e}");
             return;
         }
     };
-    let conn = match tokio::time::timeout(timeout, connecting).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // The ALPN is known from the ClientHello, before the certificates are
+    // checked: it labels the handshake's result with the role asked for.
+    let asked = match tokio::time::timeout_at(deadline, connecting.handshake_data()).await {
+        Ok(Ok(hd)) => claimed_role(
+            hd.downcast::<quinn::crypto::rustls::HandshakeData>()
+                .ok()
+                .and_then(|h| h.protocol)
+                .as_deref(),
+        ),
+        _ => Role::Client,
+    };
+    let conn = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             let reason = crate::trust::classify_quic(&e);
-            count(&state, Role::Client, q, reason);
+            count(&state, asked, q, reason);
             debug!(reason, "handshake failed: {e}");
             return;
         }
         Err(_) => {
-            count(&state, Role::Client, q, "timeout");
+            count(&state, asked, q, "timeout");
             return;
         }
     };
@@ -130,6 +142,7 @@ async fn quic_conn(
         }
     };
     count(&state, claimed, q, "ok");
+    quic::send_welcome(&conn).await;
     if claimed == Role::Connector {
         let closed = {
             let conn = conn.clone();
@@ -186,7 +199,7 @@ async fn client_tunnel(
 pub(super) async fn tls_loop(
     state: Arc<EdgeState>,
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: Arc<rustls::ServerConfig>,
     gates: Gates,
     tracker: TaskTracker,
     drain: CancellationToken,
@@ -216,7 +229,7 @@ pub(super) async fn tls_loop(
         tracker.spawn(
             tls_conn(
                 Arc::clone(&state),
-                acceptor.clone(),
+                Arc::clone(&acceptor),
                 tcp,
                 remote,
                 hs,
@@ -230,7 +243,7 @@ pub(super) async fn tls_loop(
 
 async fn tls_conn(
     state: Arc<EdgeState>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     remote: SocketAddr,
     hs: OwnedSemaphorePermit,
@@ -240,16 +253,25 @@ async fn tls_conn(
     let t = TransportKind::Tls;
     let limits = state.policy.load().limits.clone();
     let _ = tcp.set_nodelay(true);
-    let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+    // The role the peer asks for (by ALPN) labels its handshake, failed or not.
+    let mut wants_connector = false;
+    let handshake = tls::accept(acceptor, tcp, &mut wants_connector);
+    let result = tokio::time::timeout(limits.handshake_timeout, handshake).await;
+    let asked = if wants_connector {
+        Role::Connector
+    } else {
+        Role::Client
+    };
+    let stream = match result {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = crate::trust::classify_io(&e);
-            count(&state, Role::Client, t, reason);
+            count(&state, asked, t, reason);
             debug!(%remote, reason, "handshake failed: {e}");
             return;
         }
         Err(_) => {
-            count(&state, Role::Client, t, "timeout");
+            count(&state, asked, t, "timeout");
             return;
         }
     };

@@ -185,7 +185,7 @@ impl EdgeState {
 pub struct Edge {
     state: Arc<EdgeState>,
     quic: Option<quinn::Endpoint>,
-    tls: Option<(tokio::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    tls: Option<TlsListener>,
     gates: accept::Gates,
 }
 
@@ -309,7 +309,7 @@ impl Edge {
     }
 }
 
-type TlsListener = (tokio::net::TcpListener, tokio_rustls::TlsAcceptor);
+type TlsListener = (tokio::net::TcpListener, Arc<rustls::ServerConfig>);
 
 /// Bind the QUIC endpoint and the TLS listener. When both ask for the same
 /// address with port 0 (tests, the demo), they get one port number, as in a
@@ -327,7 +327,7 @@ fn bind_listeners(
     };
     let bind_tls = |addr: SocketAddr| {
         crate::transport::tcp_listener(addr)
-            .map(|l| (l, crate::transport::tls::acceptor(trust)))
+            .map(|l| (l, crate::transport::tls::server_config(trust)))
             .with_context(|| format!("binding TLS listener {addr}"))
     };
     match (quic_addr, tls_addr) {

@@ -5,6 +5,7 @@
 pub mod dial;
 pub mod mux;
 pub mod quic;
+pub mod resolve;
 pub mod tls;
 
 use std::fmt;
@@ -97,39 +98,7 @@ pub struct EdgeAddr {
     pub server_name: String,
 }
 
-/// Resolve `edges` entries (`host:port`; every address of a name is an edge).
-/// Entries that do not resolve are skipped and returned as errors beside the addresses.
-pub async fn resolve_edges(edges: &[String]) -> (Vec<EdgeAddr>, Vec<TunnelError>) {
-    let mut out = Vec::new();
-    let mut errs = Vec::new();
-    for e in edges {
-        let host = match crate::preamble::Dest::parse(e) {
-            Ok(d) => match d.host {
-                crate::preamble::Host::Name(n) => n,
-                crate::preamble::Host::Ip(ip) => ip.to_string(),
-            },
-            Err(_) => {
-                errs.push(TunnelError::NoAddress(e.clone()));
-                continue;
-            }
-        };
-        match tokio::net::lookup_host(e.as_str()).await {
-            Ok(addrs) => {
-                for addr in addrs {
-                    let a = EdgeAddr {
-                        addr,
-                        server_name: host.clone(),
-                    };
-                    if !out.contains(&a) {
-                        out.push(a);
-                    }
-                }
-            }
-            Err(_) => errs.push(TunnelError::NoAddress(e.clone())),
-        }
-    }
-    (out, errs)
-}
+pub use resolve::resolve_edges;
 
 /// Listen backlog for TCP listeners: bursts of new flows (a DR activation,
 /// a browser opening many connections) wait in the kernel, not in SYN retries.

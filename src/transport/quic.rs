@@ -105,14 +105,33 @@ pub fn client_endpoint(
     let crypto = QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| TunnelError::Identity(format!("TLS config unusable for QUIC: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(Arc::new(transport_config(limits, incoming_bidi)));
+    let mut transport = transport_config(limits, incoming_bidi);
+    // The edge's welcome (see `connect`).
+    transport.max_concurrent_uni_streams(VarInt::from_u32(1));
+    client.transport_config(Arc::new(transport));
     let socket = udp_socket(bind)?;
     let mut ep = Endpoint::new(endpoint_config(), None, socket, Arc::new(TokioRuntime))?;
     ep.set_default_client_config(client);
     Ok(ep)
 }
 
-/// Connect to an edge, bounded by `handshake_timeout`.
+/// The edge's word that it accepted our certificate.
+const WELCOME: u8 = 1;
+
+/// Edge side: tell an accepted peer that its certificate passed. In TLS 1.3
+/// the server checks the client's certificate after the client has finished
+/// its side of the handshake, so without this a refused peer would believe
+/// its tunnel up until the alert arrives.
+pub async fn send_welcome(conn: &quinn::Connection) {
+    if let Ok(mut s) = conn.open_uni().await {
+        let _ = s.write_all(&[WELCOME]).await;
+        let _ = s.finish();
+    }
+}
+
+/// Connect to an edge and wait for its welcome, bounded by `timeout`. A
+/// refusal of our certificate comes back as the connection error (a TLS
+/// alert), so it is counted under its reason, never as a tunnel up.
 pub async fn connect(
     ep: &Endpoint,
     addr: SocketAddr,
@@ -120,8 +139,20 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<quinn::Connection, TunnelError> {
     let connecting = ep.connect(addr, server_name)?;
-    match tokio::time::timeout(timeout, connecting).await {
-        Ok(r) => Ok(r?),
+    let welcomed = async {
+        let conn = connecting.await?;
+        let mut s = conn.accept_uni().await?;
+        let mut b = [0u8; 1];
+        match s.read_exact(&mut b).await {
+            Ok(()) if b[0] == WELCOME => Ok(conn),
+            Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
+                Err(e.into())
+            }
+            _ => Err(TunnelError::Identity("the edge sent no welcome".into())),
+        }
+    };
+    match tokio::time::timeout(timeout, welcomed).await {
+        Ok(r) => r,
         Err(_) => Err(TunnelError::Timeout(timeout)),
     }
 }

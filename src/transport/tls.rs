@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 use super::{TunnelError, ALPN_CLIENT, ALPN_CONNECTOR};
 use crate::trust::{spiffe_id_of, Role, SpiffeId, Trust};
@@ -18,13 +18,28 @@ use crate::trust::{spiffe_id_of, Role, SpiffeId, Trust};
 /// ALPN for standard HTTPS-proxy clients.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-/// The edge's acceptor: clients (one flow per connection) and connectors (a multiplexed tunnel).
-pub fn acceptor(trust: &Arc<Trust>) -> TlsAcceptor {
-    let cfg = trust.server_config(
+/// The edge's server config: clients (one flow per connection) and connectors (a multiplexed tunnel).
+pub fn server_config(trust: &Arc<Trust>) -> Arc<rustls::ServerConfig> {
+    Arc::new(trust.server_config(
         &[Role::Client, Role::Connector],
         &[ALPN_CLIENT, ALPN_HTTP1, ALPN_CONNECTOR],
-    );
-    TlsAcceptor::from(Arc::new(cfg))
+    ))
+}
+
+/// Read the ClientHello, note whether the peer asks for the connector ALPN,
+/// then run the handshake with `config`.
+pub async fn accept(
+    config: Arc<rustls::ServerConfig>,
+    tcp: TcpStream,
+    wants_connector: &mut bool,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    *wants_connector = start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut protos| protos.any(|p| p == ALPN_CONNECTOR));
+    start.into_stream(config).await
 }
 
 /// A client-side connector presenting our certificate with `alpn`.
