@@ -878,3 +878,295 @@ pub fn curl() -> tokio::process::Command {
         .kill_on_drop(true);
     c
 }
+
+// ---------------------------------------------------------------------------
+// A topology started part by part, for the TLS listener and the transport
+// choice (tests/tls_edge.rs, tests/transport_fallback.rs, tests/keepalive.rs):
+// an edge with any `[listen]` (in process, or its config for the binary), and
+// connectors and clients dialling any address with any `transport`.
+
+/// `tunnels_active{role,transport}` of `m`.
+pub fn tunnels_of(m: &Metrics, role: &str, transport: &str) -> i64 {
+    m.tunnels_active.with_label_values(&[role, transport]).get()
+}
+
+/// `handshakes_total{role,transport,result}` of `m`.
+pub fn handshakes_of(m: &Metrics, role: &str, transport: &str, result: &str) -> u64 {
+    m.handshakes
+        .with_label_values(&[role, transport, result])
+        .get()
+}
+
+/// `transport_fallbacks_total{role}` of `m`.
+pub fn fallbacks_of(m: &Metrics, role: &str) -> u64 {
+    m.transport_fallbacks.with_label_values(&[role]).get()
+}
+
+/// Certificates (CA with its CRL, edge, users, connectors of `dc1-dr`) and
+/// the app; each part is started by its own method. Dropping it cancels the
+/// drain token of everything it started.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub app: SocketAddr,
+    pub edge_cert: CertFiles,
+    drain: CancellationToken,
+}
+
+/// An edge started in process by [`Rig::start_edge`].
+pub struct RigEdge {
+    pub state: Arc<EdgeState>,
+    pub metrics: Arc<Metrics>,
+    pub quic: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    /// Its config file (for [`EdgeState::reload`]).
+    pub config: PathBuf,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.drain.cancel();
+    }
+}
+
+impl Rig {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::init(&dir.path().join("pki"), TD);
+        let edge_cert = ca.issue(Role::Edge, "edge1", None);
+        let app = lifeboat::demo::app::spawn("127.0.0.1:0".parse().expect("literal"), "hello")
+            .await
+            .expect("app");
+        Self {
+            dir,
+            ca,
+            app,
+            edge_cert,
+            drain: CancellationToken::new(),
+        }
+    }
+
+    /// The token every part started by this rig drains on.
+    pub fn drain(&self) -> CancellationToken {
+        self.drain.clone()
+    }
+
+    /// `client/<name>` of the deployment's CA (issued on first use).
+    pub fn user(&self, name: &str) -> CertFiles {
+        self.issued(Role::Client, name, None)
+    }
+
+    /// `connector/<GROUP>/connector<i>` (issued on first use).
+    pub fn connector_cert(&self, i: usize) -> CertFiles {
+        self.issued(Role::Connector, &format!("connector{i}"), Some(GROUP))
+    }
+
+    fn issued(&self, role: Role, name: &str, group: Option<&str>) -> CertFiles {
+        let f = CertFiles {
+            cert: self.ca.dir.join(format!("{name}.pem")),
+            key: self.ca.dir.join(format!("{name}.key")),
+        };
+        if f.cert.exists() {
+            return f;
+        }
+        self.ca.issue(role, name, group)
+    }
+
+    /// An edge config like the [`Builder`]'s (segments `payroll`, DR, on the
+    /// app's port, and `wiki`, not DR; test user alice; the CA's CRL), with
+    /// `listen` as the body of `[listen]`, `trigger` as `[dr] trigger` and
+    /// `limits` added to `[limits]`.
+    pub fn edge_toml(&self, listen: &str, trigger: &str, limits: &str) -> String {
+        let port = self.app.port();
+        format!(
+            r#"trust_domain = "{TD}"
+
+[tls]
+ca = {ca}
+cert = {cert}
+key = {key}
+crl = {crl}
+
+[listen]
+{listen}
+
+[dr]
+trigger = {trigger:?}
+test_users = ["{ALICE}"]
+
+[limits]
+{LIMITS}{limits}
+
+[[connector_group]]
+name = "{GROUP}"
+dr = true
+
+[[server_group]]
+name = "dc1"
+connector_groups = ["{GROUP}"]
+
+[[segment]]
+name = "payroll"
+dr = true
+domains = ["{DR_HOST}", "*.hr.corp.example"]
+tcp_ports = ["{port}"]
+server_groups = ["dc1"]
+
+[[segment]]
+name = "wiki"
+dr = false
+domains = ["{NON_DR_HOST}"]
+tcp_ports = ["{port}"]
+server_groups = ["dc1"]
+"#,
+            ca = toml_path(&self.ca.pem()),
+            cert = toml_path(&self.edge_cert.cert),
+            key = toml_path(&self.edge_cert.key),
+            crl = toml_path(&self.ca.crl()),
+        )
+    }
+
+    /// Write `text` as `edge.toml`, bind the edge in process and run it.
+    pub fn start_edge(&self, text: &str) -> RigEdge {
+        let path = self.dir.path().join("edge.toml");
+        std::fs::write(&path, text).expect("write edge.toml");
+        let cfg: EdgeConfig =
+            config::from_text(&path, text).unwrap_or_else(|e| panic!("edge config: {e}\n{text}"));
+        let metrics = Arc::new(Metrics::new("edge"));
+        let mode = lifeboat::dr::trigger::start(
+            cfg.dr.trigger.as_ref(),
+            Arc::clone(&metrics),
+            self.drain.clone(),
+        )
+        .expect("DR trigger");
+        let edge = Edge::bind(cfg, &path, text, mode, Arc::clone(&metrics)).expect("edge bind");
+        RigEdge {
+            state: edge.state(),
+            metrics,
+            quic: edge.quic_addr(),
+            tls: edge.tls_addr(),
+            config: path,
+            task: tokio::spawn(edge.run(self.drain.clone())),
+        }
+    }
+
+    /// The config of connector `i` dialling `edge` with `transport`.
+    pub fn connector_toml(
+        &self,
+        i: usize,
+        edge: SocketAddr,
+        transport: &str,
+        limits: &str,
+    ) -> String {
+        let cert = self.connector_cert(i);
+        let hosts = [DR_HOST, WILDCARD_HOST, NON_DR_HOST, UNKNOWN_HOST]
+            .map(|h| format!("{h:?} = \"127.0.0.1\""))
+            .join(", ");
+        format!(
+            r#"trust_domain = "{TD}"
+edges = ["{edge}"]
+transport = "{transport}"
+
+[tls]
+ca = {ca}
+cert = {cert}
+key = {key}
+
+[dns]
+hosts = {{ {hosts} }}
+
+[limits]
+{LIMITS}{limits}
+"#,
+            ca = toml_path(&self.ca.pem()),
+            cert = toml_path(&cert.cert),
+            key = toml_path(&cert.key),
+        )
+    }
+
+    /// Start connector `i` dialling `edge` with `transport` (`limits` added to `[limits]`).
+    pub fn start_connector(
+        &self,
+        i: usize,
+        edge: SocketAddr,
+        transport: &str,
+        limits: &str,
+    ) -> Arc<Metrics> {
+        let text = self.connector_toml(i, edge, transport, limits);
+        let path = self.dir.path().join(format!("connector{i}.toml"));
+        std::fs::write(&path, &text).expect("write connector.toml");
+        let cfg: ConnectorConfig = config::from_text(&path, &text)
+            .unwrap_or_else(|e| panic!("connector config: {e}\n{text}"));
+        let metrics = Arc::new(Metrics::new("connector"));
+        let c = Connector::bind(cfg, &path, Arc::clone(&metrics)).expect("connector bind");
+        tokio::spawn(c.run(self.drain.clone()));
+        metrics
+    }
+
+    /// Start a client presenting `cert`, dialling `edge` with `transport`,
+    /// with SOCKS5 and HTTP CONNECT listeners; does not wait for its tunnel.
+    pub async fn start_client(
+        &self,
+        cert: &CertFiles,
+        edge: SocketAddr,
+        transport: &str,
+        limits: &str,
+    ) -> ClientHandle {
+        let text = format!(
+            r#"trust_domain = "{TD}"
+edges = ["{edge}"]
+transport = "{transport}"
+
+[tls]
+ca = {ca}
+cert = {cert}
+key = {key}
+
+[listen]
+socks = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[limits]
+{LIMITS}{limits}
+"#,
+            ca = toml_path(&self.ca.pem()),
+            cert = toml_path(&cert.cert),
+            key = toml_path(&cert.key),
+        );
+        let path = tempfile::Builder::new()
+            .prefix("client")
+            .suffix(".toml")
+            .tempfile_in(self.dir.path())
+            .expect("client config file")
+            .into_temp_path()
+            .keep()
+            .expect("keep client config");
+        std::fs::write(&path, &text).expect("write client.toml");
+        let cfg: ClientConfig = config::from_text(&path, &text)
+            .unwrap_or_else(|e| panic!("client config: {e}\n{text}"));
+        let metrics = Arc::new(Metrics::new("client"));
+        let mode = lifeboat::dr::trigger::start(None, Arc::clone(&metrics), self.drain.clone())
+            .expect("client DR mode");
+        let client = Client::bind(cfg, &path, mode, Arc::clone(&metrics))
+            .await
+            .expect("client bind");
+        let addrs = client.local_addrs();
+        let find = |want: fn(&ListenerKind) -> bool| {
+            addrs
+                .iter()
+                .find(|(k, _)| want(k))
+                .expect("client listener")
+                .1
+        };
+        let socks = find(|k| matches!(k, ListenerKind::Socks));
+        let http = find(|k| matches!(k, ListenerKind::Http));
+        let task = tokio::spawn(client.run(self.drain.clone()));
+        ClientHandle {
+            socks,
+            http,
+            metrics,
+            task,
+        }
+    }
+}

@@ -1,0 +1,647 @@
+//! The edge's `tls` listener as a standard HTTPS proxy: curl and `openssl
+//! s_client` with a client certificate and no lifeboat client; a third-party
+//! QUIC client (aioquic) on the QUIC listener; TLS 1.3 resumption that keeps
+//! the client's identity and dies with a CRL reload. Prints full and resumed
+//! handshake rates.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lifeboat::transport::tls::ALPN_HTTP1;
+use lifeboat::trust::{TlsFiles, Trust};
+use rustls::pki_types::ServerName;
+use rustls::HandshakeKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// 256 MiB.
+const BIG: u64 = 256 * 1024 * 1024;
+
+/// An edge with both listeners on one port number, one connector (QUIC)
+/// registered, DR from `trigger`.
+async fn tls_edge(trigger: &str) -> (Rig, RigEdge) {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml(
+        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
+        trigger,
+        "",
+    ));
+    let quic = edge.quic.expect("edge QUIC address");
+    let tls = edge.tls.expect("edge TLS address");
+    assert_eq!(quic.port(), tls.port(), "one port number for both");
+    rig.start_connector(0, quic, "quic", "");
+    let m = Arc::clone(&edge.metrics);
+    eventually("connector registered", Duration::from_secs(10), || {
+        m.connectors_connected.with_label_values(&[GROUP]).get() == 1
+    })
+    .await;
+    (rig, edge)
+}
+
+/// curl's proxy arguments for the edge's TLS listener, with `cert` or none.
+fn proxy_args(rig: &Rig, edge: &RigEdge, cert: Option<&CertFiles>) -> Vec<String> {
+    let mut a = vec![
+        "-sS".to_string(),
+        "--max-time".into(),
+        "50".into(),
+        "--proxy".into(),
+        format!("https://{}", edge.tls.expect("tls")),
+        "--proxy-cacert".into(),
+        rig.ca.pem().display().to_string(),
+    ];
+    if let Some(c) = cert {
+        a.extend([
+            "--proxy-cert".into(),
+            c.cert.display().to_string(),
+            "--proxy-key".into(),
+            c.key.display().to_string(),
+        ]);
+    }
+    a
+}
+
+/// Run curl to completion (at most 55 s): (exit code, stdout, stderr).
+async fn run_curl(args: &[String]) -> (Option<i32>, Vec<u8>, String) {
+    let out = tokio::time::timeout(Duration::from_secs(55), curl().args(args).output())
+        .await
+        .expect("curl finished within 55 s")
+        .expect("run curl");
+    (
+        out.status.code(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn edge_tls_handshakes(edge: &RigEdge, result: &str) -> u64 {
+    handshakes_of(&edge.metrics, "client", "tls", result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_https_proxy_256_mib_byte_exact() {
+    let (rig, edge) = tls_edge("static:on").await;
+    let alice = rig.user(ALICE);
+    let mut args = proxy_args(&rig, &edge, Some(&alice));
+    args.extend([
+        "-p".into(),
+        format!("http://{DR_HOST}:{}/bytes/{BIG}", rig.app.port()),
+        "-o".into(),
+        "-".into(),
+    ]);
+    let started = Instant::now();
+    let mut child = curl()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn curl");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut check = PatternCheck::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    tokio::time::timeout(Duration::from_secs(55), async {
+        loop {
+            let k = out.read(&mut buf).await.expect("read curl stdout");
+            if k == 0 {
+                break;
+            }
+            check.feed(&buf[..k]);
+        }
+    })
+    .await
+    .expect("256 MiB within 55 s");
+    let took = started.elapsed();
+    let status = child.wait_with_output().await.expect("curl exit");
+    assert!(
+        status.status.success(),
+        "curl {args:?}: {:?} {}",
+        status.status,
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(check.offset, BIG, "bytes delivered");
+    eprintln!(
+        "256 MiB through curl -> edge tls listener -> QUIC connector in {took:?} ({:.0} MiB/s)",
+        BIG as f64 / 1048576.0 / took.as_secs_f64()
+    );
+    assert_eq!(edge_tls_handshakes(&edge, "ok"), 1);
+    let m = &edge.metrics;
+    assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 1);
+    assert!(
+        m.flow_bytes.with_label_values(&["payroll", "down"]).get() >= BIG,
+        "edge counted the bytes down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_without_a_client_certificate_is_refused_at_the_handshake() {
+    let (rig, edge) = tls_edge("static:on").await;
+    let mut args = proxy_args(&rig, &edge, None);
+    args.extend([
+        "-p".into(),
+        format!("http://{DR_HOST}:{}/bytes/100", rig.app.port()),
+    ]);
+    let (code, stdout, stderr) = run_curl(&args).await;
+    assert_ne!(code, Some(0), "curl succeeded without a certificate");
+    assert!(stdout.is_empty(), "no app bytes: {stdout:?}");
+    // Not an HTTP answer: the TLS handshake itself failed.
+    assert!(!stderr.contains("CONNECT tunnel failed"), "{stderr}");
+    assert!(stderr.contains("certificate required"), "{stderr}");
+    eprintln!(
+        "curl without a client certificate: exit {code:?}: {}",
+        stderr.trim()
+    );
+    let m = Arc::clone(&edge.metrics);
+    eventually(
+        "edge counts handshakes_total{client,tls,no-certificate}",
+        Duration::from_secs(5),
+        || handshakes_of(&m, "client", "tls", "no-certificate") == 1,
+    )
+    .await;
+    assert_eq!(edge_tls_handshakes(&edge, "ok"), 0);
+    assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 0);
+}
+
+/// The response lines curl -v logged from the proxy (`< ...`).
+fn proxy_answer(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("< "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_refusals_403_405_431() {
+    let (rig, edge) = tls_edge("static:on").await;
+    let alice = rig.user(ALICE);
+    let port = rig.app.port();
+
+    // A segment that is not designated for DR.
+    let mut args = proxy_args(&rig, &edge, Some(&alice));
+    args.extend([
+        "-v".into(),
+        "-p".into(),
+        format!("http://{NON_DR_HOST}:{port}/"),
+    ]);
+    let (code, _, stderr) = run_curl(&args).await;
+    let answer = proxy_answer(&stderr);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("CONNECT tunnel failed, response 403"),
+        "{stderr}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("Lifeboat-Error: not-dr-segment"),
+        "{answer}"
+    );
+
+    // No -p: curl asks the proxy `GET http://...` instead of CONNECT.
+    let mut args = proxy_args(&rig, &edge, Some(&alice));
+    args.extend([
+        "-D".into(),
+        "-".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        format!("http://{DR_HOST}:{port}/"),
+    ]);
+    let (code, stdout, stderr) = run_curl(&args).await;
+    let head = String::from_utf8_lossy(&stdout);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(head.contains("Lifeboat-Error: method"), "{head}");
+
+    // A CONNECT preamble over 8 KiB (a big proxy header).
+    let mut args = proxy_args(&rig, &edge, Some(&alice));
+    args.extend([
+        "-v".into(),
+        "--proxy-header".into(),
+        format!("X-Pad: {}", "p".repeat(9000)),
+        "-p".into(),
+        format!("http://{DR_HOST}:{port}/"),
+    ]);
+    let (code, _, stderr) = run_curl(&args).await;
+    let answer = proxy_answer(&stderr);
+    assert_ne!(code, Some(0));
+    assert!(answer.starts_with("HTTP/1.1 431"), "{stderr}");
+    assert!(answer.contains("Lifeboat-Error: too-large"), "{answer}");
+
+    assert_eq!(edge_tls_handshakes(&edge, "ok"), 3);
+    let m = &edge.metrics;
+    assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 0);
+}
+
+/// `openssl s_client -quiet` to `addr` with `cert` (or none): writes
+/// `first`, reads its answer head; if that is a 200 and `then` is given,
+/// writes it. Returns its exit code, everything read until the edge closed
+/// (at most 30 s) and its stderr.
+async fn s_client(
+    rig: &Rig,
+    addr: std::net::SocketAddr,
+    cert: Option<&CertFiles>,
+    first: &[u8],
+    then: Option<&[u8]>,
+) -> (Option<i32>, Vec<u8>, String) {
+    let mut cmd = tokio::process::Command::new("openssl");
+    cmd.args(["s_client", "-quiet", "-verify_return_error", "-connect"])
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(rig.ca.pem())
+        .args(["-alpn", "http/1.1"]);
+    if let Some(c) = cert {
+        cmd.arg("-cert").arg(&c.cert).arg("-key").arg(&c.key);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn openssl s_client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut got = Vec::new();
+    let io = async {
+        // A write to an s_client that already failed may see a broken pipe.
+        let _ = stdin.write_all(first).await;
+        let _ = stdin.flush().await;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent_then = then.is_none();
+        loop {
+            let k = stdout.read(&mut buf).await.expect("read s_client");
+            if k == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..k]);
+            if !sent_then && got.windows(4).any(|w| w == b"\r\n\r\n") {
+                sent_then = true;
+                if got.starts_with(b"HTTP/1.1 200 ") {
+                    let _ = stdin.write_all(then.unwrap_or_default()).await;
+                    let _ = stdin.flush().await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), io)
+        .await
+        .expect("s_client done within 30 s");
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("s_client exits")
+        .expect("wait s_client");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), got, stderr)
+}
+
+fn connect_to(host: &str, port: u16) -> Vec<u8> {
+    format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_s_client_connect_by_hand() {
+    let (rig, edge) = tls_edge("static:on").await;
+    let alice = rig.user(ALICE);
+    let tls = edge.tls.expect("tls");
+    let port = rig.app.port();
+    const N: usize = 1 << 20;
+
+    // CONNECT, the edge's 200, then an HTTP request to the app through it.
+    let get = format!("GET /bytes/{N} HTTP/1.1\r\nHost: {DR_HOST}\r\nConnection: close\r\n\r\n");
+    let (_, got, stderr) = s_client(
+        &rig,
+        tls,
+        Some(&alice),
+        &connect_to(DR_HOST, port),
+        Some(get.as_bytes()),
+    )
+    .await;
+    assert!(!got.is_empty(), "s_client: {stderr}");
+    let (head, rest) = split_http(&got);
+    assert_eq!(head, "HTTP/1.1 200 Connection Established");
+    let (app_head, body) = split_http(rest);
+    assert!(app_head.starts_with("HTTP/1.1 200"), "{app_head}");
+    assert_eq!(body.len(), N, "app body length");
+    let mut check = PatternCheck::default();
+    check.feed(body);
+
+    // Refusals: status and word.
+    let cases: [(Vec<u8>, &str, &str); 3] = [
+        (connect_to(NON_DR_HOST, port), "403", "not-dr-segment"),
+        (
+            format!("GET http://{DR_HOST}:{port}/ HTTP/1.1\r\nHost: {DR_HOST}:{port}\r\n\r\n")
+                .into_bytes(),
+            "405",
+            "method",
+        ),
+        (
+            format!(
+                "CONNECT {DR_HOST}:{port} HTTP/1.1\r\nHost: {DR_HOST}:{port}\r\nX-Pad: {}\r\n\r\n",
+                "p".repeat(9000)
+            )
+            .into_bytes(),
+            "431",
+            "too-large",
+        ),
+    ];
+    for (req, status, word) in &cases {
+        let (_, got, stderr) = s_client(&rig, tls, Some(&alice), req, None).await;
+        assert!(!got.is_empty(), "{status}: s_client: {stderr}");
+        let (head, body) = split_http(&got);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{status}: {head}"
+        );
+        assert!(
+            head.contains(&format!("Lifeboat-Error: {word}")),
+            "{word}: {head}"
+        );
+        assert!(!body.is_empty(), "a one-line reason follows: {head}");
+    }
+
+    // No certificate: the handshake fails, nothing is answered.
+    let (code, got, stderr) = s_client(&rig, tls, None, &connect_to(DR_HOST, port), None).await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert_ne!(code, Some(0), "s_client without a certificate: {stderr}");
+    assert!(stderr.contains("certificate required"), "{stderr}");
+    let m = Arc::clone(&edge.metrics);
+    eventually("no-certificate counted", Duration::from_secs(5), || {
+        handshakes_of(&m, "client", "tls", "no-certificate") == 1
+    })
+    .await;
+    assert_eq!(edge_tls_handshakes(&edge, "ok"), 4);
+}
+
+/// python3 with aioquic, or why not.
+fn aioquic_python() -> Result<(), String> {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import aioquic; print(aioquic.__version__)"])
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if out.status.success() {
+        eprintln!("aioquic {}", String::from_utf8_lossy(&out.stdout).trim());
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aioquic_client_speaks_to_the_quic_edge() {
+    if let Err(why) = aioquic_python() {
+        assert!(
+            std::env::var("LIFEBOAT_REQUIRE_AIOQUIC").as_deref() != Ok("1"),
+            "LIFEBOAT_REQUIRE_AIOQUIC=1 but python3 with aioquic is missing: {why}"
+        );
+        eprintln!("SKIPPED: python3 with aioquic is missing ({why}); `pip install aioquic`");
+        return;
+    }
+    let (rig, edge) = tls_edge("static:on").await;
+    let alice = rig.user(ALICE);
+    let quic = edge.quic.expect("quic");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioquic_client.py");
+    const N: u64 = 1 << 20;
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(["--host", "127.0.0.1", "--port", &quic.port().to_string()])
+        .arg("--ca")
+        .arg(rig.ca.pem())
+        .arg("--cert")
+        .arg(&alice.cert)
+        .arg("--key")
+        .arg(&alice.key)
+        .args([
+            "--dest",
+            &format!("{DR_HOST}:{}", rig.app.port()),
+            "--refused-dest",
+            &format!("{NON_DR_HOST}:{}", rig.app.port()),
+            "--bytes",
+            &N.to_string(),
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(40), out)
+        .await
+        .expect("aioquic client done within 40 s")
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "aioquic client failed: {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        out.status
+    );
+    eprintln!("{}", stdout.trim());
+    // What the script saw, checked here too.
+    assert!(stdout.contains("alpn=lifeboat/1"), "{stdout}");
+    assert!(
+        stdout.contains("answer=HTTP/1.1 200 Connection Established"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("app_body={N} pattern=ok")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("refused=HTTP/1.1 403") && stdout.contains("word=not-dr-segment"),
+        "{stdout}"
+    );
+    // The edge saw a client tunnel over QUIC from alice, and served its flow.
+    assert_eq!(handshakes_of(&edge.metrics, "client", "quic", "ok"), 1);
+    let m = &edge.metrics;
+    assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 1);
+}
+
+/// Alice's (or anyone's) trust, as a lifeboat client would load it.
+fn trust_of(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
+    Trust::load(
+        TlsFiles {
+            ca: rig.ca.pem(),
+            cert: cert.cert.clone(),
+            key: cert.key.clone(),
+            crl: None,
+        },
+        TD,
+    )
+    .expect("load trust")
+}
+
+type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn tls_connect(
+    cfg: &Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<ClientTls> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from("edge.lifeboat.test").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::clone(cfg))
+        .connect(name, tcp)
+        .await
+}
+
+/// Write `req` and read until the edge closes (at most 15 s).
+async fn exchange(s: &mut ClientTls, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(req).await?;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut got))
+        .await
+        .map_err(|_| std::io::Error::other("no answer within 15 s"))??;
+    Ok(got)
+}
+
+fn kind(s: &ClientTls) -> Option<HandshakeKind> {
+    s.get_ref().1.handshake_kind()
+}
+
+/// CONNECT to the DR app and GET 1000 bytes; the edge's answer head.
+async fn flow_over(s: &mut ClientTls, port: u16) -> String {
+    let mut req = connect_to(DR_HOST, port);
+    req.extend_from_slice(
+        format!("GET /bytes/1000 HTTP/1.1\r\nHost: {DR_HOST}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    let got = exchange(s, &req).await.expect("flow");
+    let (head, rest) = split_http(&got);
+    if head.starts_with("HTTP/1.1 200 ") {
+        let (app, body) = split_http(rest);
+        assert!(app.starts_with("HTTP/1.1 200"), "{app}");
+        assert_eq!(body.len(), 1000);
+        PatternCheck::default().feed(body);
+    }
+    head
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_sessions_keep_the_identity_and_die_with_revocation() {
+    // DR test mode: alice (a test user) is served, bob is not.
+    let (rig, edge) = tls_edge("static:test").await;
+    let tls = edge.tls.expect("tls");
+    let port = rig.app.port();
+    let alice = rig.user(ALICE);
+    let bob = rig.user(BOB);
+    let alice_cfg = Arc::new(trust_of(&rig, &alice).client_config(&[ALPN_HTTP1]));
+    let bob_cfg = Arc::new(trust_of(&rig, &bob).client_config(&[ALPN_HTTP1]));
+
+    let mut s = tls_connect(&alice_cfg, tls).await.expect("alice 1");
+    assert_eq!(kind(&s), Some(HandshakeKind::Full));
+    assert_eq!(
+        flow_over(&mut s, port).await,
+        "HTTP/1.1 200 Connection Established"
+    );
+    let mut s = tls_connect(&alice_cfg, tls).await.expect("alice 2");
+    assert_eq!(kind(&s), Some(HandshakeKind::Resumed), "alice resumes");
+    assert_eq!(
+        flow_over(&mut s, port).await,
+        "HTTP/1.1 200 Connection Established",
+        "a resumed alice is still alice, a test user"
+    );
+
+    let mut s = tls_connect(&bob_cfg, tls).await.expect("bob 1");
+    assert_eq!(kind(&s), Some(HandshakeKind::Full));
+    let head = flow_over(&mut s, port).await;
+    assert!(head.contains("Lifeboat-Error: not-allowed"), "{head}");
+    let mut s = tls_connect(&bob_cfg, tls).await.expect("bob 2");
+    assert_eq!(kind(&s), Some(HandshakeKind::Resumed), "bob resumes");
+    let head = flow_over(&mut s, port).await;
+    assert!(
+        head.starts_with("HTTP/1.1 403 ") && head.contains("Lifeboat-Error: not-allowed"),
+        "a resumed bob is still bob, not a test user: {head}"
+    );
+    assert_eq!(edge_tls_handshakes(&edge, "ok"), 4);
+
+    // Revoke alice, reload the edge's trust (CRL): her ticket no longer
+    // resumes, and the full handshake refuses her as revoked.
+    rig.ca.revoke(&alice);
+    edge.state.trust.reload().expect("trust reload");
+    let refused = match tls_connect(&alice_cfg, tls).await {
+        Err(e) => e,
+        Ok(mut s) => {
+            assert_eq!(
+                kind(&s),
+                Some(HandshakeKind::Full),
+                "no resumption after the reload"
+            );
+            exchange(&mut s, &connect_to(DR_HOST, port))
+                .await
+                .expect_err("a revoked alice gets no answer")
+        }
+    };
+    let inner = refused
+        .get_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        inner.contains("CertificateRevoked"),
+        "refused as revoked: {refused} ({inner})"
+    );
+    let m = Arc::clone(&edge.metrics);
+    eventually("edge counts revoked", Duration::from_secs(5), || {
+        handshakes_of(&m, "client", "tls", "revoked") == 1
+    })
+    .await;
+    assert_eq!(edge_tls_handshakes(&edge, "ok"), 4);
+    // Bob's ticket died with the reload too, but he is not revoked.
+    let s = tls_connect(&bob_cfg, tls).await.expect("bob 3");
+    assert_eq!(kind(&s), Some(HandshakeKind::Full), "tickets die on reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_rates_full_and_resumed() {
+    const N: usize = 500;
+    let (rig, edge) = tls_edge("static:on").await;
+    let tls = edge.tls.expect("tls");
+    let trust = trust_of(&rig, &rig.user(ALICE));
+    let mut full = trust.client_config(&[ALPN_HTTP1]);
+    full.resumption = rustls::client::Resumption::disabled();
+    let full = Arc::new(full);
+    let resumed = Arc::new(trust.client_config(&[ALPN_HTTP1]));
+    // Each connection: TCP, the TLS handshake, `GET /` answered 405 (the
+    // edge's cheapest answer; reading it also takes the session tickets).
+    let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let run = |cfg: Arc<rustls::ClientConfig>, want: HandshakeKind| async move {
+        let started = Instant::now();
+        let mut kinds = 0;
+        for _ in 0..N {
+            let mut s = tls_connect(&cfg, tls).await.expect("connect");
+            if kind(&s) == Some(want) {
+                kinds += 1;
+            }
+            let got = exchange(&mut s, get).await.expect("405");
+            assert!(got.starts_with(b"HTTP/1.1 405 "));
+        }
+        (started.elapsed(), kinds)
+    };
+    // Prime the ticket store.
+    let mut s = tls_connect(&resumed, tls).await.expect("connect");
+    exchange(&mut s, get).await.expect("405");
+    let (full_took, full_n) = tokio::time::timeout(
+        Duration::from_secs(25),
+        run(Arc::clone(&full), HandshakeKind::Full),
+    )
+    .await
+    .expect("full handshakes within 25 s");
+    let (res_took, res_n) = tokio::time::timeout(
+        Duration::from_secs(25),
+        run(Arc::clone(&resumed), HandshakeKind::Resumed),
+    )
+    .await
+    .expect("resumed handshakes within 25 s");
+    assert_eq!(
+        full_n, N,
+        "every full-config connection was a full handshake"
+    );
+    assert_eq!(res_n, N, "every repeat connection resumed");
+    let rate = |took: Duration| N as f64 / took.as_secs_f64();
+    eprintln!(
+        "edge mTLS handshakes, sequential, one client in the same process (each: TCP + TLS 1.3 + a 405 answer): \
+         full {:.0}/s ({full_took:?} for {N}), resumed {:.0}/s ({res_took:?} for {N})",
+        rate(full_took),
+        rate(res_took)
+    );
+    assert_eq!(edge_tls_handshakes(&edge, "ok") as usize, 2 * N + 1);
+}
