@@ -105,9 +105,10 @@ impl Client {
             head_start: HEAD_START,
         };
         let stop_tunnel = CancellationToken::new();
-        let tunnel = Tunnel::start(
+        let tunnel = Tunnel::start_with_dns(
             dialer,
             cfg.edges.clone(),
+            &cfg.dns,
             cfg.limits.clone(),
             Arc::clone(&metrics),
             stop_tunnel.clone(),

@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::{Limits, TransportChoice};
+use crate::config::{DnsSection, Limits, TransportChoice};
 use crate::metrics::Metrics;
 use crate::preamble::{self, ConnectResponse, Dest};
 use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer};
-use crate::transport::{resolve_edges, EdgeAddr};
+use crate::transport::resolve::{failover_order, EdgeWatch};
+use crate::transport::EdgeAddr;
 
 /// What the keeper last knew of the way to an edge.
 #[derive(Clone)]
@@ -59,10 +60,25 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    /// Start the keeper task; it stops when `stop` is cancelled.
+    /// Start the keeper task, resolving `edges` names with the system
+    /// resolver; it stops when `stop` is cancelled.
     pub fn start(
         dialer: Dialer,
         edges: Vec<String>,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        Self::start_with_dns(dialer, edges, &DnsSection::default(), limits, metrics, stop)
+    }
+
+    /// Start the keeper task; `edges` names resolve through `[dns]`
+    /// (`nameservers`, else the system resolver) and are re-resolved at the
+    /// TTL. It stops when `stop` is cancelled.
+    pub fn start_with_dns(
+        dialer: Dialer,
+        edges: Vec<String>,
+        dns: &DnsSection,
         limits: Limits,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
@@ -74,7 +90,14 @@ impl Tunnel {
             dialer,
             tls_failed: Notify::new(),
         });
-        tokio::spawn(keeper(Arc::clone(&t), edges, metrics, tx, stop));
+        tokio::spawn(keeper(
+            Arc::clone(&t),
+            edges,
+            dns.clone(),
+            metrics,
+            tx,
+            stop,
+        ));
         t
     }
 
@@ -206,16 +229,40 @@ async fn reprobe_quic(dialer: &Dialer, edge: &EdgeAddr) -> quinn::Connection {
     }
 }
 
+/// Resolves once the edge set, not empty, no longer holds `addr` (the
+/// operator took that edge out of the record): the keeper moves elsewhere.
+async fn left_record(known: &mut watch::Receiver<Vec<EdgeAddr>>, addr: std::net::SocketAddr) {
+    loop {
+        {
+            let set = known.borrow_and_update();
+            if !set.is_empty() && !set.iter().any(|e| e.addr == addr) {
+                return;
+            }
+        }
+        if known.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 async fn keeper(
     tunnel: Arc<Tunnel>,
     edges: Vec<String>,
+    dns: DnsSection,
     metrics: Arc<Metrics>,
     tx: watch::Sender<TunnelState>,
     stop: CancellationToken,
 ) {
     let dialer = &tunnel.dialer;
+    let ipv6 = dialer.choice == TransportChoice::Tls
+        || dialer.quic.local_addr().is_ok_and(|a| a.is_ipv6());
+    // Re-resolved at the TTL in the background; every (re)connect reads the
+    // addresses known then.
+    let edges = EdgeWatch::start(&edges, &dns, ipv6);
+    let mut known = edges.subscribe();
+    // The address last lost or failed: tried last next time.
+    let mut lost: Option<std::net::SocketAddr> = None;
     let mut backoff = Backoff::tunnel();
-    let mut next = rand::random::<usize>();
     let mut last_error = None::<String>;
     let mut quic_bad: HashSet<std::net::SocketAddr> = HashSet::new();
     let mut ready_quic: Option<(quinn::Connection, EdgeAddr)> = None;
@@ -223,17 +270,16 @@ async fn keeper(
         let mut up = ready_quic.take().map(|(c, e)| (Dialed::Quic(c), e));
         let mut err = String::from("no edge address resolved");
         if up.is_none() {
-            let (addrs, _) = resolve_edges(&edges).await;
-            // Start at a random address (spreads clients), then try each in turn.
-            for i in 0..addrs.len() {
-                let edge = &addrs[(next + i) % addrs.len()];
+            // Start at a random address (spreads clients), the lost one
+            // last; on a failed connect move to the next at once.
+            let addrs = failover_order(&known.borrow_and_update(), lost, rand::random());
+            for edge in &addrs {
                 let attempt = tokio::select! {
                     r = dialer.dial(edge, quic_bad.contains(&edge.addr)) => r,
                     _ = stop.cancelled() => return,
                 };
                 match attempt {
                     Ok(d) => {
-                        next = (next + i) % addrs.len();
                         up = Some((d, edge.clone()));
                         break;
                     }
@@ -243,6 +289,7 @@ async fn keeper(
                             .with_label_values(&["edge", "quic", e.reason()])
                             .inc();
                         err = format!("{}: {e}", edge.addr);
+                        lost = Some(edge.addr);
                     }
                 }
             }
@@ -253,8 +300,11 @@ async fn keeper(
                 last_error = Some(err.clone());
             }
             let _ = tx.send(TunnelState::Down(err));
+            // Ask DNS again; a changed edge set is tried at once.
+            edges.refresh();
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
+                Ok(()) = known.changed() => {}
                 _ = stop.cancelled() => break,
             }
             continue;
@@ -277,6 +327,8 @@ async fn keeper(
                 let _ = tx.send(TunnelState::Quic(conn.clone()));
                 let why = tokio::select! {
                     e = conn.closed() => e.to_string(),
+                    // Running flows keep the old connection open through their streams.
+                    _ = left_record(&mut known, edge.addr) => "the edge address left the record".into(),
                     _ = stop.cancelled() => "client stopping".into(),
                 };
                 let st = conn.stats().path;
@@ -315,6 +367,7 @@ async fn keeper(
                         "moving to QUIC".into()
                     }
                     _ = tunnel.tls_failed.notified() => "a flow could not reach the edge over TLS".into(),
+                    _ = left_record(&mut known, edge.addr) => "the edge address left the record".into(),
                     _ = stop.cancelled() => "client stopping".into(),
                 }
             }
@@ -324,8 +377,9 @@ async fn keeper(
         if ready_quic.is_some() {
             continue;
         }
-        // Move on to the next address at once; the lost one is tried last.
-        next = next.wrapping_add(1);
+        // Move on to another address at once; the lost one is tried last.
+        lost = Some(edge.addr);
+        edges.refresh();
         let _ = tx.send(TunnelState::Connecting);
         if since.elapsed() >= Duration::from_secs(1) {
             backoff.reset();
