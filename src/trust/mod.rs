@@ -186,7 +186,9 @@ impl Trust {
     /// not revoked (CRL), unexpired, with a SPIFFE id in our trust domain
     /// whose role is in `accept`.
     ///
-    /// TLS 1.3 and 1.2 (QUIC uses 1.3 only), ring provider, no 0-RTT, no SNI
+    /// TLS 1.3 only (QUIC needs it; on TCP no client in scope lacks it, and
+    /// TLS 1.2 would send the client certificate, the user's identity, in
+    /// clear), ring provider, no 0-RTT, no SNI
     /// requirement. Resumption by stateless tickets only (no server-side
     /// session cache), each config with its own ticket key, so a ticket from
     /// a config accepting other roles never resumes here; tickets die with
@@ -198,8 +200,8 @@ impl Trust {
         alpn: &[&[u8]],
     ) -> rustls::ServerConfig {
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .expect("the ring provider supports TLS 1.3 and 1.2")
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("the ring provider supports TLS 1.3")
             .with_client_cert_verifier(Arc::new(ClientVerifier {
                 trust: self.clone(),
                 accept: accept.to_vec(),
@@ -232,8 +234,8 @@ impl Trust {
     /// changes in a disaster, and add no assurance the pinned CA lacks.
     pub fn client_config(self: &Arc<Self>, alpn: &[&[u8]]) -> rustls::ClientConfig {
         let mut cfg = rustls::ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .expect("the ring provider supports TLS 1.3 and 1.2")
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("the ring provider supports TLS 1.3")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ServerVerifier {
                 trust: self.clone(),
