@@ -62,11 +62,14 @@ impl MuxLink {
     }
 }
 
-/// Send a PING every `interval`; end when one is not answered within `idle`.
+/// Send a PING every `interval`; end when the peer has answered nothing for
+/// `idle` (the last answer, then `interval` of quiet, then at most
+/// `idle - interval` waiting for the next one).
 async fn keepalive(mut pp: h2::PingPong, interval: Duration, idle: Duration) -> String {
+    let wait = idle.saturating_sub(interval).max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(interval).await;
-        match tokio::time::timeout(idle, pp.ping(h2::Ping::opaque())).await {
+        match tokio::time::timeout(wait, pp.ping(h2::Ping::opaque())).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return format!("ping failed: {e}"),
             Err(_) => return format!("no PING answer within {idle:?}"),
