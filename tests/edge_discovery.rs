@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common_dns::{eventually, DnsServer, EchoFlow, Logs, DR_HOST, TD};
+use common_dns::{eventually, Answer, DnsServer, EchoFlow, Logs, DR_HOST, TD};
 use lifeboat::client::{Client, ListenerKind};
 use lifeboat::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
 use lifeboat::connector::Connector;
@@ -486,4 +486,92 @@ async fn connector_follows_the_record_and_the_client_fails_over() {
     for e in edges.into_iter().flatten() {
         e.kill().await;
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn nothing_resolving_is_retried_and_a_failing_name_keeps_its_addresses() {
+    let (logs, _guard) = Logs::capture();
+    let dns = DnsServer::start().await;
+    dns.set(Answer::NxDomain);
+    let lab = Lab::new().await;
+    let app_port = lab.app.port();
+    let (a, b) = lab.start_edge_pair().await;
+    let port = a.addr.port();
+    let drain = CancellationToken::new();
+    lab.start_connector(&dns, port, &drain);
+    let socks = lab.start_client(&dns, port, &drain).await;
+
+    // Nothing resolves: both roles keep retrying (each says so once).
+    let q = dns.queries();
+    eventually("retried lookups", Duration::from_secs(10), || {
+        dns.queries() >= q + 8
+    })
+    .await;
+    assert_eq!(a.connectors() + b.connectors(), 0);
+    assert_eq!(logs.count("edge name does not resolve: NXDOMAIN"), 2);
+
+    // The record appears: the connector reaches both edges, the client one.
+    dns.publish_zone(&zone(&[ip("127.0.0.2"), ip("127.0.0.3")]));
+    eventually(
+        "the connector registered at both edges",
+        Duration::from_secs(20),
+        || a.connectors() == 1 && b.connectors() == 1,
+    )
+    .await;
+    eventually(
+        "the client reached an edge",
+        Duration::from_secs(20),
+        || a.clients() + b.clients() == 1,
+    )
+    .await;
+    echo(socks, app_port, 32 * 1024, 7)
+        .await
+        .expect("a flow once the name resolves");
+    assert_eq!(logs.count("edge name resolves again"), 2);
+
+    // The server fails: the last good addresses stay, tunnels and flows go
+    // on, and each role logs the failure once however often it retries.
+    let good = zone(&[ip("127.0.0.2"), ip("127.0.0.3")]);
+    for (round, (answer, word)) in [
+        (Answer::ServFail, "SERVFAIL"),
+        (Answer::Silent, "timed out"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let line = format!("edge name does not resolve: {word}");
+        dns.set(answer);
+        eventually(&format!("`{line}` logged"), Duration::from_secs(20), || {
+            logs.count(&line) >= 2
+        })
+        .await;
+        // At least two more lookups per role after the first failure.
+        let q = dns.queries();
+        eventually(
+            &format!("lookups retried while {word}"),
+            Duration::from_secs(30),
+            || dns.queries() >= q + 16,
+        )
+        .await;
+        assert_eq!(
+            logs.count(&line),
+            2,
+            "logged once per role\n{}",
+            logs.text()
+        );
+        assert_eq!((a.connectors(), b.connectors()), (1, 1), "{word}");
+        echo(socks, app_port, 32 * 1024, 8)
+            .await
+            .unwrap_or_else(|e| panic!("a flow while DNS fails ({word}): {e}"));
+        dns.publish_zone(&good);
+        let recovered = 4 + 2 * round;
+        eventually("the name resolves again", Duration::from_secs(40), || {
+            logs.count("edge name resolves again") >= recovered
+        })
+        .await;
+    }
+    assert_eq!(logs.count("edge address left the record"), 0);
+    drain.cancel();
+    a.kill().await;
+    b.kill().await;
 }

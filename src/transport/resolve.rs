@@ -97,6 +97,8 @@ struct NameState {
     due: Instant,
     last_lookup: Option<Instant>,
     failures: u32,
+    /// The interval the last good answer set: failures never retry slower.
+    interval: Duration,
     failing: Option<String>,
 }
 
@@ -122,6 +124,7 @@ impl EdgeBook {
                     due: now,
                     last_lookup: None,
                     failures: 0,
+                    interval: MAX_REFRESH,
                     failing: None,
                 }),
             }
@@ -163,7 +166,8 @@ impl EdgeBook {
     /// Feed the answer of a lookup of name `i` started at `now`. A good
     /// answer replaces the name's addresses and is due again at its TTL
     /// (within [`MIN_REFRESH`]..[`MAX_REFRESH`]); a failure keeps them and
-    /// retries sooner (1 s doubling up to [`MAX_REFRESH`]).
+    /// retries at 1 s doubling up to that interval (a short TTL asked for
+    /// prompt changes: a failing server does not slow them down).
     pub fn handle_answer(&mut self, i: usize, now: Instant, answer: Answer) -> Option<Note> {
         let n = self.names.get_mut(i)?;
         n.last_lookup = Some(now);
@@ -183,10 +187,10 @@ impl EdgeBook {
         addrs.dedup();
         n.addrs = addrs;
         n.failures = 0;
-        n.due = now
-            + ttl
-                .unwrap_or(SYSTEM_REFRESH)
-                .clamp(MIN_REFRESH, MAX_REFRESH);
+        n.interval = ttl
+            .unwrap_or(SYSTEM_REFRESH)
+            .clamp(MIN_REFRESH, MAX_REFRESH);
+        n.due = now + n.interval;
         n.failing.take().map(|_| Note::Recovered {
             host: n.host.clone(),
         })
@@ -214,7 +218,7 @@ impl NameState {
     fn fail(&mut self, now: Instant, error: String) -> Option<Note> {
         let step = MIN_REFRESH.saturating_mul(1u32 << self.failures.min(5));
         self.failures = self.failures.saturating_add(1);
-        self.due = now + step.min(MAX_REFRESH);
+        self.due = now + step.min(self.interval);
         if self.failing.as_deref() == Some(error.as_str()) {
             return None;
         }
@@ -365,6 +369,7 @@ fn describe(e: &ResolveError) -> String {
         ProtoErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
             ResponseCode::NXDomain => "NXDOMAIN".into(),
             ResponseCode::NoError => "no A or AAAA record".into(),
+            ResponseCode::ServFail => "SERVFAIL".into(),
             other => format!("the server answered {other}"),
         },
         ProtoErrorKind::Timeout => "timed out".into(),
@@ -585,7 +590,7 @@ mod tests {
     fn failures_keep_the_last_good_set_and_are_noted_once_per_condition() {
         let t0 = Instant::now();
         let mut b = book(t0);
-        b.handle_answer(0, t0, found(&["127.0.0.2", "127.0.0.3"], 1));
+        b.handle_answer(0, t0, found(&["127.0.0.2", "127.0.0.3"], 30));
         let before = b.addrs();
         let s = Duration::from_secs;
         let n = b.handle_answer(0, t0 + s(1), Answer::Failed("SERVFAIL".into()));
@@ -598,7 +603,7 @@ mod tests {
             })
         );
         assert_eq!(b.addrs(), before);
-        // Retries back off: 1 s, 2 s, 4 s ... up to MAX_REFRESH.
+        // Retries back off: 1 s, 2 s, 4 s ... up to the TTL's interval (30 s).
         assert_eq!(b.poll_timeout(), Some(t0 + s(2)));
         assert_eq!(
             b.handle_answer(0, t0 + s(2), Answer::Failed("SERVFAIL".into())),
@@ -633,6 +638,11 @@ mod tests {
             })
         );
         assert_eq!(b.addrs().len(), 2);
+        // After a 1 s TTL, failures retry every second.
+        for k in 0..8 {
+            b.handle_answer(0, t0 + s(k), Answer::Failed("SERVFAIL".into()));
+            assert_eq!(b.poll_timeout(), Some(t0 + s(k + 1)));
+        }
     }
 
     #[test]
