@@ -281,6 +281,54 @@ pub enum End {
     Stopped(u32),
 }
 
+impl End {
+    /// The word for `lifeboat_flows_closed_total{reason}`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Reset => "reset",
+            Self::Stopped(stream_code::DR_NARROWED) => "dr-narrowed",
+            Self::Stopped(_) => "shutdown",
+        }
+    }
+}
+
+/// Splice an agent-side flow (connector or client): bytes counted without a
+/// segment label, stopped only by the drain deadline `abort`, its end counted
+/// in `lifeboat_flows_closed_total`.
+pub async fn splice_counted(
+    a: &mut Side,
+    b: &mut Side,
+    metrics: &crate::metrics::Metrics,
+    abort: &tokio_util::sync::CancellationToken,
+) -> Outcome {
+    let up = metrics
+        .flow_bytes
+        .with_label_values(&[crate::metrics::NO_SEGMENT, "up"]);
+    let down = metrics
+        .flow_bytes
+        .with_label_values(&[crate::metrics::NO_SEGMENT, "down"]);
+    let abort = abort.clone();
+    let outcome = splice(
+        a,
+        b,
+        Counters {
+            up: &up,
+            down: &down,
+        },
+        async move {
+            abort.cancelled().await;
+            stream_code::SHUTDOWN
+        },
+    )
+    .await;
+    metrics
+        .flows_closed
+        .with_label_values(&[outcome.end.reason()])
+        .inc();
+    outcome
+}
+
 /// Byte counts of a finished splice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {

@@ -22,7 +22,7 @@ use crate::dr::DrMode;
 use crate::metrics::{Metrics, NO_SEGMENT};
 use crate::preamble::Dest;
 use crate::refusal::Refusal;
-use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
+use crate::splice::{self, RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialer, HEAD_START};
 use crate::transport::{quic, stream_code, tls, ALPN_CLIENT};
 use crate::trust::Trust;
@@ -263,28 +263,8 @@ pub(crate) async fn carry(
         m.flows_active.dec();
         return;
     }
-    let up = m.flow_bytes.with_label_values(&[NO_SEGMENT, "up"]);
-    let down = m.flow_bytes.with_label_values(&[NO_SEGMENT, "down"]);
-    let abort = state.abort.clone();
-    let outcome = splice::splice(
-        &mut local,
-        &mut edge,
-        Counters {
-            up: &up,
-            down: &down,
-        },
-        async move {
-            abort.cancelled().await;
-            stream_code::SHUTDOWN
-        },
-    )
-    .await;
-    let reason = match outcome.end {
-        splice::End::Done => "done",
-        splice::End::Reset => "reset",
-        splice::End::Stopped(_) => "shutdown",
-    };
-    m.flows_closed.with_label_values(&[reason]).inc();
+    let outcome = splice::splice_counted(&mut local, &mut edge, m, &state.abort).await;
+    let reason = outcome.end.reason();
     m.flows_active.dec();
     debug!(
         up = outcome.up,

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 use super::ConnectorState;
 use crate::metrics::NO_SEGMENT;
 use crate::preamble::Host;
-use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
+use crate::splice::{self, RecvHalf, SendHalf, Side};
 use crate::transport::stream_code;
 use crate::wire::{self, FailKind, FlowHeader, FlowReply};
 
@@ -83,28 +83,8 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side) {
         m.flows_active.dec();
         return;
     }
-    let up = m.flow_bytes.with_label_values(&[NO_SEGMENT, "up"]);
-    let down = m.flow_bytes.with_label_values(&[NO_SEGMENT, "down"]);
-    let abort = state.abort.clone();
-    let outcome = splice::splice(
-        &mut edge,
-        &mut app,
-        Counters {
-            up: &up,
-            down: &down,
-        },
-        async move {
-            abort.cancelled().await;
-            stream_code::SHUTDOWN
-        },
-    )
-    .await;
-    let reason = match outcome.end {
-        splice::End::Done => "done",
-        splice::End::Reset => "reset",
-        splice::End::Stopped(_) => "shutdown",
-    };
-    m.flows_closed.with_label_values(&[reason]).inc();
+    let outcome = splice::splice_counted(&mut edge, &mut app, m, &state.abort).await;
+    let reason = outcome.end.reason();
     m.flows_active.dec();
     if state.access_log {
         info!(flow = header.flow_id, client = %header.client, segment = %header.segment, dest = %header.dest,

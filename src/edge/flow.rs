@@ -178,12 +178,7 @@ pub(super) async fn serve(
         stop,
     )
     .await;
-    let reason = match outcome.end {
-        splice::End::Done => "done",
-        splice::End::Reset => "reset",
-        splice::End::Stopped(stream_code::DR_NARROWED) => "dr-narrowed",
-        splice::End::Stopped(_) => "shutdown",
-    };
+    let reason = outcome.end.reason();
     m.flows_closed.with_label_values(&[reason]).inc();
     m.flows_active.dec();
     if policy.access_log {
