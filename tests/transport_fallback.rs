@@ -398,3 +398,83 @@ fn auto_falls_back_when_udp_is_dropped_and_returns_when_the_drop_is_removed() {
         eprintln!("SKIPPED: no network namespace with nftables here ({why}); the unserved-port test covers the fallback");
     }
 }
+
+/// `transport = "tls"` agents that cannot reach the edge count the failed
+/// handshakes under `transport="tls"`, never under QUIC, which they never
+/// tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_tls_dials_are_counted_under_tls() {
+    let rig = Rig::new().await;
+    let nobody: SocketAddr = format!("127.0.0.1:{}", closed_port().await)
+        .parse()
+        .expect("addr");
+    let cm = rig.start_connector(0, nobody, "tls", "");
+    let client = rig.start_client(&rig.user(ALICE), nobody, "tls", "").await;
+    let failed = |m: &Metrics, t: &str| -> u64 {
+        lifeboat::metrics::HANDSHAKE_RESULTS
+            .iter()
+            .filter(|r| **r != "ok")
+            .map(|r| handshakes_of(m, "edge", t, r))
+            .sum()
+    };
+    let ccm = Arc::clone(&client.metrics);
+    eventually(
+        "both agents failed at least twice",
+        Duration::from_secs(10),
+        || {
+            failed(&cm, "tls") + failed(&cm, "quic") >= 2
+                && failed(&ccm, "tls") + failed(&ccm, "quic") >= 2
+        },
+    )
+    .await;
+    for (who, m) in [("connector", &cm), ("client", &ccm)] {
+        assert_eq!(
+            failed(m, "quic"),
+            0,
+            "{who} with transport=tls counted failed QUIC handshakes ({} under tls)",
+            failed(m, "tls")
+        );
+        assert!(failed(m, "tls") >= 2, "{who}");
+    }
+}
+
+/// A client with `transport = "tls"` whose certificate the edge refuses
+/// (revoked) must not report its way to the edge as up: in TLS 1.3 the
+/// client finishes its side of the handshake before the edge has checked
+/// the client certificate, and the edge's refusal comes as an alert after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_refused_by_the_edge_does_not_report_a_tunnel_up() {
+    let rig = Rig::new().await;
+    let mallory = rig.user("mallory");
+    rig.ca.revoke(&mallory);
+    let edge = rig.start_edge(&rig.edge_toml(
+        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
+        "static:on",
+        "",
+    ));
+    let tls = edge.tls.expect("tls");
+    let client = rig.start_client(&mallory, tls, "tls", "").await;
+    let em = Arc::clone(&edge.metrics);
+    eventually(
+        "the edge refused mallory as revoked",
+        Duration::from_secs(10),
+        || handshakes_of(&em, "client", "tls", "revoked") >= 1,
+    )
+    .await;
+    // Let the client take in what it was told.
+    let raw = raw_connect(client.http, &format!("{DR_HOST}:{}", rig.app.port())).await;
+    assert!(raw.starts_with("HTTP/1.1 503 "), "{raw}");
+    let m = &client.metrics;
+    assert_eq!(
+        (
+            tunnels_of(m, "edge", "tls"),
+            handshakes_of(m, "edge", "tls", "ok")
+        ),
+        (0, 0),
+        "a refused client reports tunnels_active{{edge,tls}} and handshakes_total{{edge,tls,ok}}"
+    );
+    assert!(
+        handshakes_of(m, "edge", "tls", "revoked") >= 1,
+        "the client counts the refusal as revoked"
+    );
+}
