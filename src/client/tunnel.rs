@@ -174,7 +174,14 @@ impl Tunnel {
                 refusal: resp.error,
                 reason: String::from_utf8_lossy(&rest).trim().to_string(),
             }),
-            Ok(Err(e)) => Err(OpenError::Broken(e)),
+            Ok(Err(e)) => {
+                if matches!(side.recv, RecvHalf::Io { .. }) {
+                    // A TLS flow cut before any answer (a refused certificate,
+                    // a dead edge): the keeper re-checks the edge.
+                    self.tls_failed.notify_one();
+                }
+                Err(OpenError::Broken(e))
+            }
             Err(_) => {
                 side.send.abort(crate::transport::stream_code::ABORTED);
                 Err(OpenError::Refused {
@@ -274,9 +281,19 @@ async fn keeper(
             // last; on a failed connect move to the next at once.
             let addrs = failover_order(&known.borrow_and_update(), lost, rand::random());
             for edge in &addrs {
+                let started = std::time::Instant::now();
                 let attempt = tokio::select! {
                     r = dialer.dial(edge, quic_bad.contains(&edge.addr)) => r,
                     _ = stop.cancelled() => return,
+                };
+                // A TLS probe counts only once the edge has not refused our certificate.
+                let attempt = match attempt {
+                    Ok(Dialed::Tls(mut probe)) => {
+                        Dialer::confirm_tls(&mut probe, started.elapsed())
+                            .await
+                            .map(|()| Dialed::Tls(probe))
+                    }
+                    other => other,
                 };
                 match attempt {
                     Ok(d) => {
@@ -284,9 +301,10 @@ async fn keeper(
                         break;
                     }
                     Err(e) => {
+                        let kind = dialer.failed_kind(quic_bad.contains(&edge.addr), &e);
                         metrics
                             .handshakes
-                            .with_label_values(&["edge", "quic", e.reason()])
+                            .with_label_values(&["edge", kind.as_str(), e.reason()])
                             .inc();
                         err = format!("{}: {e}", edge.addr);
                         lost = Some(edge.addr);

@@ -201,8 +201,9 @@ async fn keep_tunnel(
         let dialed = match dialed {
             Ok(d) => d,
             Err(e) => {
+                let kind = dialer.failed_kind(quic_bad, &e);
                 m.handshakes
-                    .with_label_values(&["edge", "quic", e.reason()])
+                    .with_label_values(&["edge", kind.as_str(), e.reason()])
                     .inc();
                 let msg = e.to_string();
                 // Logged once per change of condition, not on every retry.

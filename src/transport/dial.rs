@@ -50,6 +50,39 @@ impl Dialer {
         tls::connect(&self.tls, edge.addr, &edge.server_name, self.timeout).await
     }
 
+    /// The transport a failed `dial(_, quic_bad)` was refused on (a metric
+    /// label): `auto` reports the TLS error when TLS said more (see `race`).
+    pub fn failed_kind(&self, quic_bad: bool, err: &TunnelError) -> TransportKind {
+        match self.choice {
+            TransportChoice::Quic => TransportKind::Quic,
+            TransportChoice::Tls => TransportKind::Tls,
+            TransportChoice::Auto if quic_bad || matches!(err, TunnelError::Tls(_)) => {
+                TransportKind::Tls
+            }
+            TransportChoice::Auto => TransportKind::Quic,
+        }
+    }
+
+    /// After a TLS handshake, wait briefly for the edge's verdict on our
+    /// certificate: in TLS 1.3 the server checks it after the client is done,
+    /// and a refusal arrives as an alert. `Ok` when no alert came within the
+    /// grace (a few handshake times, at least 20 ms, at most 1 s).
+    pub async fn confirm_tls(
+        stream: &mut TlsStream<TcpStream>,
+        handshake: Duration,
+    ) -> Result<(), TunnelError> {
+        use tokio::io::AsyncReadExt;
+        let grace = (handshake * 3).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(grace, stream.read(&mut b)).await {
+            Err(_) => Ok(()),
+            Ok(Err(e)) => Err(TunnelError::Tls(e)),
+            Ok(Ok(_)) => Err(TunnelError::Identity(
+                "the edge closed or spoke before any request".into(),
+            )),
+        }
+    }
+
     /// Dial `edge`. With `auto`, `quic_bad` skips straight to TLS.
     pub async fn dial(&self, edge: &EdgeAddr, quic_bad: bool) -> Result<Dialed, TunnelError> {
         match self.choice {
