@@ -70,7 +70,11 @@ impl std::fmt::Display for Report {
             self.setup_p50_us, self.setup_p90_us, self.setup_p99_us, self.setup_max_us
         )?;
         if self.bytes > 0 {
-            writeln!(f, "received: {} bytes ({:.0} Mbit/s)", self.bytes, self.megabits_per_second)?;
+            writeln!(
+                f,
+                "received: {} bytes ({:.0} Mbit/s)",
+                self.bytes, self.megabits_per_second
+            )?;
         }
         for (word, n) in &self.refusals {
             writeln!(f, "refused {word}: {n}")?;
@@ -96,7 +100,8 @@ pub async fn run(client_config: &Path, opts: Options) -> anyhow::Result<Report> 
     let stop = CancellationToken::new();
     let mut tunnels = Vec::new();
     for _ in 0..opts.clients.max(1) {
-        let endpoint = quic::client_endpoint("0.0.0.0:0".parse()?, &trust, ALPN_CLIENT, &cfg.limits, 0)?;
+        let endpoint =
+            quic::client_endpoint("0.0.0.0:0".parse()?, &trust, ALPN_CLIENT, &cfg.limits, 0)?;
         let dialer = Dialer {
             choice: opts.transport.unwrap_or(cfg.transport),
             quic: endpoint,
@@ -104,7 +109,14 @@ pub async fn run(client_config: &Path, opts: Options) -> anyhow::Result<Report> 
             timeout: cfg.limits.handshake_timeout,
             head_start: HEAD_START,
         };
-        tunnels.push(Tunnel::start(dialer, cfg.edges.clone(), cfg.limits.clone(), Arc::clone(&metrics), stop.clone()));
+        tunnels.push(Tunnel::start_with_dns(
+            dialer,
+            cfg.edges.clone(),
+            &cfg.dns,
+            cfg.limits.clone(),
+            Arc::clone(&metrics),
+            stop.clone(),
+        ));
     }
     // Wait for every tunnel (bounded by the handshake timeout).
     for t in &tunnels {
@@ -119,7 +131,9 @@ pub async fn run(client_config: &Path, opts: Options) -> anyhow::Result<Report> 
         let tunnel = Arc::clone(&tunnels[w % tunnels.len()]);
         let (tally, next, opts) = (Arc::clone(&tally), Arc::clone(&next), opts.clone());
         workers.spawn(async move {
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < opts.flows && Instant::now() < deadline {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < opts.flows
+                && Instant::now() < deadline
+            {
                 let t0 = Instant::now();
                 let left = deadline.saturating_duration_since(t0);
                 let r = tokio::time::timeout(left, one_flow(&tunnel, &opts, t0)).await;
@@ -170,10 +184,16 @@ enum FlowError {
     Other,
 }
 
-async fn one_flow(tunnel: &Tunnel, opts: &Options, t0: Instant) -> Result<(Duration, u64), FlowError> {
+async fn one_flow(
+    tunnel: &Tunnel,
+    opts: &Options,
+    t0: Instant,
+) -> Result<(Duration, u64), FlowError> {
     let (mut side, _early) = match tunnel.open(&opts.target).await {
         Ok(x) => x,
-        Err(OpenError::Refused { refusal, status, .. }) => {
+        Err(OpenError::Refused {
+            refusal, status, ..
+        }) => {
             let word = refusal.map_or_else(|| format!("status-{status}"), |r| r.word().to_string());
             return Err(FlowError::Refused(word));
         }
@@ -182,8 +202,14 @@ async fn one_flow(tunnel: &Tunnel, opts: &Options, t0: Instant) -> Result<(Durat
     let setup = t0.elapsed();
     let mut bytes = 0u64;
     if let Some(path) = &opts.http_get {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", opts.target);
-        side.send.write(Bytes::from(req)).await.map_err(|_| FlowError::Other)?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            opts.target
+        );
+        side.send
+            .write(Bytes::from(req))
+            .await
+            .map_err(|_| FlowError::Other)?;
         bytes = drain(&mut side.recv).await?;
     }
     if !opts.hold.is_zero() {

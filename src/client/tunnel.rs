@@ -60,18 +60,6 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    /// Start the keeper task, resolving `edges` names with the system
-    /// resolver; it stops when `stop` is cancelled.
-    pub fn start(
-        dialer: Dialer,
-        edges: Vec<String>,
-        limits: Limits,
-        metrics: Arc<Metrics>,
-        stop: CancellationToken,
-    ) -> Arc<Self> {
-        Self::start_with_dns(dialer, edges, &DnsSection::default(), limits, metrics, stop)
-    }
-
     /// Start the keeper task; `edges` names resolve through `[dns]`
     /// (`nameservers`, else the system resolver) and are re-resolved at the
     /// TTL. It stops when `stop` is cancelled.
