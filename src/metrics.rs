@@ -72,6 +72,9 @@ pub struct Metrics {
     /// `lifeboat_dr_mode_known`: 1 once the DR mode is known (a fixed
     /// trigger, a restored state file or a good lookup); sticky.
     pub dr_mode_known: IntGauge,
+    /// `lifeboat_cert_grace_accepted_total`: client handshakes accepted with
+    /// a certificate expired within `[dr] cert_grace` while DR was on.
+    pub cert_grace_accepted: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -188,6 +191,10 @@ impl Metrics {
             dr_mode_known: reg!(IntGauge::with_opts(opts(
                 "dr_mode_known",
                 "1 once the DR mode is known: a fixed trigger, a restored state file or a good lookup"
+            ))),
+            cert_grace_accepted: reg!(IntCounter::with_opts(opts(
+                "cert_grace_accepted_total",
+                "Client handshakes accepted with a certificate expired within [dr] cert_grace while DR was on"
             ))),
             registry,
         };

@@ -187,6 +187,8 @@ pub struct Edge {
     quic: Option<quinn::Endpoint>,
     tls: Option<TlsListener>,
     gates: accept::Gates,
+    /// `[dr] cert_grace`, in force while the DR mode is `on`.
+    cert_grace: Option<std::time::Duration>,
 }
 
 impl Edge {
@@ -202,6 +204,7 @@ impl Edge {
         let trust = Trust::load(cfg.tls.files(), &cfg.trust_domain)
             .with_context(|| format!("loading [tls] of {}", file.display()))?;
         let limits = cfg.limits.clone();
+        let cert_grace = cfg.dr.cert_grace.filter(|g| !g.is_zero());
         let quic_addr = cfg.listen.quic;
         let tls_addr = cfg.listen.tls;
         let policy = Policy::compile(cfg, file, text, &metrics)?;
@@ -232,6 +235,14 @@ impl Edge {
             abort: CancellationToken::new(),
         });
         state.update_ready();
+        if let Some(grace) = cert_grace {
+            state
+                .trust
+                .count_cert_grace(state.metrics.cert_grace_accepted.clone());
+            // In force from the first handshake; `run` follows the mode.
+            let on = *state.mode.borrow() == DrMode::On;
+            state.trust.set_cert_grace(on.then_some(grace));
+        }
         Ok(Self {
             state,
             quic,
@@ -240,6 +251,7 @@ impl Edge {
                 handshakes: Arc::new(Semaphore::new(limits.max_handshakes_inflight)),
                 tunnels: Arc::new(Semaphore::new(limits.max_tunnels)),
             },
+            cert_grace,
         })
     }
 
@@ -262,6 +274,14 @@ impl Edge {
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         let mut loops = tokio::task::JoinSet::new();
+        if let Some(grace) = self.cert_grace {
+            loops.spawn(follow_cert_grace(
+                self.state.mode.clone(),
+                Arc::clone(&self.state.trust),
+                grace,
+                drain.clone(),
+            ));
+        }
         if let Some(ep) = &self.quic {
             loops.spawn(accept::quic_loop(
                 self.state(),
@@ -306,6 +326,25 @@ impl Edge {
         }
         info!("edge stopped");
         Ok(())
+    }
+}
+
+/// `[dr] cert_grace` follows the DR mode: in force while it is `on`, off in
+/// `test` and `off` (switching off also voids session tickets; see
+/// `trust::Trust::set_cert_grace`).
+async fn follow_cert_grace(
+    mut mode: watch::Receiver<DrMode>,
+    trust: Arc<Trust>,
+    grace: std::time::Duration,
+    drain: CancellationToken,
+) {
+    loop {
+        let on = *mode.borrow_and_update() == DrMode::On;
+        trust.set_cert_grace(on.then_some(grace));
+        tokio::select! {
+            changed = mode.changed() => if changed.is_err() { return },
+            _ = drain.cancelled() => return,
+        }
     }
 }
 

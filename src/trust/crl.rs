@@ -26,22 +26,34 @@ pub(crate) fn load(
     ca_subjects: &[Vec<u8>],
     provider: &CryptoProvider,
 ) -> Result<(Vec<CertRevocationList<'static>>, Option<i64>), TrustError> {
+    parse(&read_crls(path)?, path, roots, ca_subjects, provider)
+}
+
+/// The CRLs read from `path` (named in errors), each checked to be issued
+/// and signed by one of `roots` (whose raw subjects are `ca_subjects`).
+pub(crate) fn parse(
+    ders: &[CertificateRevocationListDer<'_>],
+    path: &Path,
+    roots: &[TrustAnchor<'_>],
+    ca_subjects: &[Vec<u8>],
+    provider: &CryptoProvider,
+) -> Result<(Vec<CertRevocationList<'static>>, Option<i64>), TrustError> {
     let bad = |source| TrustError::BadCrl {
         path: path.to_owned(),
         source,
     };
     let mut crls = Vec::new();
     let mut next_update: Option<i64> = None;
-    for der in read_crls(path)? {
-        let crl = OwnedCertRevocationList::from_der(&der).map_err(bad)?;
+    for der in ders {
+        let crl = OwnedCertRevocationList::from_der(der).map_err(bad)?;
         let (_, parsed) =
-            x509_parser::parse_x509_crl(&der).map_err(|_| bad(webpki::Error::BadDer))?;
+            x509_parser::parse_x509_crl(der).map_err(|_| bad(webpki::Error::BadDer))?;
         let issuer = parsed.issuer().as_raw();
         let signed = ca_subjects
             .iter()
             .zip(roots)
             .filter(|(subject, _)| subject.as_slice() == issuer)
-            .any(|(_, anchor)| signed_by(&der, anchor, provider));
+            .any(|(_, anchor)| signed_by(der, anchor, provider));
         if !signed {
             return Err(TrustError::ForeignCrl {
                 path: path.to_owned(),
@@ -121,7 +133,7 @@ fn expect(tag: u8, input: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Total length (header + contents) of the DER element at the start of
 /// `input` if its tag is `tag`, and what follows it.
-fn tlv_len(tag: u8, input: &[u8]) -> Option<(usize, &[u8])> {
+pub(super) fn tlv_len(tag: u8, input: &[u8]) -> Option<(usize, &[u8])> {
     if *input.first()? != tag {
         return None;
     }

@@ -2,8 +2,10 @@
 //! the rustls configs every tunnel is built from.
 //!
 //! Owns: which peers a handshake accepts (chain to exactly the configured CA
-//! certificate(s), not revoked by the configured CRL, unexpired, a SPIFFE id in
-//! our trust domain with an accepted role) and which certificate we present.
+//! certificate(s), themselves inside their validity period, not revoked by
+//! the configured CRL, unexpired -- or, on the edge while DR is `on`, expired
+//! within `[dr] cert_grace`, see `grace.rs` -- a SPIFFE id in our trust
+//! domain with an accepted role) and which certificate we present.
 //! Must not: fetch anything (no OCSP, no AIA, no system roots), or check host
 //! names (identity is the SPIFFE id; see `verify.rs`).
 //!
@@ -11,8 +13,10 @@
 //! current state at each handshake, so [`Trust::reload`] (new CA, CRL, cert or
 //! key) takes effect for new handshakes without rebuilding configs.
 
+mod chain;
 mod classify;
 mod crl;
+mod grace;
 mod spiffe;
 mod state;
 mod verify;
@@ -25,8 +29,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 
+#[doc(hidden)]
+pub use chain::{check_chain_for_test, ChainError};
 pub use classify::{classify, classify_io, classify_quic, WORDS};
 pub(crate) use spiffe::valid_segment;
 pub use spiffe::{check_trust_domain, spiffe_id_of, IdentityError, Role, SpiffeId};
@@ -107,6 +115,8 @@ pub struct Trust {
     /// Serialises reloads; holds the stamps of the last version that failed
     /// to load, so `reload_if_changed` reports each bad version once.
     reloading: Mutex<Option<Vec<Stamp>>>,
+    /// `[dr] cert_grace`, switched by the edge with its DR mode (grace.rs).
+    grace: grace::Grace,
 }
 
 impl fmt::Debug for Trust {
@@ -117,6 +127,7 @@ impl fmt::Debug for Trust {
             .field("trust_domain", &self.trust_domain)
             .field("local_id", &state.local_id.uri())
             .field("epoch", &state.epoch)
+            .field("cert_grace", &self.grace.window())
             .finish()
     }
 }
@@ -136,6 +147,7 @@ impl Trust {
             provider,
             state: ArcSwap::from_pointee(state),
             reloading: Mutex::new(None),
+            grace: grace::Grace::default(),
         }))
     }
 
@@ -192,8 +204,10 @@ impl Trust {
     /// requirement. Resumption by stateless tickets only (no server-side
     /// session cache), each config with its own ticket key, so a ticket from
     /// a config accepting other roles never resumes here; tickets die with
-    /// every reload. Resumed sessions carry the peer's certificate (rustls
-    /// keeps it in the ticket), so `peer_certificates()` still gives its id.
+    /// every reload and whenever `[dr] cert_grace` is switched off, and a
+    /// session accepted under grace gets none. Resumed sessions carry the
+    /// peer's certificate (rustls keeps it in the ticket), so
+    /// `peer_certificates()` still gives its id.
     pub fn server_config(
         self: &Arc<Self>,
         accept: &[Role],
@@ -202,10 +216,7 @@ impl Trust {
         let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("the ring provider supports TLS 1.3")
-            .with_client_cert_verifier(Arc::new(ClientVerifier {
-                trust: self.clone(),
-                accept: accept.to_vec(),
-            }))
+            .with_client_cert_verifier(self.client_verifier(accept))
             .with_cert_resolver(Arc::new(LocalCert(self.clone())));
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         cfg.max_early_data_size = 0;
@@ -237,14 +248,32 @@ impl Trust {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("the ring provider supports TLS 1.3")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ServerVerifier {
-                trust: self.clone(),
-            }))
+            .with_custom_certificate_verifier(self.server_verifier())
             .with_client_cert_resolver(Arc::new(LocalCert(self.clone())));
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         cfg.resumption =
             rustls::client::Resumption::store(Arc::new(EpochSessions::new(self.clone())));
         cfg
+    }
+
+    /// The client certificate verifier of [`Trust::server_config`]: public
+    /// only so tests (x509-limbo) can call the very object the edge uses.
+    #[doc(hidden)]
+    pub fn client_verifier(self: &Arc<Self>, accept: &[Role]) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(ClientVerifier {
+            trust: self.clone(),
+            accept: accept.to_vec(),
+        })
+    }
+
+    /// The server certificate verifier of [`Trust::client_config`]: public
+    /// only so tests (x509-limbo) can call the very object clients and
+    /// connectors use.
+    #[doc(hidden)]
+    pub fn server_verifier(self: &Arc<Self>) -> Arc<dyn ServerCertVerifier> {
+        Arc::new(ServerVerifier {
+            trust: self.clone(),
+        })
     }
 
     /// The SPIFFE id of our own (current) certificate.
@@ -265,8 +294,10 @@ impl Trust {
         (state.local_not_after, state.ca_not_after)
     }
 
+    /// The ticket epoch: moves at every reload and every time
+    /// `[dr] cert_grace` is switched off (both counters only grow).
     pub(crate) fn epoch(&self) -> u64 {
-        self.state.load().epoch
+        self.state.load().epoch.wrapping_add(self.grace.off_epoch())
     }
 }
 

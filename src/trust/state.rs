@@ -16,12 +16,15 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
 use webpki::CertRevocationList;
 
+use super::chain::Validity;
 use super::spiffe::{spiffe_id_of, SpiffeId};
 use super::{TlsFiles, TrustError};
 
 /// One consistent generation of trust material.
 pub(crate) struct State {
     pub(crate) roots: Vec<TrustAnchor<'static>>,
+    /// Validity of each root, in the same order.
+    pub(crate) root_validity: Vec<Validity>,
     pub(crate) crls: Vec<CertRevocationList<'static>>,
     pub(crate) certified: Arc<CertifiedKey>,
     pub(crate) local_id: SpiffeId,
@@ -96,7 +99,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
     Ok(certs)
 }
 
-fn not_after(cert: &[u8]) -> Option<i64> {
+pub(crate) fn not_after(cert: &[u8]) -> Option<i64> {
     let (_, x509) = x509_parser::parse_x509_certificate(cert).ok()?;
     Some(x509.validity().not_after.timestamp())
 }
@@ -104,6 +107,49 @@ fn not_after(cert: &[u8]) -> Option<i64> {
 fn raw_subject(cert: &[u8]) -> Option<Vec<u8>> {
     let (_, x509) = x509_parser::parse_x509_certificate(cert).ok()?;
     Some(x509.subject().as_raw().to_vec())
+}
+
+/// The pinned CA certificates as trust anchors.
+pub(crate) struct Anchors {
+    pub(crate) roots: Vec<TrustAnchor<'static>>,
+    /// Raw subject of each root, in the same order (CRL issuers match these).
+    pub(crate) subjects: Vec<Vec<u8>>,
+    /// Validity of each root, in the same order.
+    pub(crate) validity: Vec<Validity>,
+    /// Earliest `not_after` among them, unix seconds.
+    pub(crate) not_after: i64,
+}
+
+/// `[tls] ca` (read from `path`) as trust anchors: every certificate must be
+/// one, and parse (its subject and expiry are used), or the file is refused.
+pub(crate) fn anchors(ca_certs: &[CertificateDer<'_>], path: &Path) -> Result<Anchors, TrustError> {
+    if ca_certs.is_empty() {
+        return Err(TrustError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    let mut out = Anchors {
+        roots: Vec::with_capacity(ca_certs.len()),
+        subjects: Vec::with_capacity(ca_certs.len()),
+        validity: Vec::with_capacity(ca_certs.len()),
+        not_after: i64::MAX,
+    };
+    for der in ca_certs {
+        let anchor = webpki::anchor_from_trusted_cert(der).map_err(|source| TrustError::BadCa {
+            path: path.to_owned(),
+            source,
+        })?;
+        out.roots.push(anchor.to_owned());
+        let bad = || TrustError::BadCa {
+            path: path.to_owned(),
+            source: webpki::Error::BadDer,
+        };
+        out.subjects.push(raw_subject(der).ok_or_else(bad)?);
+        let validity = Validity::of(der).ok_or_else(bad)?;
+        out.validity.push(validity);
+        out.not_after = out.not_after.min(validity.not_after);
+    }
+    Ok(out)
 }
 
 /// Reads and cross-checks every file; `epoch` is stored as given.
@@ -117,23 +163,12 @@ pub(crate) fn load(
     // the next `reload_if_changed`, never as a missed one.
     let stamps = stamps(files);
 
-    let ca_certs = read_certs(&files.ca)?;
-    let mut roots = Vec::with_capacity(ca_certs.len());
-    let mut ca_subjects = Vec::with_capacity(ca_certs.len());
-    let mut ca_not_after = i64::MAX;
-    for der in &ca_certs {
-        let anchor = webpki::anchor_from_trusted_cert(der).map_err(|source| TrustError::BadCa {
-            path: files.ca.clone(),
-            source,
-        })?;
-        roots.push(anchor.to_owned());
-        let bad = || TrustError::BadCa {
-            path: files.ca.clone(),
-            source: webpki::Error::BadDer,
-        };
-        ca_subjects.push(raw_subject(der).ok_or_else(bad)?);
-        ca_not_after = ca_not_after.min(not_after(der).ok_or_else(bad)?);
-    }
+    let Anchors {
+        roots,
+        subjects: ca_subjects,
+        validity: root_validity,
+        not_after: ca_not_after,
+    } = anchors(&read_certs(&files.ca)?, &files.ca)?;
 
     let (crls, crl_next_update) = match &files.crl {
         Some(path) => super::crl::load(path, &roots, &ca_subjects, provider)?,
@@ -185,6 +220,7 @@ pub(crate) fn load(
 
     Ok(State {
         roots,
+        root_validity,
         crls,
         certified: Arc::new(certified),
         local_id,

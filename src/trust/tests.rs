@@ -589,6 +589,125 @@ async fn quic_handshakes_are_verified_and_classified() {
     assert_eq!(classify_quic(&c), "wrong-role");
 }
 
+// ---------------------------------------------------------------- cert_grace
+
+/// A client (or connector) certificate that expired `ago` before now.
+fn expired(dir: &Path, role: Role, name: &str, ago: Duration) -> (PathBuf, PathBuf) {
+    let now = OffsetDateTime::now_utc();
+    let mut opts = IssueOptions::new(dir, role, name);
+    if role == Role::Connector {
+        opts.group = Some("g1".into());
+    }
+    opts.not_before = Some(now - Duration::days(30));
+    opts.not_after = Some(now - ago);
+    pki::issue(&opts).unwrap()
+}
+
+#[test]
+fn cert_grace_accepts_recently_expired_clients_only() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let counter = prometheus::IntCounter::new("grace", "grace").unwrap();
+    edge.count_cert_grace(counter.clone());
+    let server = Arc::new(edge.server_config(&[Role::Client, Role::Connector], ALPN));
+    let (cert, key) = expired(dir.path(), Role::Client, "late", Duration::hours(1));
+    let late = || raw_client(Some((&cert, &key)), TLS13);
+
+    // Off (the default): expired is expired.
+    handshake(late(), server.clone()).assert_refused_by_server("expired");
+
+    edge.set_cert_grace(Some(std::time::Duration::from_secs(2 * 3600)));
+    assert_eq!(
+        edge.cert_grace(),
+        Some(std::time::Duration::from_secs(7200))
+    );
+    let client = late();
+    let out = handshake(client.clone(), server.clone());
+    out.assert_ok();
+    assert_eq!(out.server_peer_id().name, "late");
+    assert_eq!(counter.get(), 1);
+    // No session ticket for a grace acceptance: the next connection is a
+    // full handshake, verified (and counted) again.
+    let out = handshake(client.clone(), server.clone());
+    out.assert_ok();
+    assert_eq!(out.server.handshake_kind(), Some(HandshakeKind::Full));
+    assert_eq!(counter.get(), 2);
+
+    // Longer ago than the window; a connector; an intermediate-free chain
+    // from another CA; revoked: all refused, with their own reasons.
+    let (c, k) = expired(dir.path(), Role::Client, "later", Duration::hours(3));
+    handshake(raw_client(Some((&c, &k)), TLS13), server.clone())
+        .assert_refused_by_server("expired");
+    let (c, k) = expired(dir.path(), Role::Connector, "c-late", Duration::hours(1));
+    handshake(raw_client(Some((&c, &k)), TLS13), server.clone())
+        .assert_refused_by_server("expired");
+    let foreign = ca(TD);
+    let (c, k) = expired(foreign.path(), Role::Client, "eve", Duration::hours(1));
+    handshake(raw_client(Some((&c, &k)), TLS13), server.clone())
+        .assert_refused_by_server("unknown-ca");
+    let (c, k) = expired(dir.path(), Role::Client, "lost", Duration::hours(1));
+    pki::revoke(dir.path(), &c).unwrap();
+    assert!(edge.reload_if_changed().unwrap());
+    handshake(raw_client(Some((&c, &k)), TLS13), server.clone())
+        .assert_refused_by_server("revoked");
+    // A foreign trust domain under a pinned CA is still foreign.
+    let theirs = ca("other.test");
+    let both = dir.path().join("both.pem");
+    let pem = [dir.path().join("ca.pem"), theirs.path().join("ca.pem")]
+        .iter()
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect::<String>();
+    fs::write(&both, pem).unwrap();
+    let (ec, ek) = issued(dir.path(), Role::Edge, "edge-2");
+    let edge2 = Trust::load(
+        TlsFiles {
+            ca: both,
+            cert: ec,
+            key: ek,
+            crl: None,
+        },
+        TD,
+    )
+    .unwrap();
+    edge2.set_cert_grace(Some(std::time::Duration::from_secs(7200)));
+    let (c, k) = expired(theirs.path(), Role::Client, "alien", Duration::hours(1));
+    handshake(
+        raw_client(Some((&c, &k)), TLS13),
+        Arc::new(edge2.server_config(&[Role::Client], ALPN)),
+    )
+    .assert_refused_by_server("foreign-trust-domain");
+    assert_eq!(counter.get(), 2);
+
+    // Off again: refused as before.
+    edge.set_cert_grace(None);
+    handshake(late(), server).assert_refused_by_server("expired");
+    assert_eq!(counter.get(), 2);
+}
+
+#[test]
+fn switching_cert_grace_off_voids_session_tickets() {
+    let dir = ca(TD);
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    let client = alice.client_config(ALPN);
+    let window = Some(std::time::Duration::from_secs(3600));
+
+    edge.set_cert_grace(window);
+    handshake(client.clone(), server.clone()).assert_ok();
+    // Switching on, or on again, keeps tickets.
+    edge.set_cert_grace(window);
+    let out = handshake(client.clone(), server.clone());
+    assert_eq!(out.server.handshake_kind(), Some(HandshakeKind::Resumed));
+    // Off: every earlier ticket is void (a full, re-verified handshake).
+    edge.set_cert_grace(None);
+    let out = handshake(client.clone(), server.clone());
+    out.assert_ok();
+    assert_eq!(out.server.handshake_kind(), Some(HandshakeKind::Full));
+    let out = handshake(client, server);
+    assert_eq!(out.server.handshake_kind(), Some(HandshakeKind::Resumed));
+}
+
 // ---------------------------------------------------------------- harness
 
 const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];

@@ -21,9 +21,18 @@ use rustls::{
     NamedGroup, OtherError, SignatureScheme,
 };
 
+use super::chain;
 use super::spiffe::{spiffe_id_of, IdentityError, Role, SpiffeId};
 use super::state::{AnyEku, State};
 use super::Trust;
+
+/// The extended key usage a chain is checked for.
+#[derive(Clone, Copy)]
+enum Usage {
+    Asked(webpki::KeyUsage),
+    /// Any: only to tell a wrong role from a broken chain.
+    Any,
+}
 
 /// Client sessions remembered per config (the rustls default).
 const CLIENT_SESSIONS: usize = 256;
@@ -39,9 +48,24 @@ impl Trust {
         usage: webpki::KeyUsage,
         accept: &[Role],
     ) -> Result<SpiffeId, Error> {
+        self.verify_peer_at(end_entity, intermediates, now, now, usage, accept)
+    }
+
+    /// [`Self::verify_peer`] with the path checked at `at` (root and
+    /// intermediates also at `now`); `at` is `now` but under `[dr] cert_grace`.
+    pub(crate) fn verify_peer_at(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        at: UnixTime,
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+        accept: &[Role],
+    ) -> Result<SpiffeId, Error> {
         let state = self.state.load();
         let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-        match self.check_chain(&state, &cert, intermediates, now, usage) {
+        let check = |usage| self.check_chain(&state, &cert, intermediates, at, now, usage);
+        match check(Usage::Asked(usage)) {
             Ok(()) => {}
             // Without the EKU asked for is how a connector or client
             // certificate looks to a client expecting an edge. If the chain
@@ -51,8 +75,7 @@ impl Trust {
             Err(
                 webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_),
             ) => {
-                self.check_chain(&state, &cert, intermediates, now, AnyEku)
-                    .map_err(pki_error)?;
+                check(Usage::Any).map_err(pki_error)?;
                 self.check_identity(end_entity, accept)?;
                 return Err(CertificateError::InvalidPurpose.into());
             }
@@ -66,39 +89,20 @@ impl Trust {
         state: &State,
         cert: &webpki::EndEntityCert<'_>,
         intermediates: &[CertificateDer<'_>],
+        at: UnixTime,
         now: UnixTime,
-        usage: impl webpki::ExtendedKeyUsageValidator,
+        usage: Usage,
     ) -> Result<(), webpki::Error> {
-        let crls: Vec<&webpki::CertRevocationList<'_>> = state.crls.iter().collect();
-        // Revocation policy, decided:
-        // - the whole chain is checked (with our pathlen-0 CA that is just the
-        //   leaf, so it costs nothing);
-        // - a certificate no configured CRL speaks for is allowed (no CRL
-        //   configured, or a CRL of another issuer in a multi-CA file);
-        // - an expired CRL (past nextUpdate) is still honoured: everything it
-        //   lists stays revoked. Enforcing nextUpdate would refuse every peer
-        //   the day the offline CA operator is late -- in a disaster, the
-        //   very moment this edge exists for -- and ignoring the CRL would
-        //   readmit revoked peers. `Trust::load` logs a warning instead.
-        let revocation = webpki::RevocationOptionsBuilder::new(&crls)
-            .ok()
-            .map(|builder| {
-                builder
-                    .with_depth(webpki::RevocationCheckDepth::Chain)
-                    .with_status_policy(webpki::UnknownStatusPolicy::Allow)
-                    .with_expiration_policy(webpki::ExpirationPolicy::Ignore)
-                    .build()
-            });
-        cert.verify_for_usage(
-            self.provider.signature_verification_algorithms.all,
-            &state.roots,
-            intermediates,
-            now,
-            usage,
-            revocation,
-            None,
-        )
-        .map(drop)
+        let pinned = chain::Pinned {
+            roots: &state.roots,
+            validity: &state.root_validity,
+        };
+        let algs = self.provider.signature_verification_algorithms.all;
+        let crls = &state.crls;
+        match usage {
+            Usage::Asked(u) => chain::verify(algs, pinned, crls, cert, intermediates, at, now, u),
+            Usage::Any => chain::verify(algs, pinned, crls, cert, intermediates, at, now, AnyEku),
+        }
     }
 
     /// The SPIFFE id: our trust domain first, then an accepted role.
@@ -199,15 +203,24 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.trust
-            .verify_peer(
-                end_entity,
-                intermediates,
-                now,
-                webpki::KeyUsage::client_auth(),
-                &self.accept,
-            )
-            .map(|_| ClientCertVerified::assertion())
+        let usage = webpki::KeyUsage::client_auth();
+        match self
+            .trust
+            .verify_peer(end_entity, intermediates, now, usage, &self.accept)
+        {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            // `[dr] cert_grace` (grace.rs): a recently expired client
+            // certificate while DR is on; any other refusal stands.
+            Err(e) => {
+                match self
+                    .trust
+                    .verify_in_grace(&e, end_entity, intermediates, now, &self.accept)
+                {
+                    Some(graced) => graced.map(|_| ClientCertVerified::assertion()),
+                    None => Err(e),
+                }
+            }
+        }
     }
 
     fn verify_tls12_signature(
@@ -348,8 +361,9 @@ impl ResolvesClientCert for LocalCert {
 }
 
 /// Session tickets stamped with the trust epoch: a resumed session skips
-/// certificate verification, so after any reload (a new CRL above all) every
-/// older ticket is refused and the peer does a full, re-verified handshake.
+/// certificate verification, so after any reload (a new CRL above all), and
+/// whenever `[dr] cert_grace` is switched off, every older ticket is refused
+/// and the peer does a full, re-verified handshake.
 pub(crate) struct EpochTickets {
     pub(crate) inner: Arc<dyn ProducesTickets>,
     pub(crate) trust: Arc<Trust>,
@@ -373,6 +387,11 @@ impl ProducesTickets for EpochTickets {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        // A session accepted under `[dr] cert_grace` is never resumed: each
+        // reconnect is re-verified against the mode of the moment.
+        if self.trust.grace.refuses_ticket(plain) {
+            return None;
+        }
         let sealed = self.inner.encrypt(plain)?;
         let mut out = self.trust.epoch().to_be_bytes().to_vec();
         out.extend_from_slice(&sealed);
