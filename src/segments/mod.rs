@@ -27,9 +27,12 @@
 //!
 //! [`Matcher::explain`] also says which key decided (exact, wildcard,
 //! prefix), for `lifeboat check --match`; the data path calls
-//! [`Matcher::lookup`]. Both allocate nothing: names are lowercased in a
-//! stack buffer, tables are hashed with Fx, and a key claimed by one segment
-//! (the common case) holds its index inline.
+//! [`Matcher::lookup`]. Both allocate nothing: a name is validated in one
+//! pass (and lowercased into a stack buffer only if it has capitals), and
+//! each key kind lives in one frozen open-addressing table whose slot leads
+//! to a single arena record holding the key and its claimants' port ranges
+//! (`table`): a hit costs about the cache misses of a plain
+//! `HashMap<String, _>`.
 //!
 //! Compile-time errors name the segment and the value: malformed domain or
 //! CIDR (a CIDR with host bits set is refused, with the network it probably
@@ -39,19 +42,22 @@
 //! accepted and matches nothing (`lifeboat check` can report it).
 
 mod fxhash;
+mod name;
 pub mod reference;
 mod spec;
+mod table;
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::preamble::{check_name, Dest, Host, MAX_NAME};
+use crate::preamble::{Dest, Host, MAX_NAME};
 
 use fxhash::FxBuild;
 use spec::{canonical_ip, mask4, mask6, CidrError};
 pub use spec::{normalize_idn, Cidr, DomainPattern, Ports};
+use table::{Record, Table, TooLarge};
 
 /// One DR segment as configured (after config has filtered `dr = true` and
 /// resolved its DR connector groups).
@@ -205,52 +211,44 @@ impl fmt::Display for MatchKey<'_> {
     }
 }
 
-/// Segment indices claiming one key, in config order, with pairwise disjoint
-/// ports. Almost always one, held inline (no allocation per key).
-#[derive(Debug, Clone)]
-enum Claim {
-    One(u32),
-    Many(Box<[u32]>),
-}
-
-impl Claim {
-    fn as_slice(&self) -> &[u32] {
-        match self {
-            Self::One(i) => std::slice::from_ref(i),
-            Self::Many(v) => v,
-        }
-    }
-
-    fn push(&mut self, i: u32) {
-        let mut v = self.as_slice().to_vec();
-        v.push(i);
-        *self = Self::Many(v.into_boxed_slice());
-    }
-}
+/// Segment indices claiming one key while compiling, in config order, with
+/// pairwise disjoint ports.
+type Claim = Vec<u32>;
 
 /// The compiled matcher. Build once per config; [`Matcher::lookup`] is
 /// allocation-free.
 #[derive(Debug, Default)]
 pub struct Matcher {
     segments: Vec<Segment>,
-    exact: HashMap<Box<str>, Claim, FxBuild>,
-    wild: HashMap<Box<str>, Claim, FxBuild>,
+    /// Exact names; wildcard suffixes (`hr.corp.example` for
+    /// `*.hr.corp.example`).
+    exact: Table,
+    wild: Table,
     /// Bit `n` set when some wildcard suffix is `n` bytes long: most suffixes
     /// of a query are skipped without hashing.
     wild_lens: [u64; 4],
-    /// Per prefix length, longest first.
-    v4: Vec<(u8, HashMap<u32, Claim, FxBuild>)>,
-    v6: Vec<(u8, HashMap<u128, Claim, FxBuild>)>,
+    /// Prefixes keyed `[len, network bytes...]`, with the lengths in use,
+    /// longest first.
+    v4: Table,
+    v4_lens: Vec<u8>,
+    v6: Table,
+    v6_lens: Vec<u8>,
+}
+
+/// Which table a key was found in.
+#[derive(Clone, Copy)]
+enum Kind {
+    Exact,
+    Wildcard,
+    V4,
+    V6,
 }
 
 impl Matcher {
     /// Validates and compiles `specs`; [`Segment::index`] is the position in
     /// `specs`. Linear in the number of entries (hash tables throughout).
     pub fn compile(specs: &[SegmentSpec]) -> Result<Self, SegmentError> {
-        let mut m = Self {
-            segments: Vec::with_capacity(specs.len()),
-            ..Self::default()
-        };
+        let mut segments = Vec::with_capacity(specs.len());
         // Position in the spec of each (deduplicated) domain and CIDR, for
         // pointing a duplicate claim at the entry the operator wrote.
         let mut items = Vec::with_capacity(specs.len());
@@ -263,24 +261,26 @@ impl Matcher {
                 });
             }
             let (seg, seg_items) = compile_one(index, spec)?;
-            m.segments.push(seg);
+            segments.push(seg);
             items.push(seg_items);
         }
-        let mut v4: HashMap<u8, HashMap<u32, Claim, FxBuild>> = HashMap::new();
-        let mut v6: HashMap<u8, HashMap<u128, Claim, FxBuild>> = HashMap::new();
-        let segments = &m.segments;
+        let mut exact: HashMap<&[u8], Claim, FxBuild> = HashMap::default();
+        let mut wild: HashMap<&[u8], Claim, FxBuild> = HashMap::default();
+        let mut v4: HashMap<[u8; 5], Claim, FxBuild> = HashMap::default();
+        let mut v6: HashMap<[u8; 17], Claim, FxBuild> = HashMap::default();
+        let mut wild_lens = [0u64; 4];
         for (seg, (domain_items, cidr_items)) in segments.iter().zip(&items) {
             for (d, &item) in seg.domains.iter().zip(domain_items) {
                 let (map, key, kind) = match d {
-                    DomainPattern::Exact(n) => (&mut m.exact, n, "domain"),
+                    DomainPattern::Exact(n) => (&mut exact, n, "domain"),
                     DomainPattern::Wildcard(s) => {
-                        set_bit(&mut m.wild_lens, s.len());
-                        (&mut m.wild, s, "wildcard")
+                        set_bit(&mut wild_lens, s.len());
+                        (&mut wild, s, "wildcard")
                     }
                 };
-                let entry = map.entry(key.as_str().into());
+                let entry = map.entry(key.as_bytes());
                 add_claim(
-                    segments,
+                    &segments,
                     entry,
                     seg,
                     || format!("{kind} {d}"),
@@ -292,42 +292,94 @@ impl Matcher {
                 let what = || format!("prefix {c}");
                 match *c {
                     Cidr::V4 { net, len } => {
-                        let entry = v4.entry(len).or_default().entry(net);
-                        add_claim(segments, entry, seg, what, "cidrs", item)?;
+                        let entry = v4.entry(v4_key(net, len));
+                        add_claim(&segments, entry, seg, what, "cidrs", item)?;
                     }
                     Cidr::V6 { net, len } => {
-                        let entry = v6.entry(len).or_default().entry(net);
-                        add_claim(segments, entry, seg, what, "cidrs", item)?;
+                        let entry = v6.entry(v6_key(net, len));
+                        add_claim(&segments, entry, seg, what, "cidrs", item)?;
                     }
                 }
             }
         }
-        m.exact.shrink_to_fit();
-        m.wild.shrink_to_fit();
-        m.v4 = v4.into_iter().collect();
-        m.v4.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
-        m.v6 = v6.into_iter().collect();
-        m.v6.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
-        Ok(m)
+        let lens = |keys: Vec<u8>| {
+            let mut l = keys;
+            l.sort_unstable_by(|a, b| b.cmp(a));
+            l.dedup();
+            l
+        };
+        let v4_lens = lens(v4.keys().map(|k| k[0]).collect());
+        let v6_lens = lens(v6.keys().map(|k| k[0]).collect());
+        let freeze = |entries: Vec<(&[u8], &Claim)>| {
+            Table::build(entries.into_iter().map(|(key, claim)| {
+                let claimants = claim
+                    .iter()
+                    .filter_map(|&i| segments.get(i as usize).map(|s| (i, s.ports.ranges())));
+                (key, claimants)
+            }))
+            .map_err(|TooLarge| SegmentError::BadName {
+                segment: String::new(),
+                reason: "the segments do not fit the matcher's tables (over 4 GiB)",
+            })
+        };
+        let exact = freeze(exact.iter().map(|(k, c)| (*k, c)).collect())?;
+        let wild = freeze(wild.iter().map(|(k, c)| (*k, c)).collect())?;
+        let v4 = freeze(v4.iter().map(|(k, c)| (&k[..], c)).collect())?;
+        let v6 = freeze(v6.iter().map(|(k, c)| (&k[..], c)).collect())?;
+        Ok(Self {
+            segments,
+            exact,
+            wild,
+            wild_lens,
+            v4,
+            v4_lens,
+            v6,
+            v6_lens,
+        })
     }
 
     /// The segment for `dest` under the module's rules. Allocation-free;
     /// never panics, whatever `dest` holds (an invalid name is a miss).
+    #[inline]
     pub fn lookup(&self, dest: &Dest) -> Lookup<'_> {
-        self.explain(dest).0
+        let mut buf = None;
+        match self.find(dest, &mut buf) {
+            Some((rec, _)) => self.pick(rec, dest.port),
+            None => Lookup::Miss,
+        }
     }
 
     /// [`Matcher::lookup`], also saying which configured key decided it
     /// (`None` for a miss). Allocation-free too.
     pub fn explain(&self, dest: &Dest) -> (Lookup<'_>, Option<MatchKey<'_>>) {
-        let found = match &dest.host {
-            Host::Name(name) => self.lookup_name(name),
-            Host::Ip(ip) => self.lookup_ip(*ip),
+        let mut buf = None;
+        let Some((rec, kind)) = self.find(dest, &mut buf) else {
+            return (Lookup::Miss, None);
         };
-        match found {
-            Some((claim, key)) => (self.pick(claim, dest.port), Some(key)),
-            None => (Lookup::Miss, None),
-        }
+        let text = || std::str::from_utf8(rec.key).unwrap_or_default();
+        let key = match kind {
+            Kind::Exact => MatchKey::Exact(text()),
+            Kind::Wildcard => MatchKey::Wildcard(text()),
+            Kind::V4 => {
+                let (len, net) = rec.key.split_first().unwrap_or((&0, &[]));
+                let mut a = [0u8; 4];
+                a.copy_from_slice(net.get(..4).unwrap_or(&[0; 4]));
+                MatchKey::Prefix(Cidr::V4 {
+                    net: u32::from_be_bytes(a),
+                    len: *len,
+                })
+            }
+            Kind::V6 => {
+                let (len, net) = rec.key.split_first().unwrap_or((&0, &[]));
+                let mut a = [0u8; 16];
+                a.copy_from_slice(net.get(..16).unwrap_or(&[0; 16]));
+                MatchKey::Prefix(Cidr::V6 {
+                    net: u128::from_be_bytes(a),
+                    len: *len,
+                })
+            }
+        };
+        (self.pick(rec, dest.port), Some(key))
     }
 
     /// Every compiled segment, indexed by [`Segment::index`].
@@ -341,71 +393,96 @@ impl Matcher {
         self.segments.iter().find(|s| s.name == name)
     }
 
-    fn lookup_name(&self, name: &str) -> Option<(&Claim, MatchKey<'_>)> {
+    #[inline]
+    fn find<'a>(
+        &'a self,
+        dest: &Dest,
+        buf: &mut Option<[u8; MAX_NAME]>,
+    ) -> Option<(Record<'a>, Kind)> {
+        match &dest.host {
+            Host::Name(name) => self.find_name(name, buf),
+            Host::Ip(ip) => self.find_ip(*ip),
+        }
+    }
+
+    #[inline]
+    fn find_name<'a>(
+        &'a self,
+        name: &str,
+        buf: &mut Option<[u8; MAX_NAME]>,
+    ) -> Option<(Record<'a>, Kind)> {
         let name = name.strip_suffix('.').unwrap_or(name).as_bytes();
-        let mut buf = [0u8; MAX_NAME];
-        let lower = buf.get_mut(..name.len())?;
-        lower.copy_from_slice(name);
-        lower.make_ascii_lowercase();
-        check_name(lower).ok()?;
-        let lower = std::str::from_utf8(lower).ok()?;
-        if let Some((k, c)) = self.exact.get_key_value(lower) {
-            return Some((c, MatchKey::Exact(k)));
+        let mut dots = name::Dots::default();
+        let name = name::normalize(name, buf, &mut dots)?;
+        if let Some(rec) = self.exact.get(name, table::hash(name)) {
+            return Some((rec, Kind::Exact));
         }
         if self.wild.is_empty() {
             return None;
         }
         // Proper suffixes starting after each dot, longest first.
-        for (i, b) in lower.bytes().enumerate() {
-            if b != b'.' {
-                continue;
-            }
-            let suffix = lower.get(i + 1..)?;
+        for i in dots.iter() {
+            let suffix = name.get(i + 1..)?;
             if has_bit(&self.wild_lens, suffix.len()) {
-                if let Some((k, c)) = self.wild.get_key_value(suffix) {
-                    return Some((c, MatchKey::Wildcard(k)));
+                if let Some(rec) = self.wild.get(suffix, table::hash(suffix)) {
+                    return Some((rec, Kind::Wildcard));
                 }
             }
         }
         None
     }
 
-    fn lookup_ip(&self, ip: IpAddr) -> Option<(&Claim, MatchKey<'_>)> {
+    #[inline]
+    fn find_ip(&self, ip: IpAddr) -> Option<(Record<'_>, Kind)> {
         match canonical_ip(ip) {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                self.v4.iter().find_map(|(len, map)| {
-                    let net = mask4(a, *len);
-                    map.get(&net)
-                        .map(|c| (c, MatchKey::Prefix(Cidr::V4 { net, len: *len })))
+                self.v4_lens.iter().find_map(|&len| {
+                    let key = v4_key(mask4(a, len), len);
+                    self.v4.get(&key, table::hash(&key)).map(|r| (r, Kind::V4))
                 })
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                self.v6.iter().find_map(|(len, map)| {
-                    let net = mask6(a, *len);
-                    map.get(&net)
-                        .map(|c| (c, MatchKey::Prefix(Cidr::V6 { net, len: *len })))
+                self.v6_lens.iter().find_map(|&len| {
+                    let key = v6_key(mask6(a, len), len);
+                    self.v6.get(&key, table::hash(&key)).map(|r| (r, Kind::V6))
                 })
             }
         }
     }
 
-    fn pick(&self, claim: &Claim, port: u16) -> Lookup<'_> {
-        let mut first = None;
-        for seg in claim
-            .as_slice()
-            .iter()
-            .filter_map(|&i| self.segments.get(i as usize))
-        {
-            if seg.ports.contains(port) {
-                return Lookup::Hit(seg);
+    #[inline]
+    fn pick(&self, rec: Record<'_>, port: u16) -> Lookup<'_> {
+        match rec.pick(port) {
+            Some(Ok(i)) => self
+                .segments
+                .get(i as usize)
+                .map_or(Lookup::Miss, Lookup::Hit),
+            Some(Err(i)) => self
+                .segments
+                .get(i as usize)
+                .map_or(Lookup::Miss, Lookup::WrongPort),
+            None => {
+                debug_assert!(false, "malformed table record");
+                Lookup::Miss
             }
-            first.get_or_insert(seg);
         }
-        debug_assert!(first.is_some(), "claims are never empty");
-        first.map_or(Lookup::Miss, Lookup::WrongPort)
     }
+}
+
+fn v4_key(net: u32, len: u8) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[0] = len;
+    k[1..].copy_from_slice(&net.to_be_bytes());
+    k
+}
+
+fn v6_key(net: u128, len: u8) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = len;
+    k[1..].copy_from_slice(&net.to_be_bytes());
+    k
 }
 
 /// Adds `seg` to the segments claiming one key, refusing overlapping ports.
@@ -421,22 +498,14 @@ fn add_claim<K>(
         segment: seg.name.clone(),
         reason: "more than 4294967295 segments",
     })?;
-    let mut e = match entry {
-        Entry::Vacant(v) => {
-            v.insert(Claim::One(index));
-            return Ok(());
-        }
-        Entry::Occupied(e) => e,
-    };
-    let claim = e.get_mut();
+    let claim = entry.or_default();
     // Within one segment, entries are deduplicated; a second entry of the
     // same segment on this key (e.g. 10.0.0.0/8 and ::ffff:10.0.0.0/104) is
     // harmless.
-    if claim.as_slice().contains(&index) {
+    if claim.contains(&index) {
         return Ok(());
     }
     if let Some(other) = claim
-        .as_slice()
         .iter()
         .filter_map(|&i| segments.get(i as usize))
         .find(|o| o.ports.overlaps(&seg.ports))
