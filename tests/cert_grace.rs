@@ -1,0 +1,269 @@
+//! `[dr] cert_grace` end to end, in process: an edge with `cert_grace =
+//! "2h"` and a file DR trigger, a connector, the app. A client certificate
+//! that expired an hour ago is served while DR is `on` (over TLS and QUIC),
+//! counted in `lifeboat_cert_grace_accepted_total`; the same certificate is
+//! refused "expired" at the handshake in `test` mode (its user is a test
+//! user, so only the certificate can refuse it) and after switching `off`,
+//! and no session resumption carries it past the mode. One that expired
+//! three hours ago is refused even while `on`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use lifeboat::config::Limits;
+use lifeboat::dr::DrMode;
+use lifeboat::pki::{self, IssueOptions};
+use lifeboat::transport::{quic, tls, ALPN_CLIENT};
+use lifeboat::trust::{Role, TlsFiles, Trust};
+use rustls::HandshakeKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+
+const ON: &str = "v=1; b=on; k=zpa";
+const TEST: &str = "v=1; b=test; k=zpa";
+const OFF: &str = "v=1; b=off; k=zpa";
+
+/// How one flow ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// 200, and the app's greeting came back.
+    Served,
+    /// The edge answered this status line.
+    Refused(String),
+    /// The handshake failed (the edge's alert, as the client saw it).
+    NoTunnel(String),
+}
+
+/// A client certificate of the rig's CA for `user` that expired `ago`.
+fn expired_user(rig: &Rig, user: &str, ago: time::Duration) -> CertFiles {
+    let now = time::OffsetDateTime::now_utc();
+    let mut o = IssueOptions::new(&rig.ca.dir, Role::Client, user);
+    o.not_before = Some(now - time::Duration::days(30));
+    o.not_after = Some(now - ago);
+    let (cert, key) = pki::issue(&o).expect("pki issue");
+    CertFiles { cert, key }
+}
+
+/// The client-side trust of `cert` (lifeboat's own client config: it
+/// loads an expired certificate with a warning, and caches sessions).
+fn client_trust(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
+    Trust::load(
+        TlsFiles {
+            ca: rig.ca.pem(),
+            cert: cert.cert.clone(),
+            key: cert.key.clone(),
+            crl: None,
+        },
+        TD,
+    )
+    .expect("client trust")
+}
+
+fn request(app_port: u16) -> String {
+    format!(
+        "CONNECT {DR_HOST}:{app_port} HTTP/1.1\r\nHost: {DR_HOST}:{app_port}\r\n\r\n\
+         GET / HTTP/1.1\r\nHost: app\r\n\r\n"
+    )
+}
+
+fn answer(buf: &[u8], err: Option<String>) -> Answer {
+    let text = String::from_utf8_lossy(buf);
+    match text.lines().next() {
+        Some(l) if l.starts_with("HTTP/1.1 200 ") && text.contains("hello") => Answer::Served,
+        Some(l) if l.starts_with("HTTP/1.1 ") => Answer::Refused(l.to_string()),
+        _ => Answer::NoTunnel(err.unwrap_or_else(|| format!("no answer: {text:?}"))),
+    }
+}
+
+/// One flow over TLS (a connection per flow): the answer, and whether the
+/// handshake was a resumption.
+async fn tls_flow(
+    edge: SocketAddr,
+    client: &TlsConnector,
+    app_port: u16,
+) -> (Answer, Option<HandshakeKind>) {
+    let mut s = match tls::connect(client, edge, "localhost", Duration::from_secs(5)).await {
+        Ok(s) => s,
+        Err(e) => return (Answer::NoTunnel(e.to_string()), None),
+    };
+    let kind = s.get_ref().1.handshake_kind();
+    let mut buf = Vec::new();
+    let mut err = s
+        .write_all(request(app_port).as_bytes())
+        .await
+        .err()
+        .map(|e| e.to_string());
+    if err.is_none() {
+        match tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => err = Some(e.to_string()),
+            Err(_) => err = Some("timed out".into()),
+        }
+    }
+    (answer(&buf, err), kind)
+}
+
+/// One flow over a new QUIC connection.
+async fn quic_flow(edge: SocketAddr, trust: &Arc<Trust>, app_port: u16) -> Answer {
+    let bind = "127.0.0.1:0".parse().expect("literal");
+    let ep = quic::client_endpoint(bind, trust, ALPN_CLIENT, &Limits::default(), 0)
+        .expect("QUIC endpoint");
+    let conn = match quic::connect(&ep, edge, "localhost", Duration::from_secs(5)).await {
+        Ok(c) => c,
+        Err(e) => return Answer::NoTunnel(e.to_string()),
+    };
+    let flow = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(request(app_port).as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        recv.read_to_end(1 << 20).await.map_err(|e| e.to_string())
+    };
+    let a = match tokio::time::timeout(Duration::from_secs(10), flow).await {
+        Ok(Ok(buf)) => answer(&buf, None),
+        Ok(Err(e)) => answer(&[], Some(e)),
+        Err(_) => answer(&[], Some("timed out".into())),
+    };
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    a
+}
+
+fn handshakes(edge: &RigEdge, transport: &str, result: &str) -> u64 {
+    handshakes_of(&edge.metrics, "client", transport, result)
+}
+
+/// Rewrite the DR trigger and wait until the edge is in `mode` with the
+/// grace window it implies.
+async fn set_mode(dr_file: &std::path::Path, edge: &RigEdge, text: &str, mode: DrMode) {
+    std::fs::write(dr_file, text).expect("write DR file");
+    let (rx, trust) = (edge.state.mode.clone(), Arc::clone(&edge.state.trust));
+    let want_grace = mode == DrMode::On;
+    eventually(
+        &format!("edge in DR mode {mode}, cert_grace {want_grace}"),
+        Duration::from_secs(10),
+        || *rx.borrow() == mode && trust.cert_grace().is_some() == want_grace,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr_is_on() {
+    let rig = Rig::new().await;
+    let dr_file = rig.dir.path().join("dr.txt");
+    std::fs::write(&dr_file, ON).expect("write DR file");
+    let text = rig
+        .edge_toml(
+            "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
+            &format!("file:{}", dr_file.display()),
+            "",
+        )
+        .replace(
+            &format!("test_users = [\"{ALICE}\"]"),
+            &format!("test_users = [\"{ALICE}\", \"{BOB}\"]\ncert_grace = \"2h\""),
+        );
+    assert!(text.contains("cert_grace = \"2h\""), "{text}");
+    let edge = rig.start_edge(&text);
+    let (quic_addr, tls_addr) = (edge.quic.expect("QUIC"), edge.tls.expect("TLS"));
+    let connector = rig.start_connector(0, quic_addr, "quic", "");
+    eventually("connector registered", Duration::from_secs(10), || {
+        edge.metrics
+            .connectors_connected
+            .with_label_values(&[GROUP])
+            .get()
+            == 1
+    })
+    .await;
+    set_mode(&dr_file, &edge, ON, DrMode::On).await;
+    let port = rig.app.port();
+    let grace = &edge.metrics.cert_grace_accepted;
+    assert_eq!(grace.get(), 0);
+    assert!(edge
+        .metrics
+        .encode()
+        .contains("lifeboat_cert_grace_accepted_total 0"));
+
+    // Both test users, so that in `test` mode only the certificate refuses.
+    let alice = client_trust(&rig, &expired_user(&rig, ALICE, time::Duration::hours(1)));
+    let bob = client_trust(&rig, &expired_user(&rig, BOB, time::Duration::hours(3)));
+    let carol = client_trust(&rig, &rig.user("carol"));
+    let alice_tls = tls::connector(&alice, b"http/1.1");
+    let carol_tls = tls::connector(&carol, b"http/1.1");
+
+    // On: expired an hour ago, within the 2 h grace: served, over both
+    // transports, and never resumed (each connection re-verified, counted).
+    let (a, kind) = tls_flow(tls_addr, &alice_tls, port).await;
+    assert_eq!(a, Answer::Served);
+    assert_eq!(kind, Some(HandshakeKind::Full));
+    let (a, kind) = tls_flow(tls_addr, &alice_tls, port).await;
+    assert_eq!(a, Answer::Served);
+    assert_eq!(
+        kind,
+        Some(HandshakeKind::Full),
+        "a grace session was resumed"
+    );
+    assert_eq!(quic_flow(quic_addr, &alice, port).await, Answer::Served);
+    assert_eq!(grace.get(), 3);
+    assert!(edge
+        .metrics
+        .encode()
+        .contains("lifeboat_cert_grace_accepted_total 3"));
+    assert_eq!(handshakes(&edge, "tls", "expired"), 0);
+
+    // Expired three hours ago: refused "expired" even while on.
+    let bob_tls = tls::connector(&bob, b"http/1.1");
+    let (a, _) = tls_flow(tls_addr, &bob_tls, port).await;
+    assert!(matches!(a, Answer::NoTunnel(_)), "{a:?}");
+    assert!(matches!(
+        quic_flow(quic_addr, &bob, port).await,
+        Answer::NoTunnel(_)
+    ));
+    assert_eq!(handshakes(&edge, "tls", "expired"), 1);
+    assert_eq!(handshakes(&edge, "quic", "expired"), 1);
+    assert_eq!(grace.get(), 3);
+
+    // A valid certificate resumes as usual (the control for the above).
+    assert_eq!(tls_flow(tls_addr, &carol_tls, port).await.0, Answer::Served);
+    let (a, kind) = tls_flow(tls_addr, &carol_tls, port).await;
+    assert_eq!((a, kind), (Answer::Served, Some(HandshakeKind::Resumed)));
+
+    // Test mode: alice is a test user, but her certificate is expired:
+    // refused at the handshake, not resumed from the `on` days.
+    set_mode(&dr_file, &edge, TEST, DrMode::Test).await;
+    let (a, kind) = tls_flow(tls_addr, &alice_tls, port).await;
+    assert!(matches!(a, Answer::NoTunnel(_)), "{a:?}");
+    assert_eq!(kind, Some(HandshakeKind::Full));
+    assert!(matches!(
+        quic_flow(quic_addr, &alice, port).await,
+        Answer::NoTunnel(_)
+    ));
+    assert_eq!(handshakes(&edge, "tls", "expired"), 2);
+    assert_eq!(handshakes(&edge, "quic", "expired"), 2);
+    // Switching grace off voided every ticket: carol's next is a full one
+    // (and, not a test user, she is not allowed in test mode).
+    let (a, kind) = tls_flow(tls_addr, &carol_tls, port).await;
+    assert_eq!(kind, Some(HandshakeKind::Full));
+    assert!(
+        matches!(&a, Answer::Refused(l) if l.starts_with("HTTP/1.1 403")),
+        "{a:?}"
+    );
+
+    // Off: refused as expired too (not merely dr-inactive).
+    set_mode(&dr_file, &edge, OFF, DrMode::Off).await;
+    let (a, _) = tls_flow(tls_addr, &alice_tls, port).await;
+    assert!(matches!(a, Answer::NoTunnel(_)), "{a:?}");
+    assert_eq!(handshakes(&edge, "tls", "expired"), 3);
+
+    // On again: served again.
+    set_mode(&dr_file, &edge, ON, DrMode::On).await;
+    assert_eq!(tls_flow(tls_addr, &alice_tls, port).await.0, Answer::Served);
+    assert_eq!(grace.get(), 4);
+    assert_eq!(handshakes(&edge, "tls", "ok"), 6);
+    assert_eq!(handshakes(&edge, "quic", "ok"), 1);
+    drop(connector);
+}
