@@ -17,7 +17,7 @@ use common::*;
 use lifeboat::config::Limits;
 use lifeboat::dr::DrMode;
 use lifeboat::pki::{self, IssueOptions};
-use lifeboat::transport::{quic, tls, ALPN_CLIENT};
+use lifeboat::transport::{close_code, quic, tls, ALPN_CLIENT};
 use lifeboat::trust::{Role, TlsFiles, Trust};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -232,9 +232,32 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
     let (a, kind) = tls_flow(tls_addr, &carol_tls, port).await;
     assert_eq!((a, kind), (Answer::Served, Some(HandshakeKind::Resumed)));
 
+    // A QUIC tunnel let in by grace lives only while DR stays on.
+    let held_ep = quic::client_endpoint(
+        "127.0.0.1:0".parse().expect("literal"),
+        &alice,
+        ALPN_CLIENT,
+        &Limits::default(),
+        0,
+    )
+    .expect("QUIC endpoint");
+    let held = quic::connect(&held_ep, quic_addr, "localhost", Duration::from_secs(5))
+        .await
+        .expect("a grace tunnel while DR is on");
+    assert_eq!(grace.get(), 4);
+
     // Test mode: alice is a test user, but her certificate is expired:
     // refused at the handshake, not resumed from the `on` days.
     set_mode(&dr_file, &edge, TEST, DrMode::Test).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), held.closed())
+        .await
+        .expect("the grace tunnel is closed when DR leaves on");
+    match &closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, close_code::GRACE_OVER.into(), "{closed}")
+        }
+        other => panic!("grace tunnel ended with {other}, expected GRACE_OVER"),
+    }
     let (a, kind) = tls_flow(tls_addr, &alice_tls, port).await;
     assert!(matches!(a, Answer::NoTunnel(_)), "{a:?}");
     assert_eq!(kind, Some(HandshakeKind::Full));
@@ -262,8 +285,9 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
     // On again: served again.
     set_mode(&dr_file, &edge, ON, DrMode::On).await;
     assert_eq!(tls_flow(tls_addr, &alice_tls, port).await.0, Answer::Served);
-    assert_eq!(grace.get(), 4);
+    assert_eq!(grace.get(), 5);
     assert_eq!(handshakes(&edge, "tls", "ok"), 6);
-    assert_eq!(handshakes(&edge, "quic", "ok"), 1);
+    // alice's flow under grace and the held grace tunnel.
+    assert_eq!(handshakes(&edge, "quic", "ok"), 2);
     drop(connector);
 }

@@ -168,8 +168,30 @@ async fn client_tunnel(
     tunnels.inc();
     info!(peer = %peer, "client tunnel up");
     let peer = Arc::new(peer);
+    // A certificate already expired was let in by `[dr] cert_grace`: the
+    // tunnel lives only while DR stays `on`.
+    let grace_only = leaf_expired(&conn);
+    let mut mode = state.mode.clone();
+    let grace_over = async move {
+        if !grace_only {
+            return std::future::pending().await;
+        }
+        loop {
+            if *mode.borrow_and_update() != crate::dr::DrMode::On {
+                return;
+            }
+            if mode.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    tokio::pin!(grace_over);
     let why = loop {
         tokio::select! {
+            () = &mut grace_over => {
+                conn.close(close_code::GRACE_OVER.into(), b"certificate expired; DR cert_grace applies only while DR is on");
+                break "certificate expired and DR is no longer on".to_string();
+            }
             r = conn.accept_bi() => match r {
                 Ok((mut send, mut recv)) => {
                     let Ok(permit) = Arc::clone(&state.flows).try_acquire_owned() else {
@@ -192,6 +214,25 @@ async fn client_tunnel(
     };
     tunnels.dec();
     info!(peer = %peer, "client tunnel down: {why}");
+}
+
+/// Whether the peer's certificate is past its notAfter now.
+fn leaf_expired(conn: &quinn::Connection) -> bool {
+    let Some(certs) = conn.peer_identity().and_then(|any| {
+        any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    }) else {
+        return false;
+    };
+    let Some(leaf) = certs.first() else {
+        return false;
+    };
+    match x509_parser::parse_x509_certificate(leaf) {
+        Ok((_, cert)) => {
+            cert.validity().not_after.timestamp() < crate::dr::trigger::unix_now() as i64
+        }
+        Err(_) => false,
+    }
 }
 
 /// Accept TLS connections until `drain`. Over `max_handshakes_inflight`,

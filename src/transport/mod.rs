@@ -25,6 +25,8 @@ pub mod close_code {
     pub const OVERLOADED: u32 = 0x11;
     /// The tunnel is being drained (address left DNS, or shutdown).
     pub const DRAINING: u32 = 0x12;
+    /// The peer's certificate is expired and DR `cert_grace` no longer applies.
+    pub const GRACE_OVER: u32 = 0x13;
 }
 
 /// Stream error codes (QUIC RESET_STREAM / STOP_SENDING).
