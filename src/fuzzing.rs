@@ -181,9 +181,10 @@ pub fn segments(data: &[u8]) {
         Err(e) => {
             // The error names a segment that exists, and an entry in range.
             let (seg, key) = e.culprit();
+            // Compilation stops at the first bad spec, before any later
+            // spec of the same name: the culprit is the first of its name.
             let spec = specs
                 .iter()
-                .rev()
                 .find(|s| Some(s.name.as_str()) == seg)
                 .expect("culprit is a spec");
             let len = match key {
