@@ -29,8 +29,8 @@
 //! prefix), for `lifeboat check --match`; the data path calls
 //! [`Matcher::lookup`]. Both allocate nothing: a name is validated in one
 //! pass (and lowercased into a stack buffer only if it has capitals), and
-//! each key kind lives in one frozen open-addressing table whose slot leads
-//! to a single arena record holding the key and its claimants' port ranges
+//! each key kind lives in one frozen SwissTable whose entry leads to a
+//! single arena record holding the key and its claimants' port ranges
 //! (`table`): a hit costs about the cache misses of a plain
 //! `HashMap<String, _>`.
 //!
@@ -41,6 +41,7 @@
 //! prefix with overlapping ports. A segment with neither domains nor CIDRs is
 //! accepted and matches nothing (`lifeboat check` can report it).
 
+mod error;
 mod fxhash;
 mod name;
 pub mod reference;
@@ -54,6 +55,7 @@ use std::net::IpAddr;
 
 use crate::preamble::{Dest, Host, MAX_NAME};
 
+pub use error::SegmentError;
 use fxhash::FxBuild;
 use spec::{canonical_ip, mask4, mask6, CidrError};
 pub use spec::{normalize_idn, Cidr, DomainPattern, Ports};
@@ -97,96 +99,6 @@ pub enum Lookup<'a> {
     /// port lies in none of the claiming segments' ranges.
     WrongPort(&'a Segment),
     Miss,
-}
-
-/// Why the segments could not be compiled. Every variant names the segment;
-/// [`SegmentError::culprit`] gives the segment and config key for locating it.
-#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-pub enum SegmentError {
-    #[error("segment name {segment:?}: {reason}")]
-    BadName {
-        segment: String,
-        reason: &'static str,
-    },
-    /// `item` is the position of `value` in the segment's `domains` (and
-    /// likewise for the other per-value variants).
-    #[error("segment `{segment}`: bad domain `{value}`: {reason}")]
-    BadDomain {
-        segment: String,
-        item: usize,
-        value: String,
-        reason: &'static str,
-    },
-    #[error("segment `{segment}`: bad CIDR `{value}`: {reason}")]
-    BadCidr {
-        segment: String,
-        item: usize,
-        value: String,
-        reason: &'static str,
-    },
-    #[error("segment `{segment}`: CIDR `{value}` has host bits set (did you mean `{network}`?)")]
-    CidrHostBits {
-        segment: String,
-        item: usize,
-        value: String,
-        network: String,
-    },
-    #[error("segment `{segment}`: bad TCP port `{value}`: {reason}")]
-    BadPort {
-        segment: String,
-        item: usize,
-        value: String,
-        reason: &'static str,
-    },
-    #[error("segment `{segment}` has no TCP ports (tcp_ports is empty)")]
-    EmptyPorts { segment: String },
-    #[error("segment `{segment}` is defined twice")]
-    DuplicateName { segment: String },
-    /// `what` is e.g. `domain payroll.corp.example`, `wildcard *.hr.example`,
-    /// `prefix 10.20.0.0/16`; `key` is `domains` or `cidrs`, and `item` the
-    /// position of the claiming entry in `second`'s list.
-    #[error("segments `{first}` and `{second}` both claim {what} on overlapping TCP ports")]
-    Duplicate {
-        first: String,
-        second: String,
-        what: String,
-        key: &'static str,
-        item: usize,
-    },
-}
-
-impl SegmentError {
-    /// The segment at fault (for a duplicate claim, the later one) and the
-    /// config key holding the bad value: `name`, `domains`, `cidrs` or
-    /// `tcp_ports`.
-    pub fn culprit(&self) -> (Option<&str>, &'static str) {
-        match self {
-            Self::BadName { segment, .. } | Self::DuplicateName { segment } => {
-                (Some(segment), "name")
-            }
-            Self::BadDomain { segment, .. } => (Some(segment), "domains"),
-            Self::BadCidr { segment, .. } | Self::CidrHostBits { segment, .. } => {
-                (Some(segment), "cidrs")
-            }
-            Self::BadPort { segment, .. } | Self::EmptyPorts { segment } => {
-                (Some(segment), "tcp_ports")
-            }
-            Self::Duplicate { second, key, .. } => (Some(second), key),
-        }
-    }
-
-    /// The position of the bad value in the culprit's list (see
-    /// [`SegmentError::culprit`]), where one value is at fault.
-    pub fn item(&self) -> Option<usize> {
-        match self {
-            Self::BadDomain { item, .. }
-            | Self::BadCidr { item, .. }
-            | Self::CidrHostBits { item, .. }
-            | Self::BadPort { item, .. }
-            | Self::Duplicate { item, .. } => Some(*item),
-            Self::BadName { .. } | Self::EmptyPorts { .. } | Self::DuplicateName { .. } => None,
-        }
-    }
 }
 
 /// The configured key that decided a lookup.
