@@ -80,16 +80,9 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
         let mut running = running;
         while reload.recv().await.is_some() {
             // Certificates, CA and CRL: always, whatever the config says.
-            let trust = state.trust.reload();
-            if trust.is_ok() {
-                let (local, ca) = state.trust.expiry_unix();
-                m.cert_expiry
-                    .with_label_values(&["local"])
-                    .set(local as f64);
-                m.cert_expiry.with_label_values(&["ca"]).set(ca as f64);
-            }
+            let trust = reload_trust(&state.trust, &m);
             let checked = check_config(&file, &mut running);
-            count_reload(&m, Some(trust.map_err(anyhow::Error::from)), checked);
+            count_reload(&m, trust, checked);
         }
     });
     connector.run(drain).await
@@ -115,19 +108,32 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
         let ready = admin::client_readiness(Arc::clone(&metrics));
         tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
     }
+    let state = client.state();
     let m = Arc::clone(&metrics);
     let file = file.to_path_buf();
     tokio::spawn(async move {
         let mut running = running;
         while reload.recv().await.is_some() {
-            // The client keeps its certificates for its life (its state holds
-            // no reloadable trust yet); the config is checked so that a bad
+            // Certificates, CA and CRL: always (a renewed certificate is used
+            // by the next handshake); the config is checked so that a bad
             // edit is reported now, not at the next restart.
+            let trust = reload_trust(&state.trust, &m);
             let checked = check_config(&file, &mut running);
-            count_reload(&m, None, checked);
+            count_reload(&m, trust, checked);
         }
     });
     client.run(drain).await
+}
+
+/// Re-read certificates, CA and CRL; refresh the expiry gauges.
+fn reload_trust(trust: &crate::trust::Trust, m: &Metrics) -> anyhow::Result<()> {
+    trust.reload()?;
+    let (local, ca) = trust.expiry_unix();
+    m.cert_expiry
+        .with_label_values(&["local"])
+        .set(local as f64);
+    m.cert_expiry.with_label_values(&["ca"]).set(ca as f64);
+    Ok(())
 }
 
 /// Re-reads and validates a connector or client config. Their state is
@@ -150,17 +156,15 @@ fn check_config<T: config::RoleConfig + RestartNeeded>(
     Ok(())
 }
 
-/// Counts and logs one connector or client reload (`trust`: `None` when
-/// the role cannot re-read its certificates).
-fn count_reload(m: &Metrics, trust: Option<anyhow::Result<()>>, config: anyhow::Result<()>) {
-    let ok = trust.as_ref().is_none_or(Result::is_ok) && config.is_ok();
+/// Counts and logs one connector or client reload.
+fn count_reload(m: &Metrics, trust: anyhow::Result<()>, config: anyhow::Result<()>) {
+    let ok = trust.is_ok() && config.is_ok();
     m.config_reloads
         .with_label_values(&[if ok { "ok" } else { "error" }])
         .inc();
     match trust {
-        Some(Ok(())) => info!("reload: certificates, CA and CRL re-read"),
-        Some(Err(e)) => error!("reload kept the old certificates: {e:#}"),
-        None => warn!("reload: certificates are read at start-up only in this role"),
+        Ok(()) => info!("reload: certificates, CA and CRL re-read"),
+        Err(e) => error!("reload kept the old certificates: {e:#}"),
     }
     if let Err(e) = config {
         error!("reload: config file is invalid (the running config stays): {e:#}");

@@ -48,6 +48,8 @@ impl ListenerKind {
 
 /// State shared by the client's tasks.
 pub struct ClientState {
+    /// Our certificate, the pinned CA and CRL; SIGHUP re-reads them.
+    pub trust: Arc<Trust>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub mode: watch::Receiver<DrMode>,
@@ -124,6 +126,7 @@ impl Client {
             .set(ca as f64);
         Ok(Self {
             state: Arc::new(ClientState {
+                trust: Arc::clone(&trust),
                 flows: Arc::new(Semaphore::new(cfg.limits.max_flows)),
                 metrics,
                 limits: cfg.limits,

@@ -116,7 +116,8 @@ pub fn parse(text: &str) -> Result<Record, RecordError> {
     let mut start = None;
     let mut end = None;
     let mut signature = None;
-    let mut seen: Vec<&str> = Vec::new();
+    // Known tags seen so far, compared case-insensitively (`V=1; v=1` repeats `v`).
+    let mut seen: Vec<String> = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
         let trimmed = rest.trim_start_matches(|c: char| c == ';' || c.is_whitespace());
@@ -137,10 +138,10 @@ pub fn parse(text: &str) -> Result<Record, RecordError> {
         };
         let k_lower = k.to_ascii_lowercase();
         if ["v", "b", "k", "t", "x", "s"].contains(&k_lower.as_str()) {
-            if seen.contains(&k) {
+            if seen.contains(&k_lower) {
                 return Err(RecordError::Duplicate(k_lower));
             }
-            seen.push(k);
+            seen.push(k_lower.clone());
         }
         match k_lower.as_str() {
             "v" => version = Some(v),
@@ -231,6 +232,18 @@ mod tests {
         assert_eq!(parse("v=1;s=abc;b=on"), Err(RecordError::SignatureNotLast));
         assert_eq!(
             parse("v=1;b=on;b=off"),
+            Err(RecordError::Duplicate("b".into()))
+        );
+    }
+
+    #[test]
+    fn duplicate_tags_differing_only_in_case() {
+        assert_eq!(
+            parse("V=1;v=1;b=on"),
+            Err(RecordError::Duplicate("v".into()))
+        );
+        assert_eq!(
+            parse("v=1;b=on;B=off"),
             Err(RecordError::Duplicate("b".into()))
         );
     }
