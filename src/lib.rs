@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod connector;
 pub mod demo;
+pub mod dns;
 pub mod dns_record;
 pub mod dr;
 pub mod drill;

@@ -9,11 +9,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{Name, ResolveError, ResolveErrorKind, TokioResolver};
 use rand::Rng as _;
@@ -207,32 +204,10 @@ fn query_timeout(poll: Duration) -> Duration {
 /// A resolver that asks afresh every time (we schedule by TTL ourselves):
 /// `[dns] nameservers` over UDP and TCP, or the system's configuration.
 fn resolver(dns: &DnsSection, poll: Duration) -> anyhow::Result<TokioResolver> {
-    let mut builder = if dns.nameservers.is_empty() {
-        TokioResolver::builder_tokio().map_err(|e| {
-            anyhow::anyhow!("[dr] trigger: cannot read the system resolver configuration ({e}); set [dns] nameservers")
-        })?
-    } else {
-        let servers: Vec<NameServerConfig> = dns
-            .nameservers
-            .iter()
-            .flat_map(|a| {
-                [
-                    NameServerConfig::new(*a, Protocol::Udp),
-                    NameServerConfig::new(*a, Protocol::Tcp),
-                ]
-            })
-            .collect();
-        TokioResolver::builder_with_config(
-            ResolverConfig::from_parts(None, vec![], servers),
-            TokioConnectionProvider::default(),
-        )
-    };
-    let o = builder.options_mut();
-    o.timeout = query_timeout(poll);
-    o.attempts = 2;
-    o.cache_size = 0;
-    o.use_hosts_file = ResolveHosts::Never;
-    o.try_tcp_on_error = true;
+    let mut builder = crate::dns::builder(&dns.nameservers).map_err(|e| {
+        anyhow::anyhow!("[dr] trigger: cannot read the system resolver configuration ({e}); set [dns] nameservers")
+    })?;
+    crate::dns::configure(&mut builder, query_timeout(poll));
     Ok(builder.build())
 }
 

@@ -13,10 +13,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::config::LookupIpStrategy;
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{Name, ResolveError, ResolveErrorKind, TokioResolver};
 use tokio::sync::{watch, Notify};
@@ -307,29 +305,12 @@ impl Resolver {
         if dns.nameservers.is_empty() {
             return Self::System;
         }
-        // The same setup as the DR trigger: every server over UDP and TCP,
-        // no cache (we schedule by TTL ourselves), no hosts file.
-        let servers: Vec<NameServerConfig> = dns
-            .nameservers
-            .iter()
-            .flat_map(|a| {
-                [
-                    NameServerConfig::new(*a, Protocol::Udp),
-                    NameServerConfig::new(*a, Protocol::Tcp),
-                ]
-            })
-            .collect();
-        let mut builder = TokioResolver::builder_with_config(
-            ResolverConfig::from_parts(None, vec![], servers),
-            TokioConnectionProvider::default(),
-        );
-        let o = builder.options_mut();
-        o.timeout = QUERY_TIMEOUT;
-        o.attempts = 2;
-        o.cache_size = 0;
-        o.use_hosts_file = ResolveHosts::Never;
-        o.try_tcp_on_error = true;
-        o.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        // The same setup as the DR trigger.
+        let Ok(mut builder) = crate::dns::builder(&dns.nameservers) else {
+            return Self::System;
+        };
+        crate::dns::configure(&mut builder, QUERY_TIMEOUT);
+        builder.options_mut().ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         Self::Hickory(Box::new(builder.build()))
     }
 
