@@ -275,6 +275,16 @@ impl Metrics {
             .sum()
     }
 
+    /// `lifeboat_cert_expiry_timestamp_seconds{cert="local"|"ca"}` from the
+    /// certificates `trust` holds now.
+    pub fn observe_trust(&self, trust: &crate::trust::Trust) {
+        let (local, ca) = trust.expiry_unix();
+        self.cert_expiry
+            .with_label_values(&["local"])
+            .set(local as f64);
+        self.cert_expiry.with_label_values(&["ca"]).set(ca as f64);
+    }
+
     /// Set `lifeboat_dr_mode{mode}` to 1 for `mode`, 0 for the others.
     pub fn set_dr_mode(&self, mode: DrMode) {
         for m in DrMode::ALL {

@@ -128,11 +128,7 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
 /// Re-read certificates, CA and CRL; refresh the expiry gauges.
 fn reload_trust(trust: &crate::trust::Trust, m: &Metrics) -> anyhow::Result<()> {
     trust.reload()?;
-    let (local, ca) = trust.expiry_unix();
-    m.cert_expiry
-        .with_label_values(&["local"])
-        .set(local as f64);
-    m.cert_expiry.with_label_values(&["ca"]).set(ca as f64);
+    m.observe_trust(trust);
     Ok(())
 }
 

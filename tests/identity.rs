@@ -460,3 +460,29 @@ async fn refused_peers_back_off_exponentially() {
     );
     t.shutdown().await;
 }
+
+/// Revoking a lost laptop takes effect in an outage without a signal: the
+/// edge re-reads its CRL when the file changes and closes the open tunnel of
+/// the revoked client, which cannot come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_connected_client_closes_its_open_tunnel_without_a_signal() {
+    let t = Builder::new().crl().start().await;
+    assert_eq!(socks_reply(t.socks(), DR_HOST, t.app_port()).await, 0);
+    assert_eq!(t.client().tunnels(), 1);
+    let (alice, _) = t.client_files(&ClientCert::user(ALICE));
+    t.ca.revoke(&alice);
+    eventually(
+        "the edge closes alice's open tunnel",
+        Duration::from_secs(10),
+        || t.client().tunnels() == 0,
+    )
+    .await;
+    eventually(
+        "alice's reconnect is refused as revoked",
+        Duration::from_secs(10),
+        || t.edge_handshakes("client", "revoked") >= 1,
+    )
+    .await;
+    assert_ne!(socks_reply(t.socks(), DR_HOST, t.app_port()).await, 0);
+    t.shutdown().await;
+}

@@ -115,15 +115,7 @@ impl Client {
             Arc::clone(&metrics),
             stop_tunnel.clone(),
         );
-        let (local, ca) = trust.expiry_unix();
-        metrics
-            .cert_expiry
-            .with_label_values(&["local"])
-            .set(local as f64);
-        metrics
-            .cert_expiry
-            .with_label_values(&["ca"])
-            .set(ca as f64);
+        metrics.observe_trust(&trust);
         Ok(Self {
             state: Arc::new(ClientState {
                 trust: Arc::clone(&trust),
@@ -153,6 +145,11 @@ impl Client {
 
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        // Certificates, CA and CRL are re-read when they change on disk.
+        let m = Arc::clone(&self.state.metrics);
+        crate::trust::watch::spawn(Arc::clone(&self.state.trust), drain.clone(), move |t| {
+            m.observe_trust(t)
+        });
         for (kind, listener) in self.listeners {
             let state = Arc::clone(&self.state);
             let t = tracker.clone();

@@ -73,15 +73,7 @@ impl Connector {
             .iter()
             .map(|(k, v)| (k.trim_end_matches('.').to_ascii_lowercase(), *v))
             .collect();
-        let (local, ca) = trust.expiry_unix();
-        metrics
-            .cert_expiry
-            .with_label_values(&["local"])
-            .set(local as f64);
-        metrics
-            .cert_expiry
-            .with_label_values(&["ca"])
-            .set(ca as f64);
+        metrics.observe_trust(&trust);
         let dialer = Dialer {
             choice: cfg.transport,
             quic: endpoint,
@@ -115,6 +107,11 @@ impl Connector {
     /// with backoff. At `drain`, flows finish for up to `drain_timeout`.
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        // Certificates, CA and CRL are re-read when they change on disk.
+        let m = Arc::clone(&self.state.metrics);
+        crate::trust::watch::spawn(Arc::clone(&self.state.trust), drain.clone(), move |t| {
+            m.observe_trust(t)
+        });
         let ipv6 = self.dialer.choice == TransportChoice::Tls
             || self.dialer.quic.local_addr().is_ok_and(|a| a.is_ipv6());
         let edges = EdgeWatch::start(&self.edges, &self.dns, ipv6);

@@ -186,8 +186,15 @@ async fn client_tunnel(
         }
     };
     tokio::pin!(grace_over);
+    let mut trust_changed = state.trust_changed.subscribe();
     let why = loop {
         tokio::select! {
+            Ok(()) = trust_changed.changed() => {
+                if let Err(reason) = still_accepted(&state, &conn) {
+                    conn.close(close_code::CERT_REFUSED.into(), reason.as_bytes());
+                    break format!("certificate no longer accepted after a trust reload: {reason}");
+                }
+            }
             () = &mut grace_over => {
                 conn.close(close_code::GRACE_OVER.into(), b"certificate expired; DR cert_grace applies only while DR is on");
                 break "certificate expired and DR is no longer on".to_string();
@@ -214,6 +221,26 @@ async fn client_tunnel(
     };
     tunnels.dec();
     info!(peer = %peer, "client tunnel down: {why}");
+}
+
+/// Re-check a live client tunnel's certificate against the trust as it is
+/// now (CRL, CA, expiry, with `cert_grace` as it applies now).
+fn still_accepted(state: &EdgeState, conn: &quinn::Connection) -> Result<(), &'static str> {
+    let Some(certs) = conn.peer_identity().and_then(|any| {
+        any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .ok()
+    }) else {
+        return Err("no-certificate");
+    };
+    let Some((leaf, rest)) = certs.split_first() else {
+        return Err("no-certificate");
+    };
+    state
+        .trust
+        .client_verifier(&[Role::Client])
+        .verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| crate::trust::classify(&e))
 }
 
 /// Whether the peer's certificate is past its notAfter now.

@@ -82,6 +82,9 @@ pub struct EdgeState {
     next_id: AtomicU64,
     /// Cancelled when the drain deadline passes: running flows are aborted.
     pub abort: CancellationToken,
+    /// Bumped after every trust reload: live client tunnels re-check their
+    /// peer's certificate (a revoked laptop loses its open tunnel too).
+    pub trust_changed: watch::Sender<()>,
 }
 
 /// What a reload did.
@@ -99,6 +102,9 @@ impl EdgeState {
     pub fn reload(&self, file: &Path) -> anyhow::Result<ReloadOutcome> {
         let m = &self.metrics;
         let trust = self.trust.reload();
+        if trust.is_ok() {
+            self.trust_changed.send_replace(());
+        }
         let parsed = crate::config::load_with_text::<EdgeConfig>(file)
             .map_err(anyhow::Error::from)
             .and_then(|(cfg, text)| Policy::compile(cfg, file, &text, m));
@@ -113,7 +119,7 @@ impl EdgeState {
                 return Err(e.context("reload: config kept as it was"));
             }
         };
-        self.set_cert_expiry();
+        self.metrics.observe_trust(&self.trust);
         let old = self.policy.load();
         let changes_policy = old.source.segments != policy.source.segments
             || old.source.server_groups != policy.source.server_groups
@@ -149,14 +155,6 @@ impl EdgeState {
         m.config_reloads.with_label_values(&["ok"]).inc();
         info!("reload: config and certificates applied");
         Ok(ReloadOutcome::Applied)
-    }
-
-    /// `lifeboat_cert_expiry_timestamp_seconds` from the loaded certificates.
-    fn set_cert_expiry(&self) {
-        let (local, ca) = self.trust.expiry_unix();
-        let g = &self.metrics.cert_expiry;
-        g.with_label_values(&["local"]).set(local as f64);
-        g.with_label_values(&["ca"]).set(ca as f64);
     }
 
     fn next_id(&self) -> u64 {
@@ -215,15 +213,7 @@ impl Edge {
         if let Some((l, _)) = &tls {
             info!("listening tls {}", l.local_addr()?);
         }
-        let (local, ca) = trust.expiry_unix();
-        metrics
-            .cert_expiry
-            .with_label_values(&["local"])
-            .set(local as f64);
-        metrics
-            .cert_expiry
-            .with_label_values(&["ca"])
-            .set(ca as f64);
+        metrics.observe_trust(&trust);
         let state = Arc::new(EdgeState {
             policy: ArcSwap::from_pointee(policy),
             trust,
@@ -233,6 +223,7 @@ impl Edge {
             flows: Arc::new(Semaphore::new(limits.max_flows)),
             next_id: AtomicU64::new(1),
             abort: CancellationToken::new(),
+            trust_changed: watch::channel(()).0,
         });
         state.update_ready();
         if let Some(grace) = cert_grace {
@@ -274,6 +265,12 @@ impl Edge {
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         let mut loops = tokio::task::JoinSet::new();
+        // Certificates, CA and CRL are re-read when they change on disk.
+        let st = Arc::clone(&self.state);
+        crate::trust::watch::spawn(Arc::clone(&self.state.trust), drain.clone(), move |t| {
+            st.metrics.observe_trust(t);
+            st.trust_changed.send_replace(());
+        });
         if let Some(grace) = self.cert_grace {
             loops.spawn(follow_cert_grace(
                 self.state.mode.clone(),

@@ -27,6 +27,9 @@ pub mod close_code {
     pub const DRAINING: u32 = 0x12;
     /// The peer's certificate is expired and DR `cert_grace` no longer applies.
     pub const GRACE_OVER: u32 = 0x13;
+    /// The peer's certificate is no longer accepted (revoked, or the CA
+    /// changed) after a trust reload.
+    pub const CERT_REFUSED: u32 = 0x14;
 }
 
 /// Stream error codes (QUIC RESET_STREAM / STOP_SENDING).

@@ -20,6 +20,7 @@ mod grace;
 mod spiffe;
 mod state;
 mod verify;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
