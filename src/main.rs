@@ -302,9 +302,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own story; its roles' lifecycle logs would drown it.
+    // The demo prints its own story; its roles' lifecycle logs (and the
+    // warning about its deliberately non-DR segment) would drown it.
+    // RUST_LOG=info shows them.
     let level = if matches!(cli.command, Command::Demo { .. }) {
-        "warn"
+        "error"
     } else {
         "info"
     };

@@ -371,7 +371,7 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
 
     let m = &t.edge_metrics;
     println!(
-        "  edge counters: payroll ok={}, refused not-dr-segment={}, flow setup p50 bucket count={}",
+        "  edge counters: payroll ok={}, refused not-dr-segment={}, flow setups observed={}",
         m.flows_total.with_label_values(&["payroll", "ok"]).get(),
         m.flows_total
             .with_label_values(&[crate::metrics::NO_SEGMENT, "not-dr-segment"])
