@@ -43,6 +43,7 @@ pub const CLOSE_REASONS: &[&str] = &[
     "reset",
     "error",
     "dr-narrowed",
+    "cert-refused",
     "tunnel-lost",
     "shutdown",
 ];

@@ -288,6 +288,7 @@ impl End {
             Self::Done => "done",
             Self::Reset => "reset",
             Self::Stopped(stream_code::DR_NARROWED) => "dr-narrowed",
+            Self::Stopped(stream_code::CERT_REFUSED) => "cert-refused",
             Self::Stopped(_) => "shutdown",
         }
     }

@@ -469,8 +469,35 @@ async fn revoking_a_connected_client_closes_its_open_tunnel_without_a_signal() {
     let t = Builder::new().crl().start().await;
     assert_eq!(socks_reply(t.socks(), DR_HOST, t.app_port()).await, 0);
     assert_eq!(t.client().tunnels(), 1);
+    // A flow that is open (idle) when the certificate is revoked.
+    let mut open = lifeboat::demo::socks_client::connect(t.socks(), DR_HOST, t.app_port())
+        .await
+        .expect("an open flow before the revocation");
     let (alice, _) = t.client_files(&ClientCert::user(ALICE));
     t.ca.revoke(&alice);
+    let mut buf = [0u8; 16];
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut open, &mut buf),
+    )
+    .await
+    .expect("the open flow ends after the revocation");
+    assert!(
+        matches!(ended, Err(_) | Ok(0)),
+        "the open flow still carries data: {ended:?}"
+    );
+    eventually(
+        "the edge counts the flow closed as cert-refused",
+        Duration::from_secs(10),
+        || {
+            t.edge_metrics
+                .flows_closed
+                .with_label_values(&["cert-refused"])
+                .get()
+                >= 1
+        },
+    )
+    .await;
     eventually(
         "the edge closes alice's open tunnel",
         Duration::from_secs(10),

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -187,10 +188,13 @@ async fn client_tunnel(
     };
     tokio::pin!(grace_over);
     let mut trust_changed = state.trust_changed.subscribe();
+    let cert_refused = CancellationToken::new();
     let why = loop {
         tokio::select! {
             Ok(()) = trust_changed.changed() => {
-                if let Err(reason) = still_accepted(&state, &conn) {
+                if let Err(reason) = still_accepted(&state, &quic_certs(&conn)) {
+                    // Running flows end with a reset counted as cert-refused.
+                    cert_refused.cancel();
                     conn.close(close_code::CERT_REFUSED.into(), reason.as_bytes());
                     break format!("certificate no longer accepted after a trust reload: {reason}");
                 }
@@ -210,7 +214,7 @@ async fn client_tunnel(
                     let id = state.next_id();
                     let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
                     let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
-                    tracker.spawn(flow::serve(Arc::clone(&state), Arc::clone(&peer), id, side, permit).instrument(span));
+                    tracker.spawn(flow::serve(Arc::clone(&state), Arc::clone(&peer), id, side, permit, cert_refused.clone()).instrument(span));
                 }
                 Err(e) => break e.to_string(),
             },
@@ -223,15 +227,12 @@ async fn client_tunnel(
     info!(peer = %peer, "client tunnel down: {why}");
 }
 
-/// Re-check a live client tunnel's certificate against the trust as it is
+/// Re-check a live client's certificate chain against the trust as it is
 /// now (CRL, CA, expiry, with `cert_grace` as it applies now).
-fn still_accepted(state: &EdgeState, conn: &quinn::Connection) -> Result<(), &'static str> {
-    let Some(certs) = conn.peer_identity().and_then(|any| {
-        any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-            .ok()
-    }) else {
-        return Err("no-certificate");
-    };
+fn still_accepted(
+    state: &EdgeState,
+    certs: &[CertificateDer<'static>],
+) -> Result<(), &'static str> {
     let Some((leaf, rest)) = certs.split_first() else {
         return Err("no-certificate");
     };
@@ -243,14 +244,17 @@ fn still_accepted(state: &EdgeState, conn: &quinn::Connection) -> Result<(), &'s
         .map_err(|e| crate::trust::classify(&e))
 }
 
+/// The peer's certificate chain of a QUIC connection.
+fn quic_certs(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|b| *b)
+        .unwrap_or_default()
+}
+
 /// Whether the peer's certificate is past its notAfter now.
 fn leaf_expired(conn: &quinn::Connection) -> bool {
-    let Some(certs) = conn.peer_identity().and_then(|any| {
-        any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-            .ok()
-    }) else {
-        return false;
-    };
+    let certs = quic_certs(conn);
     let Some(leaf) = certs.first() else {
         return false;
     };
@@ -383,6 +387,12 @@ async fn tls_conn(
         .tunnels_active
         .with_label_values(&["client", t.as_str()]);
     tunnels.inc();
+    let certs: Vec<CertificateDer<'static>> = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
     let (r, w) = tokio::io::split(stream);
     let side = Side {
         recv: RecvHalf::io(Box::new(r)),
@@ -390,8 +400,30 @@ async fn tls_conn(
     };
     let id = state.next_id();
     let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
-    flow::serve(Arc::clone(&state), Arc::new(peer), id, side, permit)
-        .instrument(span)
-        .await;
+    // A trust reload that no longer accepts this client ends its flow.
+    let cert_refused = CancellationToken::new();
+    let watch = {
+        let (state, cert_refused) = (Arc::clone(&state), cert_refused.clone());
+        let mut changed = state.trust_changed.subscribe();
+        tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                if still_accepted(&state, &certs).is_err() {
+                    cert_refused.cancel();
+                    return;
+                }
+            }
+        })
+    };
+    flow::serve(
+        Arc::clone(&state),
+        Arc::new(peer),
+        id,
+        side,
+        permit,
+        cert_refused,
+    )
+    .instrument(span)
+    .await;
+    watch.abort();
     tunnels.dec();
 }

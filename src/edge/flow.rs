@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Span};
 
 use super::registry::{ActiveGuard, ConnectorTunnel};
@@ -29,6 +30,7 @@ pub(super) async fn serve(
     id: u64,
     mut client: Side,
     _permit: OwnedSemaphorePermit,
+    cert_refused: CancellationToken,
 ) {
     let m = &state.metrics;
     m.flows_active.inc();
@@ -165,6 +167,7 @@ pub(super) async fn serve(
                     }
                 }
                 _ = abort.cancelled() => return stream_code::SHUTDOWN,
+                _ = cert_refused.cancelled() => return stream_code::CERT_REFUSED,
             }
         }
     };

@@ -40,6 +40,8 @@ pub mod stream_code {
     pub const DR_NARROWED: u32 = 2;
     /// Shutdown deadline passed.
     pub const SHUTDOWN: u32 = 3;
+    /// The client's certificate is no longer accepted (revoked since).
+    pub const CERT_REFUSED: u32 = 4;
 }
 
 /// Which transport a tunnel runs over (a metric label).
