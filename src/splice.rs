@@ -415,6 +415,11 @@ pub async fn splice(
         let (mut up_done, mut down_done) = (false, false);
         loop {
             tokio::select! {
+                // A stop names why the flow ends (DR narrowed, certificate
+                // refused, shutdown); the stream errors it causes must not
+                // win the race and report a plain reset.
+                biased;
+                code = &mut stop => break End::Stopped(code),
                 r = &mut up_fut, if !up_done => {
                     if r.is_err() { break End::Reset; }
                     up_done = true;
@@ -423,7 +428,6 @@ pub async fn splice(
                     if r.is_err() { break End::Reset; }
                     down_done = true;
                 }
-                code = &mut stop => break End::Stopped(code),
             }
             if up_done && down_done {
                 break End::Done;
