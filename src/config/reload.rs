@@ -83,22 +83,23 @@ impl RestartNeeded for EdgeConfig {
     }
 }
 
+/// Push the name of every listed field that differs between `$a` and `$b`.
+macro_rules! changed_fields {
+    ($out:expr, $a:expr, $b:expr, [$($field:ident => $name:literal),* $(,)?]) => {
+        $( changed($out, $name, $a.$field != $b.$field); )*
+    };
+}
+
+/// Connector and client state is fixed at start-up: every change needs a
+/// restart (certificate files are re-read on their own; see `trust::watch`).
 impl RestartNeeded for ConnectorConfig {
     fn restart_needed(&self, new: &Self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        changed(
-            &mut out,
-            "trust_domain",
-            self.trust_domain != new.trust_domain,
-        );
-        changed(&mut out, "tls", self.tls != new.tls);
-        changed(&mut out, "edges", self.edges != new.edges);
-        changed(&mut out, "transport", self.transport != new.transport);
-        changed(&mut out, "listen", self.listen != new.listen);
-        changed(&mut out, "dr", self.dr != new.dr);
-        changed(&mut out, "dns", self.dns != new.dns);
-        changed(&mut out, "limits", self.limits != new.limits);
-        changed(&mut out, "log", self.log != new.log);
+        changed_fields!(&mut out, self, new, [
+            trust_domain => "trust_domain", tls => "tls", edges => "edges",
+            transport => "transport", listen => "listen", dr => "dr", dns => "dns",
+            limits => "limits", log => "log",
+        ]);
         out
     }
 }
@@ -106,21 +107,12 @@ impl RestartNeeded for ConnectorConfig {
 impl RestartNeeded for ClientConfig {
     fn restart_needed(&self, new: &Self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        changed(
-            &mut out,
-            "trust_domain",
-            self.trust_domain != new.trust_domain,
-        );
-        changed(&mut out, "tls", self.tls != new.tls);
-        changed(&mut out, "edges", self.edges != new.edges);
-        changed(&mut out, "transport", self.transport != new.transport);
         // Listeners and forwards need a rebind.
-        changed(&mut out, "listen", self.listen != new.listen);
-        changed(&mut out, "forward", self.forwards != new.forwards);
-        changed(&mut out, "dr", self.dr != new.dr);
-        changed(&mut out, "dns", self.dns != new.dns);
-        changed(&mut out, "limits", self.limits != new.limits);
-        changed(&mut out, "log", self.log != new.log);
+        changed_fields!(&mut out, self, new, [
+            trust_domain => "trust_domain", tls => "tls", edges => "edges",
+            transport => "transport", listen => "listen", forwards => "forward",
+            dr => "dr", dns => "dns", limits => "limits", log => "log",
+        ]);
         out
     }
 }
