@@ -284,6 +284,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{report}");
             }
+            if report.flows_ok == 0 {
+                // Every flow failed (or no edge was reachable): a failed run.
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Drill(args) => {
             if !runtime()?.block_on(lifeboat::drill::run(&args))? {

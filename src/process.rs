@@ -39,10 +39,18 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
     let admin_addr = cfg.listen.admin;
     let edge = Edge::bind(cfg, file, &text, mode, Arc::clone(&metrics))?;
     let state = edge.state();
+    // The admin listener outlives the drain: `/readyz` answers 503 while
+    // the edge goes away, so load balancers take it out first.
+    let admin_stop = CancellationToken::new();
     if let Some(addr) = admin_addr {
         let l = admin::bind(addr).await?;
-        let ready = admin::edge_readiness(Arc::clone(&metrics));
-        tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
+        let ready = unless_draining(admin::edge_readiness(Arc::clone(&metrics)), drain.clone());
+        tokio::spawn(admin::serve(
+            l,
+            Arc::clone(&metrics),
+            ready,
+            admin_stop.clone(),
+        ));
     }
     let file = file.to_path_buf();
     tokio::spawn(async move {
@@ -57,7 +65,19 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
             }
         }
     });
-    edge.run(drain).await
+    let result = edge.run(drain).await;
+    admin_stop.cancel();
+    result
+}
+
+/// Not ready while draining, whatever `ready` says.
+fn unless_draining(ready: admin::Readiness, drain: CancellationToken) -> admin::Readiness {
+    Arc::new(move || {
+        if drain.is_cancelled() {
+            return Err("draining: the edge is going away".into());
+        }
+        ready()
+    })
 }
 
 /// `lifeboat connector -c FILE`.

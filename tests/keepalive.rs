@@ -10,7 +10,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -19,97 +18,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use lifeboat::metrics::Metrics;
 use lifeboat::trust::{TlsFiles, Trust};
-use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
 const IDLE: Duration = Duration::from_secs(2);
 const LIMITS: &str = "idle_timeout = \"2s\"\n";
-
-/// A `lifeboat edge` process: stderr collected; on drop continued (if
-/// stopped) and killed, its log printed if the test failed.
-struct EdgeProc {
-    child: tokio::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl EdgeProc {
-    fn spawn(config: &std::path::Path) -> Self {
-        let mut child = tokio::process::Command::new(BIN)
-            .arg("edge")
-            .arg("-c")
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn lifeboat edge");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let sink = Arc::clone(&lines);
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = reader.next_line().await {
-                sink.lock().expect("lines").push(l);
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().expect("lines").join("\n")
-    }
-
-    /// The address of its `listening <kind> ADDR` line, waiting up to 20 s.
-    async fn listening(&self, kind: &str) -> SocketAddr {
-        let needle = format!("listening {kind} ");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = self.lines.lock().expect("lines").iter().find_map(|l| {
-                let rest = &l[l.find(&needle)? + needle.len()..];
-                rest.split_whitespace().next()?.parse().ok()
-            });
-            if let Some(a) = found {
-                return a;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no `{needle}ADDR` line in 20 s:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().expect("edge pid").to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    }
-}
-
-impl Drop for EdgeProc {
-    fn drop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            // A stopped process is continued first, then killed.
-            let _ = std::process::Command::new("kill")
-                .args(["-CONT", &pid.to_string()])
-                .status();
-            let _ = self.child.start_kill();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- lifeboat edge stderr\n{}", self.log());
-        }
-    }
-}
 
 /// How a flow read through the client's HTTP CONNECT listener ended.
 #[derive(Debug)]
@@ -318,10 +231,7 @@ async fn a_frozen_edge_is_declared_dead_within_idle_timeout_on_quic_and_tls() {
 
     // SIGTERM: it drains (2 s) and exits 0.
     edge.signal("-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(8), edge.child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("edge still running 8 s after SIGTERM:\n{}", edge.log()))
-        .expect("wait edge");
+    let status = edge.exited(Duration::from_secs(8)).await;
     assert_eq!(status.code(), Some(0), "{}", edge.log());
 }
 

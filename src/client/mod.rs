@@ -167,6 +167,7 @@ impl Client {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
         }
         self.stop_tunnel.cancel();
+        self.state.tunnel.close().await;
         info!("client stopped");
         Ok(())
     }

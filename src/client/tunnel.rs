@@ -1,18 +1,19 @@
-//! The client's way to an edge, kept up by a background keeper (jittered
-//! backoff, moving to the next edge address on failure). Over QUIC, one
-//! connection carries every flow as a stream. Over TLS (configured, or
-//! `auto` when QUIC does not come up within its head start), each flow is
-//! its own TLS connection to the same edge, resumed from a session ticket;
-//! the keeper re-probes QUIC in the background and moves back when it works.
+//! The client's way to an edge, kept up by the shared tunnel keeper
+//! (`transport::keeper`): one tunnel at a time, starting at a random edge
+//! address and moving to the next at once on failure or when the edge goes
+//! away. Over QUIC, one connection carries every flow as a stream. Over TLS
+//! (configured, or `auto` when QUIC does not come up within its head start),
+//! each flow is its own TLS connection to the same edge, resumed from a
+//! session ticket; the keeper re-probes QUIC and moves back when it works.
+//! A flow that finds no tunnel wakes the keeper (at most one dial a second).
 
-use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{DnsSection, Limits, TransportChoice};
@@ -21,8 +22,13 @@ use crate::preamble::{self, ConnectResponse, Dest};
 use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer};
+use crate::transport::keeper::{self, Ended, Keeper, TunnelRole};
 use crate::transport::resolve::{failover_order, EdgeWatch};
-use crate::transport::EdgeAddr;
+use crate::transport::{close_code, EdgeAddr};
+
+/// Background retries of a client grow to this: a user waiting for a flow
+/// wakes the keeper anyway (see [`Tunnel::current`]).
+const RETRY_CEILING: Duration = Duration::from_secs(5);
 
 /// What the keeper last knew of the way to an edge.
 #[derive(Clone)]
@@ -57,6 +63,8 @@ pub struct Tunnel {
     dialer: Dialer,
     /// A TLS flow could not reach its edge: the keeper moves on.
     tls_failed: Notify,
+    /// A flow is waiting while no edge is reachable: the keeper dials now.
+    demand: Arc<Notify>,
 }
 
 impl Tunnel {
@@ -72,35 +80,63 @@ impl Tunnel {
         stop: CancellationToken,
     ) -> Arc<Self> {
         let (tx, rx) = watch::channel(TunnelState::Connecting);
+        let demand = Arc::new(Notify::new());
         let t = Arc::new(Self {
             state: rx,
             limits,
-            dialer,
+            dialer: dialer.clone(),
             tls_failed: Notify::new(),
+            demand: Arc::clone(&demand),
         });
-        tokio::spawn(keeper(
-            Arc::clone(&t),
-            edges,
-            dns.clone(),
-            metrics,
+        let ipv6 = dialer.choice == TransportChoice::Tls
+            || dialer.quic.local_addr().is_ok_and(|a| a.is_ipv6());
+        // Re-resolved at the TTL in the background; every (re)connect reads
+        // the addresses known then.
+        let watch = EdgeWatch::start(&edges, dns, ipv6);
+        let role = ClientRole {
+            tunnel: Arc::clone(&t),
+            known: watch.subscribe(),
+            edges: watch,
             tx,
+        };
+        let keeper = Keeper {
+            dialer,
+            metrics,
+            backoff: Backoff::new(Duration::from_millis(100), RETRY_CEILING),
+            demand: Some(demand),
             stop,
-        ));
+        };
+        tokio::spawn(keeper.run(role));
         t
     }
 
+    /// Close the QUIC endpoint (CONNECTION_CLOSE to the edge, so it stops
+    /// counting our tunnel at once) and wait briefly for the close to go out.
+    pub async fn close(&self) {
+        self.dialer
+            .quic
+            .close(close_code::DONE.into(), b"client stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.dialer.quic.wait_idle()).await;
+    }
+
     /// The current way to the edge: waits while the keeper is connecting
-    /// (up to the handshake timeout); fails at once if the last attempt failed.
+    /// (up to the handshake timeout). When no edge was reachable, the flow
+    /// asks the keeper to dial now and waits for that attempt's outcome.
     pub async fn current(&self) -> Result<TunnelState, OpenError> {
         let mut rx = self.state.clone();
         let wait = async {
+            let mut asked = false;
             loop {
                 match &*rx.borrow_and_update() {
                     TunnelState::Quic(c) if c.close_reason().is_none() => {
                         return Ok(TunnelState::Quic(c.clone()))
                     }
                     TunnelState::Tls(e) => return Ok(TunnelState::Tls(e.clone())),
-                    TunnelState::Down(e) => return Err(OpenError::NoTunnel(e.clone())),
+                    TunnelState::Down(e) if asked => return Err(OpenError::NoTunnel(e.clone())),
+                    TunnelState::Down(_) => {
+                        self.demand.notify_one();
+                        asked = true;
+                    }
                     _ => {}
                 }
                 if rx.changed().await.is_err() {
@@ -213,17 +249,6 @@ async fn read_answer(
     }
 }
 
-/// Try QUIC now and then (jittered, growing to a minute) until it works.
-async fn reprobe_quic(dialer: &Dialer, edge: &EdgeAddr) -> quinn::Connection {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    loop {
-        tokio::time::sleep(backoff.next_delay()).await;
-        if let Ok(c) = dialer.dial_quic(edge).await {
-            return c;
-        }
-    }
-}
-
 /// Resolves once the edge set, not empty, no longer holds `addr` (the
 /// operator took that edge out of the record): the keeper moves elsewhere.
 async fn left_record(known: &mut watch::Receiver<Vec<EdgeAddr>>, addr: std::net::SocketAddr) {
@@ -240,161 +265,86 @@ async fn left_record(known: &mut watch::Receiver<Vec<EdgeAddr>>, addr: std::net:
     }
 }
 
-async fn keeper(
+/// The client's part of the keeper: one tunnel over the edge name's
+/// addresses, published to flows through the watch.
+struct ClientRole {
     tunnel: Arc<Tunnel>,
-    edges: Vec<String>,
-    dns: DnsSection,
-    metrics: Arc<Metrics>,
+    edges: EdgeWatch,
+    known: watch::Receiver<Vec<EdgeAddr>>,
     tx: watch::Sender<TunnelState>,
-    stop: CancellationToken,
-) {
-    let dialer = &tunnel.dialer;
-    let ipv6 = dialer.choice == TransportChoice::Tls
-        || dialer.quic.local_addr().is_ok_and(|a| a.is_ipv6());
-    // Re-resolved at the TTL in the background; every (re)connect reads the
-    // addresses known then.
-    let edges = EdgeWatch::start(&edges, &dns, ipv6);
-    let mut known = edges.subscribe();
-    // The address last lost or failed: tried last next time.
-    let mut lost: Option<std::net::SocketAddr> = None;
-    let mut backoff = Backoff::tunnel();
-    let mut last_error = None::<String>;
-    let mut quic_bad: HashSet<std::net::SocketAddr> = HashSet::new();
-    let mut ready_quic: Option<(quinn::Connection, EdgeAddr)> = None;
-    while !stop.is_cancelled() {
-        let mut up = ready_quic.take().map(|(c, e)| (Dialed::Quic(c), e));
-        let mut err = String::from("no edge address resolved");
-        if up.is_none() {
-            // Start at a random address (spreads clients), the lost one
-            // last; on a failed connect move to the next at once.
-            let addrs = failover_order(&known.borrow_and_update(), lost, rand::random());
-            for edge in &addrs {
-                let started = std::time::Instant::now();
-                let attempt = tokio::select! {
-                    r = dialer.dial(edge, quic_bad.contains(&edge.addr)) => r,
-                    _ = stop.cancelled() => return,
-                };
-                // A TLS probe counts only once the edge has not refused our certificate.
-                let attempt = match attempt {
-                    Ok(Dialed::Tls(mut probe)) => {
-                        Dialer::confirm_tls(&mut probe, started.elapsed())
-                            .await
-                            .map(|()| Dialed::Tls(probe))
-                    }
-                    other => other,
-                };
-                match attempt {
-                    Ok(d) => {
-                        up = Some((d, edge.clone()));
-                        break;
-                    }
-                    Err(e) => {
-                        let kind = dialer.failed_kind(quic_bad.contains(&edge.addr), &e);
-                        metrics
-                            .handshakes
-                            .with_label_values(&["edge", kind.as_str(), e.reason()])
-                            .inc();
-                        err = format!("{}: {e}", edge.addr);
-                        lost = Some(edge.addr);
-                    }
-                }
-            }
+}
+
+impl TunnelRole for ClientRole {
+    const NAME: &'static str = "client";
+    const UNREACHABLE: &'static str = "no edge reachable";
+
+    fn targets(&mut self, lost: Option<std::net::SocketAddr>) -> Vec<EdgeAddr> {
+        // A random start spreads clients; the lost address goes last.
+        failover_order(&self.known.borrow_and_update(), lost, rand::random())
+    }
+
+    async fn targets_changed(&mut self) {
+        if self.known.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
-        let Some((dialed, edge)) = up else {
-            if last_error.as_deref() != Some(err.as_str()) {
-                warn!("no edge reachable: {err}; retrying with backoff");
-                last_error = Some(err.clone());
-            }
-            let _ = tx.send(TunnelState::Down(err));
-            // Ask DNS again; a changed edge set is tried at once.
-            edges.refresh();
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                Ok(()) = known.changed() => {}
-                _ = stop.cancelled() => break,
-            }
-            continue;
-        };
-        let kind = dialed.kind();
-        metrics
-            .handshakes
-            .with_label_values(&["edge", kind.as_str(), "ok"])
-            .inc();
-        last_error = None;
-        let since = std::time::Instant::now();
-        let tunnels = metrics
-            .tunnels_active
-            .with_label_values(&["edge", kind.as_str()]);
-        tunnels.inc();
-        info!(edge = %edge.addr, transport = kind.as_str(), "edge tunnel up");
-        let why = match dialed {
-            Dialed::Quic(conn) => {
-                quic_bad.remove(&edge.addr);
-                let _ = tx.send(TunnelState::Quic(conn.clone()));
-                let why = tokio::select! {
-                    e = conn.closed() => e.to_string(),
+    }
+
+    fn refresh(&mut self) {
+        self.edges.refresh();
+    }
+
+    fn connecting(&mut self) {
+        self.tx.send_replace(TunnelState::Connecting);
+    }
+
+    fn down(&mut self, why: &str) {
+        self.tx.send_replace(TunnelState::Down(why.to_string()));
+    }
+
+    fn serve(
+        &mut self,
+        tunnel: Dialed,
+        edge: &EdgeAddr,
+        moving: CancellationToken,
+    ) -> impl Future<Output = Ended> + Send {
+        let addr = edge.addr;
+        let edge = edge.clone();
+        async move {
+            let ended = match tunnel {
+                Dialed::Quic(conn) => {
+                    self.tx.send_replace(TunnelState::Quic(conn.clone()));
                     // Running flows keep the old connection open through their streams.
-                    _ = left_record(&mut known, edge.addr) => "the edge address left the record".into(),
-                    _ = stop.cancelled() => "client stopping".into(),
-                };
-                let st = conn.stats().path;
-                tracing::debug!(
-                    mtu = st.current_mtu,
-                    lost = st.lost_packets,
-                    cwnd = st.cwnd,
-                    congestion_events = st.congestion_events,
-                    sent = st.sent_packets,
-                    "QUIC path"
-                );
-                why
-            }
-            Dialed::Tls(probe) => {
-                // The handshake proved the edge reachable; flows dial their own.
-                drop(probe);
-                if dialer.choice == TransportChoice::Auto && quic_bad.insert(edge.addr) {
-                    metrics
-                        .transport_fallbacks
-                        .with_label_values(&["client"])
-                        .inc();
-                    warn!(edge = %edge.addr, "QUIC did not come up within {:?}; using TLS and re-probing QUIC", dialer.head_start);
+                    let ended = tokio::select! {
+                        e = conn.closed() => keeper::quic_ended(&e),
+                        () = keeper::quic_notice(&conn) => Ended::going_away("the edge is going away"),
+                        () = left_record(&mut self.known, addr) => Ended::new("the edge address left the record"),
+                        () = moving.cancelled() => Ended::new("client stopping"),
+                    };
+                    let st = conn.stats().path;
+                    tracing::debug!(
+                        mtu = st.current_mtu,
+                        lost = st.lost_packets,
+                        cwnd = st.cwnd,
+                        congestion_events = st.congestion_events,
+                        sent = st.sent_packets,
+                        "QUIC path"
+                    );
+                    ended
                 }
-                let _ = tx.send(TunnelState::Tls(edge.clone()));
-                let probe = async {
-                    if dialer.choice == TransportChoice::Auto {
-                        reprobe_quic(dialer, &edge).await
-                    } else {
-                        std::future::pending().await
+                Dialed::Tls(probe) => {
+                    // The handshake proved the edge reachable; flows dial their own.
+                    drop(probe);
+                    self.tx.send_replace(TunnelState::Tls(edge));
+                    tokio::select! {
+                        () = self.tunnel.tls_failed.notified() => Ended::new("a flow could not reach the edge over TLS"),
+                        () = left_record(&mut self.known, addr) => Ended::new("the edge address left the record"),
+                        () = moving.cancelled() => Ended::new("client stopping"),
                     }
-                };
-                tokio::select! {
-                    conn = probe => {
-                        info!(edge = %edge.addr, "QUIC works again; moving flows back to QUIC");
-                        ready_quic = Some((conn, edge.clone()));
-                        "moving to QUIC".into()
-                    }
-                    _ = tunnel.tls_failed.notified() => "a flow could not reach the edge over TLS".into(),
-                    _ = left_record(&mut known, edge.addr) => "the edge address left the record".into(),
-                    _ = stop.cancelled() => "client stopping".into(),
                 }
-            }
-        };
-        tunnels.dec();
-        info!(edge = %edge.addr, transport = kind.as_str(), "edge tunnel down: {why}");
-        if ready_quic.is_some() {
-            continue;
-        }
-        // Move on to another address at once; the lost one is tried last.
-        lost = Some(edge.addr);
-        edges.refresh();
-        let _ = tx.send(TunnelState::Connecting);
-        if since.elapsed() >= Duration::from_secs(1) {
-            backoff.reset();
-        } else {
-            // A tunnel that dies at once (refused identity, edge restarting) backs off.
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = stop.cancelled() => break,
-            }
+            };
+            // New flows wait for the next tunnel, not the one going away.
+            self.tx.send_replace(TunnelState::Connecting);
+            ended
         }
     }
 }

@@ -5,6 +5,7 @@
 mod flow;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,8 +21,14 @@ use crate::config::{ConnectorConfig, DnsSection, Limits, TransportChoice};
 use crate::metrics::Metrics;
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer, HEAD_START};
+use crate::transport::keeper::{self, Ended, Keeper, TunnelRole};
 use crate::transport::resolve::EdgeWatch;
 use crate::transport::{close_code, mux, quic, stream_code, tls, EdgeAddr, ALPN_CONNECTOR};
+
+/// Background retries of a connector grow to this: an edge restarted
+/// during an outage is rejoined within a couple of seconds (connectors are
+/// few; a short ceiling costs the edge little).
+const RETRY_CEILING: Duration = Duration::from_secs(2);
 use crate::trust::Trust;
 
 /// State shared by the connector's tasks.
@@ -168,6 +175,8 @@ impl Connector {
         self.dialer
             .quic
             .close(close_code::DRAINING.into(), b"connector shutting down");
+        // Let the CONNECTION_CLOSE go out: the edge stops counting us now.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.dialer.quic.wait_idle()).await;
         info!("connector stopped");
         Ok(())
     }
@@ -182,115 +191,62 @@ async fn keep_tunnel(
     tracker: TaskTracker,
     drain: CancellationToken,
 ) {
-    let m = &state.metrics;
-    let mut backoff = Backoff::tunnel();
-    let mut last_error: Option<String> = None;
-    let mut quic_bad = false;
-    let mut ready_quic: Option<quinn::Connection> = None;
-    while !drain.is_cancelled() {
-        let dialed = match ready_quic.take() {
-            Some(c) => Ok(Dialed::Quic(c)),
-            None => tokio::select! {
-                r = dialer.dial(&edge, quic_bad) => r,
-                _ = drain.cancelled() => break,
-            },
-        };
-        let dialed = match dialed {
-            Ok(d) => d,
-            Err(e) => {
-                let kind = dialer.failed_kind(quic_bad, &e);
-                m.handshakes
-                    .with_label_values(&["edge", kind.as_str(), e.reason()])
-                    .inc();
-                let msg = e.to_string();
-                // Logged once per change of condition, not on every retry.
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    warn!("cannot reach edge: {msg}; retrying with backoff");
-                    last_error = Some(msg);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = drain.cancelled() => break,
-                }
-                continue;
-            }
-        };
-        let kind = dialed.kind();
-        m.handshakes
-            .with_label_values(&["edge", kind.as_str(), "ok"])
-            .inc();
-        last_error = None;
-        let since = std::time::Instant::now();
-        match dialed {
-            Dialed::Quic(conn) => {
-                quic_bad = false;
-                let tunnels = m.tunnels_active.with_label_values(&["edge", "quic"]);
-                tunnels.inc();
-                let peer = quic::peer_id(&conn)
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
-                info!(peer, transport = "quic", "edge tunnel up");
-                let why = serve_quic(&state, &conn, &tracker, &drain).await;
-                tunnels.dec();
-                info!(peer, transport = "quic", "edge tunnel down: {why}");
-            }
-            Dialed::Tls(stream) => {
-                if dialer.choice == TransportChoice::Auto && !quic_bad {
-                    m.transport_fallbacks
-                        .with_label_values(&["connector"])
-                        .inc();
-                    warn!("QUIC to the edge did not come up within {:?}; using TLS and re-probing QUIC", dialer.head_start);
-                }
-                quic_bad = dialer.choice == TransportChoice::Auto;
-                let stop = drain.child_token();
-                let mut task = tracker.spawn(serve_tls(
-                    Arc::clone(&state),
-                    *stream,
-                    tracker.clone(),
-                    stop.clone(),
-                ));
-                let probe = async {
-                    if dialer.choice == TransportChoice::Auto {
-                        reprobe_quic(&dialer, &edge).await
-                    } else {
-                        std::future::pending().await
-                    }
-                };
-                tokio::select! {
-                    _ = &mut task => {}
-                    conn = probe => {
-                        info!("QUIC to the edge works again; moving to QUIC, TLS tunnel drains");
-                        // The TLS tunnel finishes its running flows in the background.
-                        stop.cancel();
-                        ready_quic = Some(conn);
-                        continue;
-                    }
-                }
-            }
-        }
-        if drain.is_cancelled() {
-            break;
-        }
-        // A tunnel that died at once (refused identity, edge restarting) backs
-        // off; only one that lived a while starts the backoff over.
-        if since.elapsed() >= Duration::from_secs(1) {
-            backoff.reset();
-        } else {
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = drain.cancelled() => break,
-            }
-        }
-    }
+    let keeper = Keeper {
+        dialer,
+        metrics: Arc::clone(&state.metrics),
+        backoff: Backoff::new(Duration::from_millis(100), RETRY_CEILING),
+        demand: None,
+        stop: drain,
+    };
+    keeper
+        .run(ConnectorRole {
+            state,
+            edge,
+            tracker,
+        })
+        .await;
 }
 
-/// Try QUIC now and then (jittered, growing to a minute) until it works.
-async fn reprobe_quic(dialer: &Dialer, edge: &EdgeAddr) -> quinn::Connection {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    loop {
-        tokio::time::sleep(backoff.next_delay()).await;
-        if let Ok(c) = dialer.dial_quic(edge).await {
-            return c;
+/// The connector's part of the keeper: one tunnel to one edge address,
+/// serving the flows the edge opens.
+struct ConnectorRole {
+    state: Arc<ConnectorState>,
+    edge: EdgeAddr,
+    tracker: TaskTracker,
+}
+
+impl TunnelRole for ConnectorRole {
+    const NAME: &'static str = "connector";
+    const UNREACHABLE: &'static str = "cannot reach edge";
+
+    fn targets(&mut self, _lost: Option<SocketAddr>) -> Vec<EdgeAddr> {
+        vec![self.edge.clone()]
+    }
+
+    fn targets_changed(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    fn down(&mut self, _why: &str) {}
+
+    fn serve(
+        &mut self,
+        tunnel: Dialed,
+        _edge: &EdgeAddr,
+        moving: CancellationToken,
+    ) -> impl Future<Output = Ended> + Send {
+        let (state, tracker) = (Arc::clone(&self.state), self.tracker.clone());
+        async move {
+            match tunnel {
+                Dialed::Quic(conn) => serve_quic(&state, &conn, &tracker, &moving).await,
+                Dialed::Tls(stream) => {
+                    // Spawned: when the keeper moves back to QUIC (`moving`),
+                    // the TLS tunnel drains its running flows in the background.
+                    let task = tracker.spawn(serve_tls(state, *stream, tracker.clone(), moving));
+                    task.await
+                        .unwrap_or_else(|e| Ended::new(format!("TLS tunnel task failed: {e}")))
+                }
+            }
         }
     }
 }
@@ -301,24 +257,13 @@ async fn serve_tls(
     stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     tracker: TaskTracker,
     stop: CancellationToken,
-) {
-    let tunnels = state
-        .metrics
-        .tunnels_active
-        .with_label_values(&["edge", "tls"]);
-    tunnels.inc();
-    let peer = tls::peer_id(stream.get_ref().1)
-        .map(|p| p.to_string())
-        .unwrap_or_default();
-    info!(peer, transport = "tls", "edge tunnel up");
+) -> Ended {
     let limits = state.limits.clone();
     let st = Arc::clone(&state);
-    let why = mux::connector_side(stream, &limits, stop, move |side| {
+    mux::connector_side(stream, &limits, stop, move |side| {
         tracker.spawn(flow::serve(Arc::clone(&st), side).instrument(tracing::debug_span!("flow")));
     })
-    .await;
-    tunnels.dec();
-    info!(peer, transport = "tls", "edge tunnel down: {why}");
+    .await
 }
 
 /// Accept flows on a QUIC tunnel until it closes or `stop` (its address
@@ -331,7 +276,7 @@ async fn serve_quic(
     conn: &quinn::Connection,
     tracker: &TaskTracker,
     stop: &CancellationToken,
-) -> String {
+) -> Ended {
     let flows = TaskTracker::new();
     loop {
         tokio::select! {
@@ -341,8 +286,11 @@ async fn serve_quic(
                     let flow = flow::serve(Arc::clone(state), side).instrument(tracing::debug_span!("flow"));
                     tracker.spawn(flows.track_future(flow));
                 }
-                Err(e) => return e.to_string(),
+                Err(e) => return keeper::quic_ended(&e),
             },
+            // The edge is draining: it opens no new flow here; running ones
+            // finish through their streams while the keeper dials again.
+            () = keeper::quic_notice(conn) => return Ended::going_away("the edge is going away"),
             _ = stop.cancelled() => break,
         }
     }
@@ -355,11 +303,11 @@ async fn serve_quic(
                     let _ = send.reset(stream_code::ABORTED.into());
                     let _ = recv.stop(stream_code::ABORTED.into());
                 }
-                Err(e) => return e.to_string(),
+                Err(e) => return keeper::quic_ended(&e),
             },
             _ = flows.wait() => break,
         }
     }
     conn.close(close_code::DRAINING.into(), b"draining");
-    "draining".into()
+    Ended::new("draining")
 }

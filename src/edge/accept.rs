@@ -45,7 +45,8 @@ fn claimed_role(alpn: Option<&[u8]>) -> Role {
     }
 }
 
-/// Accept QUIC connections until `drain`.
+/// Accept QUIC connections until the endpoint closes; from `drain` on,
+/// every new connection is refused.
 pub(super) async fn quic_loop(
     state: Arc<EdgeState>,
     ep: quinn::Endpoint,
@@ -54,10 +55,15 @@ pub(super) async fn quic_loop(
     drain: CancellationToken,
 ) {
     loop {
-        let incoming = tokio::select! {
-            i = ep.accept() => match i { Some(i) => i, None => return },
-            _ = drain.cancelled() => return,
+        let Some(incoming) = ep.accept().await else {
+            return;
         };
+        if drain.is_cancelled() {
+            // Going away: a new tunnel is refused at once (CONNECTION_REFUSED),
+            // so the peer tries another edge address instead of waiting.
+            incoming.refuse();
+            continue;
+        }
         // Shed before any crypto: refusing costs one stateless packet.
         let (Ok(hs), Ok(tunnel)) = (
             Arc::clone(&gates.handshakes).try_acquire_owned(),
@@ -103,16 +109,28 @@ async fn quic_conn(
     let deadline = tokio::time::Instant::now() + timeout;
     // The ALPN is known from the ClientHello, before the certificates are
     // checked: it labels the handshake's result with the role asked for.
-    let asked = match tokio::time::timeout_at(deadline, connecting.handshake_data()).await {
-        Ok(Ok(hd)) => claimed_role(
-            hd.downcast::<quinn::crypto::rustls::HandshakeData>()
-                .ok()
-                .and_then(|h| h.protocol)
-                .as_deref(),
-        ),
-        _ => Role::Client,
+    let hello = async {
+        match tokio::time::timeout_at(deadline, connecting.handshake_data()).await {
+            Ok(Ok(hd)) => claimed_role(
+                hd.downcast::<quinn::crypto::rustls::HandshakeData>()
+                    .ok()
+                    .and_then(|h| h.protocol)
+                    .as_deref(),
+            ),
+            _ => Role::Client,
+        }
     };
-    let conn = match tokio::time::timeout_at(deadline, connecting).await {
+    let asked = tokio::select! {
+        role = hello => role,
+        () = drain.cancelled() => return,
+    };
+    // A handshake still running when the edge goes away is dropped: the
+    // drain waits for flows, not for handshakes.
+    let handshake = tokio::select! {
+        r = tokio::time::timeout_at(deadline, connecting) => r,
+        () = drain.cancelled() => return,
+    };
+    let conn = match handshake {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             let reason = crate::trust::classify_quic(&e);
@@ -143,13 +161,17 @@ async fn quic_conn(
         }
     };
     count(&state, claimed, q, "ok");
+    if drain.is_cancelled() {
+        conn.close(close_code::GOING_AWAY.into(), b"edge going away");
+        return;
+    }
     quic::send_welcome(&conn).await;
     if claimed == Role::Connector {
         let closed = {
             let conn = conn.clone();
             async move { conn.closed().await.to_string() }
         };
-        connector_tunnel(state, Link::Quic(conn), peer, closed).await;
+        connector_tunnel(state, Link::Quic(conn), peer, closed, drain).await;
     } else {
         client_tunnel(state, conn, peer, tracker, drain).await;
     }
@@ -189,6 +211,9 @@ async fn client_tunnel(
     tokio::pin!(grace_over);
     let mut trust_changed = state.trust_changed.subscribe();
     let cert_refused = CancellationToken::new();
+    // This tunnel's own flows: a going-away tunnel closes when they are done.
+    let mine = TaskTracker::new();
+    let mut going_away = false;
     let why = loop {
         tokio::select! {
             Ok(()) = trust_changed.changed() => {
@@ -214,13 +239,29 @@ async fn client_tunnel(
                     let id = state.next_id();
                     let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
                     let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
-                    tracker.spawn(flow::serve(Arc::clone(&state), Arc::clone(&peer), id, side, permit, cert_refused.clone()).instrument(span));
+                    let flow = flow::serve(Arc::clone(&state), Arc::clone(&peer), id, side, permit, cert_refused.clone()).instrument(span);
+                    tracker.spawn(mine.track_future(flow));
                 }
                 Err(e) => break e.to_string(),
             },
-            // Running flows keep the connection alive through their stream
-            // handles until they end or the drain deadline aborts them.
-            _ = drain.cancelled() => break "draining".to_string(),
+            // Going away: a tunnel without flows closes now; one with flows
+            // is told (new flows go elsewhere) and closes when they are done
+            // (or the drain deadline aborts them). Streams that crossed the
+            // notice are still served.
+            _ = drain.cancelled(), if !going_away => {
+                going_away = true;
+                mine.close();
+                if mine.is_empty() {
+                    conn.close(close_code::GOING_AWAY.into(), b"edge going away");
+                    break "edge going away".to_string();
+                }
+                let c = conn.clone();
+                tokio::spawn(async move { quic::send_going_away(&c).await });
+            }
+            () = mine.wait(), if going_away => {
+                conn.close(close_code::GOING_AWAY.into(), b"edge going away");
+                break "edge going away; its flows finished".to_string();
+            }
         }
     };
     tunnels.dec();
@@ -328,7 +369,10 @@ async fn tls_conn(
     // The role the peer asks for (by ALPN) labels its handshake, failed or not.
     let mut wants_connector = false;
     let handshake = tls::accept(acceptor, tcp, &mut wants_connector);
-    let result = tokio::time::timeout(limits.handshake_timeout, handshake).await;
+    let result = tokio::select! {
+        r = tokio::time::timeout(limits.handshake_timeout, handshake) => r,
+        () = drain.cancelled() => return,
+    };
     let asked = if wants_connector {
         Role::Connector
     } else {
@@ -369,7 +413,7 @@ async fn tls_conn(
             Ok((link, driver)) => {
                 let closed = tokio::spawn(driver);
                 let closed = async move { closed.await.unwrap_or_else(|e| e.to_string()) };
-                connector_tunnel(state, Link::Mux(link), peer, closed).await;
+                connector_tunnel(state, Link::Mux(link), peer, closed, drain).await;
             }
             Err(e) => debug!(peer = %peer, "connector tunnel setup failed: {e}"),
         }

@@ -299,10 +299,9 @@ impl Edge {
             ));
         }
         drain.cancelled().await;
-        while loops.join_next().await.is_some() {}
-        if let Some(ep) = &self.quic {
-            ep.set_server_config(None);
-        }
+        // Going away: the accept loops refuse new tunnels (QUIC) or stop
+        // listening (TLS); every tunnel is told and closes as soon as it
+        // carries no flow, so an edge without flows exits at once.
         let drain_timeout = self.state.policy.load().limits.drain_timeout;
         info!(
             flows = self.state.metrics.flows_active.get(),
@@ -318,9 +317,11 @@ impl Edge {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
         }
         if let Some(ep) = &self.quic {
-            ep.close(close_code::DRAINING.into(), b"edge shutting down");
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), ep.wait_idle()).await;
+            ep.close(close_code::GOING_AWAY.into(), b"edge going away");
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
         }
+        loops.abort_all();
+        while loops.join_next().await.is_some() {}
         info!("edge stopped");
         Ok(())
     }
@@ -386,12 +387,15 @@ fn bind_listeners(
     }
 }
 
-/// Register a connector tunnel (either transport) until `closed` resolves.
+/// Register a connector tunnel (either transport) until `closed` resolves,
+/// or until `drain`: then it takes no new flow, is told the edge is going
+/// away, and closes once the flows it carries are done.
 async fn connector_tunnel(
     state: Arc<EdgeState>,
     link: Link,
     peer: SpiffeId,
     closed: impl std::future::Future<Output = String>,
+    drain: CancellationToken,
 ) {
     let Some(group) = peer.group.clone() else {
         warn!(peer = %peer, "connector identity without a group; tunnel ignored");
@@ -429,7 +433,27 @@ async fn connector_tunnel(
     state.registry.add(Arc::clone(&t));
     state.update_ready();
     info!(peer = %peer, transport = kind.as_str(), "connector tunnel up");
-    let why = closed.await;
+    tokio::pin!(closed);
+    let why = tokio::select! {
+        why = &mut closed => why,
+        () = drain.cancelled() => {
+            state.registry.remove(&group, t.id);
+            go_away(&state, &t).await;
+            // HTTP/2: the last handle on the link goes with `t`, and the
+            // connection ends with a GOAWAY.
+            let id = t.id;
+            drop(t);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut closed).await;
+            state.registry.remove(&group, id);
+            state.update_ready();
+            tunnels.dec();
+            if let Some(c) = &connected {
+                c.dec();
+            }
+            info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: edge going away");
+            return;
+        }
+    };
     state.registry.remove(&group, t.id);
     state.update_ready();
     tunnels.dec();
@@ -437,4 +461,28 @@ async fn connector_tunnel(
         c.dec();
     }
     info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: {why}");
+}
+
+/// A draining edge's goodbye to one connector tunnel: the going-away notice
+/// (QUIC), then, once no flow uses the tunnel (or the drain deadline aborts
+/// them), the close with `GOING_AWAY`.
+async fn go_away(state: &EdgeState, t: &ConnectorTunnel) {
+    use std::sync::atomic::Ordering;
+    if let Link::Quic(conn) = &t.link {
+        if t.active.load(Ordering::Relaxed) > 0 {
+            quic::send_going_away(conn).await;
+        }
+    }
+    let idle = async {
+        while t.active.load(Ordering::Relaxed) > 0 && !t.link.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        () = idle => {}
+        () = state.abort.cancelled() => {}
+    }
+    if let Link::Quic(conn) = &t.link {
+        conn.close(close_code::GOING_AWAY.into(), b"edge going away");
+    }
 }

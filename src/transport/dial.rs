@@ -83,50 +83,117 @@ impl Dialer {
         }
     }
 
-    /// Dial `edge`. With `auto`, `quic_bad` skips straight to TLS.
+    /// Dial `edge` within the configured handshake timeout. With `auto`,
+    /// `quic_bad` skips straight to TLS.
     pub async fn dial(&self, edge: &EdgeAddr, quic_bad: bool) -> Result<Dialed, TunnelError> {
+        self.dial_within(edge, quic_bad, self.timeout).await
+    }
+
+    /// Dial `edge`, each transport's handshake bounded by `timeout`.
+    pub async fn dial_within(
+        &self,
+        edge: &EdgeAddr,
+        quic_bad: bool,
+        timeout: Duration,
+    ) -> Result<Dialed, TunnelError> {
+        let quic = || quic::connect(&self.quic, edge.addr, &edge.server_name, timeout);
+        let tls = || tls::connect(&self.tls, edge.addr, &edge.server_name, timeout);
         match self.choice {
-            TransportChoice::Quic => self.dial_quic(edge).await.map(Dialed::Quic),
-            TransportChoice::Tls => self.dial_tls(edge).await.map(|s| Dialed::Tls(Box::new(s))),
-            TransportChoice::Auto if quic_bad => {
-                self.dial_tls(edge).await.map(|s| Dialed::Tls(Box::new(s)))
-            }
-            TransportChoice::Auto => self.race(edge).await,
+            TransportChoice::Quic => quic().await.map(Dialed::Quic),
+            TransportChoice::Tls => tls().await.map(|s| Dialed::Tls(Box::new(s))),
+            TransportChoice::Auto if quic_bad => tls().await.map(|s| Dialed::Tls(Box::new(s))),
+            TransportChoice::Auto => match race(quic(), tls, self.head_start).await? {
+                Won::Quic(c) => Ok(Dialed::Quic(c)),
+                Won::Tls(s) => Ok(Dialed::Tls(Box::new(s))),
+            },
         }
     }
 
-    async fn race(&self, edge: &EdgeAddr) -> Result<Dialed, TunnelError> {
-        let quic = self.dial_quic(edge);
-        tokio::pin!(quic);
-        let mut quic_err = None;
-        tokio::select! {
-            r = &mut quic => match r {
-                Ok(c) => return Ok(Dialed::Quic(c)),
-                Err(e) => quic_err = Some(e),
-            },
-            _ = tokio::time::sleep(self.head_start) => {}
-        }
-        let tls = self.dial_tls(edge);
-        tokio::pin!(tls);
-        let mut tls_err = None;
-        loop {
-            tokio::select! {
-                r = &mut quic, if quic_err.is_none() => match r {
-                    Ok(c) => return Ok(Dialed::Quic(c)),
-                    Err(e) => quic_err = Some(e),
-                },
-                r = &mut tls, if tls_err.is_none() => match r {
-                    Ok(s) => return Ok(Dialed::Tls(Box::new(s))),
-                    Err(e) => tls_err = Some(e),
-                },
+    /// Dial `edge` and, over TLS, wait for the edge's verdict on our
+    /// certificate (see [`Dialer::confirm_tls`]): `Ok` only for a tunnel the
+    /// edge accepted.
+    pub async fn connect(
+        &self,
+        edge: &EdgeAddr,
+        quic_bad: bool,
+        timeout: Duration,
+    ) -> Result<Dialed, TunnelError> {
+        let started = std::time::Instant::now();
+        match self.dial_within(edge, quic_bad, timeout).await? {
+            Dialed::Tls(mut s) => {
+                Self::confirm_tls(&mut s, started.elapsed()).await?;
+                Ok(Dialed::Tls(s))
             }
-            if let (Some(_), Some(t)) = (&quic_err, tls_err.take()) {
-                // Both failed: report the QUIC error unless TLS says more (an identity refusal).
-                return Err(match t {
-                    TunnelError::Tls(_) => t,
-                    _ => quic_err.take().unwrap_or(t),
-                });
-            }
+            quic => Ok(quic),
         }
     }
 }
+
+/// The winner of [`race`].
+#[derive(Debug)]
+pub enum Won<Q, T> {
+    Quic(Q),
+    Tls(T),
+}
+
+/// Happy eyeballs: `quic` runs alone for `head_start` (or until it fails),
+/// then `tls()` races it; the first success wins. Each future is polled
+/// only until it has completed, never after. When both fail, the QUIC error
+/// is reported unless the TLS one says more (the TLS layer answered: an
+/// identity refusal, an alert), since a refused TCP port says little when
+/// the edge may serve QUIC alone; QUIC silent and TCP refused or failing is
+/// `Unreachable`.
+pub async fn race<Q, T, QF, TF>(
+    quic: QF,
+    tls: impl FnOnce() -> TF,
+    head_start: Duration,
+) -> Result<Won<Q, T>, TunnelError>
+where
+    QF: std::future::Future<Output = Result<Q, TunnelError>>,
+    TF: std::future::Future<Output = Result<T, TunnelError>>,
+{
+    tokio::pin!(quic);
+    let quic_err = tokio::select! {
+        r = &mut quic => match r {
+            Ok(c) => return Ok(Won::Quic(c)),
+            Err(e) => Some(e),
+        },
+        () = tokio::time::sleep(head_start) => None,
+    };
+    let tls = tls();
+    tokio::pin!(tls);
+    let (quic_err, tls_err) = match quic_err {
+        Some(q) => match tls.await {
+            Ok(s) => return Ok(Won::Tls(s)),
+            Err(t) => (q, t),
+        },
+        None => tokio::select! {
+            r = &mut quic => match r {
+                Ok(c) => return Ok(Won::Quic(c)),
+                // QUIC is done: only TLS is left to wait for.
+                Err(q) => match tls.await {
+                    Ok(s) => return Ok(Won::Tls(s)),
+                    Err(t) => (q, t),
+                },
+            },
+            r = &mut tls => match r {
+                Ok(s) => return Ok(Won::Tls(s)),
+                // TLS is done: only QUIC is left to wait for.
+                Err(t) => match quic.await {
+                    Ok(c) => return Ok(Won::Quic(c)),
+                    Err(q) => (q, t),
+                },
+            },
+        },
+    };
+    Err(match (quic_err, tls_err) {
+        (_, t @ TunnelError::Tls(_)) => t,
+        (q @ TunnelError::Timeout(_), t @ TunnelError::Io(_)) => {
+            TunnelError::Unreachable(format!("QUIC: {q}; TCP: {t}"))
+        }
+        (q, _) => q,
+    })
+}
+
+#[cfg(test)]
+mod tests;

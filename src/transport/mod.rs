@@ -3,6 +3,7 @@
 //! type and the flow halves in `crate::splice`.
 
 pub mod dial;
+pub mod keeper;
 pub mod mux;
 pub mod quic;
 pub mod resolve;
@@ -30,6 +31,9 @@ pub mod close_code {
     /// The peer's certificate is no longer accepted (revoked, or the CA
     /// changed) after a trust reload.
     pub const CERT_REFUSED: u32 = 0x14;
+    /// The edge is going away (SIGTERM: a restart or shutdown); peers move
+    /// to another address of the edge name at once.
+    pub const GOING_AWAY: u32 = 0x15;
 }
 
 /// Stream error codes (QUIC RESET_STREAM / STOP_SENDING).
@@ -81,6 +85,10 @@ pub enum TunnelError {
     NoAddress(String),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    /// Neither transport got an answer (QUIC silent, TCP refused or silent):
+    /// the edge is down, restarting, or not reachable from here.
+    #[error("edge unreachable: {0}")]
+    Unreachable(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -93,7 +101,8 @@ impl TunnelError {
             Self::Timeout(_) => "timeout",
             Self::Identity(_) => "wrong-role",
             Self::Tls(e) => crate::trust::classify_io(e),
-            Self::Connect(_) | Self::NoAddress(_) | Self::Io(_) => "other",
+            Self::Unreachable(_) | Self::Io(_) => "unreachable",
+            Self::Connect(_) | Self::NoAddress(_) => "other",
         }
     }
 }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::keeper::Ended;
 use crate::config::Limits;
 use crate::splice::{RecvHalf, SendHalf, Side};
 
@@ -117,13 +118,14 @@ where
 }
 
 /// Connector side: serve flow streams opened by the edge on `io`, calling
-/// `on_flow` for each, until the tunnel ends or `stop` fires. Returns why it ended.
+/// `on_flow` for each, until the tunnel ends or `stop` fires. Returns why it
+/// ended; the edge closing the connection (its GOAWAY) is going away.
 pub async fn connector_side<T, F>(
     io: T,
     limits: &Limits,
     stop: CancellationToken,
     mut on_flow: F,
-) -> String
+) -> Ended
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut(Side),
@@ -137,7 +139,7 @@ where
         .await
     {
         Ok(c) => c,
-        Err(e) => return format!("HTTP/2 handshake: {e}"),
+        Err(e) => return Ended::new(format!("HTTP/2 handshake: {e}")),
     };
     let ka = conn
         .ping_pong()
@@ -159,15 +161,16 @@ where
                         Err(e) => tracing::debug!("cannot answer a flow stream: {e}"),
                     }
                 }
-                Some(Err(e)) => return e.to_string(),
-                None => return "closed by edge".into(),
+                Some(Err(e)) if e.is_go_away() => return Ended::going_away(format!("the edge is going away: {e}")),
+                Some(Err(e)) => return Ended::new(e.to_string()),
+                None => return Ended::going_away("closed by the edge (GOAWAY)"),
             },
-            why = &mut ka => return why,
+            why = &mut ka => return Ended::new(why),
             _ = stop.cancelled() => {
                 conn.graceful_shutdown();
                 // Let running flows finish on the shutting-down connection.
                 let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
-                return "draining".into();
+                return Ended::new("draining");
             }
         }
     }

@@ -31,8 +31,18 @@ const SEND_WINDOW: u64 = 16 * 1024 * 1024;
 /// settle lower by themselves (lost probes).
 const MAX_UDP_PAYLOAD: u16 = 6500;
 
-fn endpoint_config() -> EndpointConfig {
-    let mut c = EndpointConfig::default();
+/// The endpoint's settings. Its stateless-reset key is derived from our
+/// private key (see `Trust::stateless_reset_key`), so a process restarted on
+/// the same address answers its predecessor's connections with a stateless
+/// reset and their peers notice at their next packet, not after
+/// `idle_timeout`.
+fn endpoint_config(trust: &Trust) -> EndpointConfig {
+    let mut c = EndpointConfig::new(Arc::new(trust.stateless_reset_key()));
+    // Connection IDs carry a keyed hash that the endpoint checks before it
+    // answers an unknown one with a reset; the same key after a restart
+    // makes the predecessor's IDs valid, so they are reset, not dropped.
+    let cid_key = trust.connection_id_key();
+    c.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     // Only fails for values outside QUIC's 1200..=65527 range.
     let _ = c.max_udp_payload_size(MAX_UDP_PAYLOAD);
     c
@@ -96,7 +106,7 @@ pub fn server_endpoint(
     server.migration(true);
     let socket = udp_socket(addr)?;
     Ok(Endpoint::new(
-        endpoint_config(),
+        endpoint_config(trust),
         Some(server),
         socket,
         Arc::new(TokioRuntime),
@@ -116,11 +126,15 @@ pub fn client_endpoint(
         .map_err(|e| TunnelError::Identity(format!("TLS config unusable for QUIC: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = transport_config(limits, incoming_bidi);
-    // The edge's welcome (see `connect`).
-    transport.max_concurrent_uni_streams(VarInt::from_u32(1));
+    // The edge's welcome (see `connect`) and its going-away notice.
+    transport.max_concurrent_uni_streams(VarInt::from_u32(2));
+    // A dial to an edge that is down (or restarting) retransmits its Initial
+    // after 3 x initial_rtt: 300 ms instead of RFC 9002's 1 s, so an edge
+    // that starts during an attempt is reached sooner.
+    transport.initial_rtt(Duration::from_millis(100));
     client.transport_config(Arc::new(transport));
     let socket = udp_socket(bind)?;
-    let mut ep = Endpoint::new(endpoint_config(), None, socket, Arc::new(TokioRuntime))?;
+    let mut ep = Endpoint::new(endpoint_config(trust), None, socket, Arc::new(TokioRuntime))?;
     ep.set_default_client_config(client);
     Ok(ep)
 }
@@ -137,6 +151,21 @@ pub async fn send_welcome(conn: &quinn::Connection) {
         let _ = s.write_all(&[WELCOME]).await;
         let _ = s.finish();
     }
+}
+
+/// The edge's word that it is going away (draining for a restart): new
+/// flows go elsewhere, running ones finish.
+pub const GOING_AWAY_NOTICE: u8 = 2;
+
+/// Edge side: tell a peer that this edge is going away (best effort,
+/// bounded: a peer that grants no stream in time learns it from the close).
+pub async fn send_going_away(conn: &quinn::Connection) {
+    let notice = async {
+        let mut s = conn.open_uni().await.ok()?;
+        s.write_all(&[GOING_AWAY_NOTICE]).await.ok()?;
+        s.finish().ok()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), notice).await;
 }
 
 /// Connect to an edge and wait for its welcome, bounded by `timeout`. A

@@ -278,6 +278,25 @@ impl Trust {
     }
 
     /// The SPIFFE id of our own (current) certificate.
+    /// The QUIC stateless-reset key of every endpoint built from this
+    /// trust: derived from our private key, so a restarted process resets
+    /// the connections its predecessor left behind (their peers notice at
+    /// their next packet). Read at bind: a key rotated later takes effect at
+    /// the next restart.
+    pub fn stateless_reset_key(&self) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.state.load().reset_secret)
+    }
+
+    /// The key of the QUIC connection-ID hash, derived like
+    /// [`Trust::stateless_reset_key`] (stable across restarts).
+    pub fn connection_id_key(&self) -> u64 {
+        let k = self.stateless_reset_key();
+        let tag = ring::hmac::sign(&k, b"lifeboat QUIC connection id key v1");
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tag.as_ref()[..8]);
+        u64::from_le_bytes(b)
+    }
+
     pub fn local_id(&self) -> SpiffeId {
         self.state.load().local_id.clone()
     }

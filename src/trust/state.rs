@@ -27,6 +27,9 @@ pub(crate) struct State {
     pub(crate) root_validity: Vec<Validity>,
     pub(crate) crls: Vec<CertRevocationList<'static>>,
     pub(crate) certified: Arc<CertifiedKey>,
+    /// Derived from our private key: the QUIC stateless-reset secret, the
+    /// same in every process holding this key (see `Trust::stateless_reset_key`).
+    pub(crate) reset_secret: [u8; 32],
     pub(crate) local_id: SpiffeId,
     pub(crate) local_not_after: i64,
     /// Earliest `not_after` among the pinned CA certificates.
@@ -181,6 +184,7 @@ pub(crate) fn load(
             path: files.key.clone(),
             source,
         })?;
+    let reset_secret = derive_reset_secret(key.secret_der());
     let signing_key = provider
         .key_provider
         .load_private_key(key)
@@ -223,6 +227,7 @@ pub(crate) fn load(
         root_validity,
         crls,
         certified: Arc::new(certified),
+        reset_secret,
         local_id,
         local_not_after,
         ca_not_after,
@@ -294,4 +299,14 @@ pub(crate) fn chains_to(
         }
         Err(e) => Err(e),
     }
+}
+
+/// HMAC-SHA256 of a fixed label under the private key: secret (nobody
+/// without the key can forge a reset) and stable across restarts.
+fn derive_reset_secret(key_der: &[u8]) -> [u8; 32] {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key_der);
+    let tag = ring::hmac::sign(&k, b"lifeboat QUIC stateless reset key v1");
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
 }

@@ -10,6 +10,10 @@
 //! test's runtime ends the rest.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod proc;
+#[allow(unused_imports)] // not every test binary spawns processes
+pub use proc::{EdgeProc, RoleProc, BIN};
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1093,7 +1097,24 @@ hosts = {{ {hosts} }}
         transport: &str,
         limits: &str,
     ) -> Arc<Metrics> {
-        let text = self.connector_toml(i, edge, transport, limits);
+        self.start_connector_to(i, &[edge], transport, limits)
+    }
+
+    /// Start connector `i` dialling every address of `edges`.
+    pub fn start_connector_to(
+        &self,
+        i: usize,
+        edges: &[SocketAddr],
+        transport: &str,
+        limits: &str,
+    ) -> Arc<Metrics> {
+        let text = self
+            .connector_toml(i, edges[0], transport, limits)
+            .replacen(
+                &format!("edges = [\"{}\"]", edges[0]),
+                &format!("edges = {}", edge_list(edges)),
+                1,
+            );
         let path = self.dir.path().join(format!("connector{i}.toml"));
         std::fs::write(&path, &text).expect("write connector.toml");
         let cfg: ConnectorConfig = config::from_text(&path, &text)
@@ -1113,9 +1134,21 @@ hosts = {{ {hosts} }}
         transport: &str,
         limits: &str,
     ) -> ClientHandle {
+        self.start_client_to(cert, &[edge], transport, limits).await
+    }
+
+    /// Start a client like [`Rig::start_client`] whose `edges` are `edges`.
+    pub async fn start_client_to(
+        &self,
+        cert: &CertFiles,
+        edges: &[SocketAddr],
+        transport: &str,
+        limits: &str,
+    ) -> ClientHandle {
+        let edges = edge_list(edges);
         let text = format!(
             r#"trust_domain = "{TD}"
-edges = ["{edge}"]
+edges = {edges}
 transport = "{transport}"
 
 [tls]
@@ -1169,4 +1202,64 @@ http = "127.0.0.1:0"
             task,
         }
     }
+}
+
+/// `["a:p", "b:p"]`: a TOML array of edge addresses.
+fn edge_list(edges: &[SocketAddr]) -> String {
+    let quoted: Vec<String> = edges.iter().map(|e| format!("\"{e}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// A port free for both UDP and TCP on 127.0.0.1 right now (an edge to be
+/// started later binds QUIC and TLS on it).
+pub fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One HTTP request through the client's HTTP CONNECT listener to the
+/// app's `path` on `DR_HOST`; the whole answer (head and body), or why not.
+pub async fn fetch_via(http: SocketAddr, app_port: u16, path: &str) -> Result<Vec<u8>, String> {
+    let auth = format!("{DR_HOST}:{app_port}");
+    let go = async {
+        let mut s = TcpStream::connect(http).await.map_err(|e| e.to_string())?;
+        let req = format!(
+            "CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\nGET {path} HTTP/1.1\r\nHost: {DR_HOST}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
+        if !resp.starts_with(b"HTTP/1.1 200") {
+            return Err(String::from_utf8_lossy(&resp[..resp.len().min(200)]).into_owned());
+        }
+        // The CONNECT answer's head, then the app's answer.
+        let (_, app) = split_http(&resp);
+        Ok(app.to_vec())
+    };
+    tokio::time::timeout(Duration::from_secs(20), go)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 20 s".into()))
+}
+
+/// Try a small flow every 100 ms until one succeeds; when it did. Panics
+/// after `within`, with the last failure.
+pub async fn first_flow_after(http: SocketAddr, app_port: u16, within: Duration) -> Instant {
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match fetch_via(http, app_port, "/bytes/1000").await {
+            Ok(app) if app.starts_with(b"HTTP/1.1 200") => return Instant::now(),
+            Ok(app) => last = String::from_utf8_lossy(&app[..app.len().min(200)]).into_owned(),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no flow succeeded within {within:?}; last: {last}");
 }

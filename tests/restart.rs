@@ -1,0 +1,359 @@
+//! Tunnels that always come back, with the transport users get by default
+//! (`auto`): clients and connectors started before the edge, an edge
+//! restarted (SIGTERM, then a new process on the same address), an edge
+//! SIGKILLed and restarted (stateless reset), an edge going away while a
+//! flow runs (it finishes byte-exact; new flows go to the other edge), and
+//! `drill` / `loadgen` against a dead edge. The edge is a real `lifeboat
+//! edge` process; clients and connectors run the library in process.
+//!
+//! Time bounds here are correctness bounds far above the measured figures
+//! (printed with `--nocapture`), not performance assertions.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use lifeboat::metrics::Metrics;
+
+const AUTO: &str = "auto";
+
+/// An edge process on 127.0.0.1:`port` (QUIC and, if `tls`, TLS on the same
+/// port), DR on, `extra` added to `[limits]` and `drain` as its drain_timeout.
+fn edge_config(
+    rig: &Rig,
+    name: &str,
+    ip: &str,
+    port: u16,
+    tls: bool,
+    drain: &str,
+) -> std::path::PathBuf {
+    let listen = if tls {
+        format!("quic = \"{ip}:{port}\"\ntls = \"{ip}:{port}\"")
+    } else {
+        format!("quic = \"{ip}:{port}\"")
+    };
+    let text = rig.edge_toml(&listen, "static:on", "").replace(
+        "drain_timeout = \"2s\"",
+        &format!("drain_timeout = {drain:?}"),
+    );
+    let path = rig.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write edge config");
+    path
+}
+
+fn connected(m: &Metrics) -> bool {
+    tunnels_of(m, "edge", "quic") + tunnels_of(m, "edge", "tls") > 0
+}
+
+async fn agents_before_the_edge(tls_listener: bool) {
+    let rig = Rig::new().await;
+    let port = free_port();
+    let edge_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = edge_config(&rig, "edge", "127.0.0.1", port, tls_listener, "20s");
+    // Connector and client first, on the default transport: their dials fail.
+    let conn = rig.start_connector(0, edge_addr, AUTO, "");
+    let client = rig.start_client(&rig.user(BOB), edge_addr, AUTO, "").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!connected(&conn) && !connected(&client.metrics));
+    assert!(!client.task.is_finished(), "the client task ended");
+
+    let edge = EdgeProc::spawn(&config);
+    edge.listening("quic").await;
+    let started = Instant::now();
+    let served = first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    println!(
+        "agents started before the edge (TLS listener {}): first flow {:?} after the edge's start",
+        if tls_listener { "present" } else { "absent" },
+        served - started
+    );
+    assert!(connected(&conn), "the connector is up");
+    let log = edge.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_started_before_the_edge_are_served_once_it_starts() {
+    agents_before_the_edge(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_started_before_a_quic_only_edge_are_served_once_it_starts() {
+    agents_before_the_edge(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_tunnels_but_no_flows_exits_at_once_and_restart_is_served() {
+    let rig = Rig::new().await;
+    let port = free_port();
+    let edge_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = edge_config(&rig, "edge", "127.0.0.1", port, true, "20s");
+    let mut edge = EdgeProc::spawn(&config);
+    edge.listening("quic").await;
+    let conn = rig.start_connector(0, edge_addr, AUTO, "");
+    let client = rig.start_client(&rig.user(BOB), edge_addr, AUTO, "").await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    // A client connected for a while (its backoff long reset).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    edge.signal("-TERM");
+    let term = Instant::now();
+    let status = edge.exited(Duration::from_secs(10)).await;
+    let took = term.elapsed();
+    println!("SIGTERM with tunnels, no flows: exit after {took:?}");
+    assert!(status.success(), "{status}\n{}", edge.log());
+    assert!(
+        took < Duration::from_secs(5),
+        "the edge waited {took:?} (drain_timeout 20s) although no flow ran:\n{}",
+        edge.log()
+    );
+    let log = edge.log();
+    assert!(log.contains("edge stopped"), "{log}");
+    assert!(!log.contains("drain deadline passed"), "{log}");
+    // The agents heard it leave: their tunnels are down without waiting for idle_timeout.
+    eventually("agents saw the edge go", Duration::from_secs(3), || {
+        !connected(&conn) && !connected(&client.metrics)
+    })
+    .await;
+
+    // A replacement on the same address: the first flow through it.
+    let edge = EdgeProc::spawn(&config);
+    edge.listening("quic").await;
+    let started = Instant::now();
+    let served = first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    println!(
+        "edge restarted: first flow {:?} after the new edge's start",
+        served - started
+    );
+    drop(edge);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_failing_for_a_while_is_served_soon_after_the_edge_returns() {
+    let rig = Rig::new().await;
+    let port = free_port();
+    let edge_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = edge_config(&rig, "edge", "127.0.0.1", port, true, "20s");
+    let mut edge = EdgeProc::spawn(&config);
+    edge.listening("quic").await;
+    let conn = rig.start_connector(0, edge_addr, AUTO, "");
+    let client = rig.start_client(&rig.user(BOB), edge_addr, AUTO, "").await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    edge.signal("-TERM");
+    edge.exited(Duration::from_secs(5)).await;
+    // Down for 20 s: every background backoff is at its ceiling by then,
+    // and a user keeps trying.
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(20) {
+        assert!(fetch_via(client.http, rig.app.port(), "/bytes/10")
+            .await
+            .is_err());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let edge = EdgeProc::spawn(&config);
+    edge.listening("quic").await;
+    let started = Instant::now();
+    let served = first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    println!(
+        "client and connector failing for 20 s: first flow {:?} after the edge's start",
+        served - started
+    );
+    assert!(connected(&conn));
+    drop(edge);
+}
+
+/// A SIGKILLed edge restarted on the same address answers its
+/// predecessor's connections with a stateless reset: the agents notice at
+/// their next packet (a keepalive, every `idle_timeout / 3`), far sooner
+/// than the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_peers_notice_by_stateless_reset() {
+    let rig = Rig::new().await;
+    let port = free_port();
+    let edge_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = edge_config(&rig, "edge", "127.0.0.1", port, false, "20s");
+    // Keepalive every 5 s; without the reset the tunnels would live on for 15 s.
+    let limits = "idle_timeout = \"15s\"\n";
+    let text = std::fs::read_to_string(&config)
+        .expect("read")
+        .replace("[limits]\n", &format!("[limits]\n{limits}"));
+    std::fs::write(&config, text).expect("write");
+    let mut edge = EdgeProc::spawn(&config);
+    edge.listening("quic").await;
+    let conn = rig.start_connector(0, edge_addr, "quic", limits);
+    let client = rig
+        .start_client(&rig.user(BOB), edge_addr, "quic", limits)
+        .await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    let handshakes = |m: &Metrics| handshakes_of(m, "edge", "quic", "ok");
+    let (conn_before, client_before) = (handshakes(&conn), handshakes(&client.metrics));
+
+    edge.signal("-KILL");
+    edge.exited(Duration::from_secs(5)).await;
+    let edge = EdgeProc::spawn(&config);
+    edge.listening("quic").await;
+    let restarted = Instant::now();
+    // The old tunnels are reset at their next keepalive and the agents
+    // dial the new process; no user flow prompts them.
+    eventually(
+        "both agents redialled the restarted edge",
+        Duration::from_secs(9),
+        || handshakes(&conn) > conn_before && handshakes(&client.metrics) > client_before,
+    )
+    .await;
+    println!(
+        "SIGKILL + restart: both agents back {:?} after the restart",
+        restarted.elapsed()
+    );
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
+    drop(edge);
+}
+
+/// Two edges; the client's tunnel is on edge A. SIGTERM on A while a flow
+/// runs: the flow finishes byte-exact, new flows go to edge B with no
+/// refusal, and A exits once its flow is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn going_away_finishes_running_flows_and_moves_new_ones_to_the_other_edge() {
+    let rig = Rig::new().await;
+    let (pa, pb) = (free_port(), free_port());
+    let a: SocketAddr = format!("127.0.0.1:{pa}").parse().expect("addr");
+    let b: SocketAddr = format!("127.0.0.1:{pb}").parse().expect("addr");
+    let mut edge_a = EdgeProc::spawn(&edge_config(&rig, "edge-a", "127.0.0.1", pa, true, "30s"));
+    edge_a.listening("quic").await;
+    // The client knows both addresses but only A runs: its tunnel is on A.
+    let client = rig.start_client_to(&rig.user(BOB), &[a, b], AUTO, "").await;
+    let conn = rig.start_connector_to(0, &[a, b], AUTO, "");
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    let edge_b = EdgeProc::spawn(&edge_config(&rig, "edge-b", "127.0.0.1", pb, true, "30s"));
+    edge_b.listening("quic").await;
+    eventually(
+        "the connector holds a tunnel to both edges",
+        Duration::from_secs(10),
+        || tunnels_of(&conn, "edge", "quic") + tunnels_of(&conn, "edge", "tls") == 2,
+    )
+    .await;
+
+    // A 64 MiB download through A, read slowly enough to outlive the SIGTERM.
+    const LEN: usize = 64 << 20;
+    let http = client.http;
+    let app_port = rig.app.port();
+    let long = tokio::spawn(async move {
+        let started = Instant::now();
+        let r = slow_fetch(http, app_port, LEN).await;
+        (r, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    edge_a.signal("-TERM");
+    let term = Instant::now();
+
+    // New flows meanwhile: every one served (through B), none refused.
+    for i in 0..10 {
+        let r = fetch_via(client.http, rig.app.port(), "/bytes/1000").await;
+        let app = r.unwrap_or_else(|e| panic!("flow {i} after SIGTERM refused: {e}"));
+        assert!(app.starts_with(b"HTTP/1.1 200"), "flow {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (got, took) = long.await.expect("long flow task");
+    let got = got.unwrap_or_else(|e| panic!("the running flow broke: {e}"));
+    let (_, body) = split_http(&got);
+    assert_eq!(body.len(), LEN, "every byte of the running flow");
+    let mut check = PatternCheck::default();
+    check.feed(body);
+    println!("running flow of {LEN} bytes finished after {took:?}");
+    let status = edge_a.exited(Duration::from_secs(20)).await;
+    println!("edge A exited {:?} after SIGTERM", term.elapsed());
+    assert!(status.success(), "{status}");
+    assert!(
+        !edge_a.log().contains("drain deadline passed"),
+        "{}",
+        edge_a.log()
+    );
+    drop(edge_b);
+}
+
+/// GET `/bytes/len` through the client, read at about 16 MiB/s.
+async fn slow_fetch(http: SocketAddr, app_port: u16, len: usize) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = format!("{DR_HOST}:{app_port}");
+    let mut s = tokio::net::TcpStream::connect(http)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = format!(
+        "CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\nGET /bytes/{len} HTTP/1.1\r\nHost: {DR_HOST}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if Instant::now() > deadline {
+            return Err("still running after 40 s".into());
+        }
+        match s.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(k) => out.extend_from_slice(&buf[..k]),
+            Err(e) => return Err(format!("{e} after {} bytes", out.len())),
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    if !out.starts_with(b"HTTP/1.1 200") {
+        return Err(String::from_utf8_lossy(&out[..out.len().min(200)]).into_owned());
+    }
+    Ok(split_http(&out).1.to_vec())
+}
+
+/// `drill` and `loadgen` against an edge that is not running: a result
+/// word and exit status 1, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_and_loadgen_report_a_dead_edge() {
+    let rig = Rig::new().await;
+    let port = free_port();
+    let dead: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let edge_cfg = edge_config(&rig, "edge", "127.0.0.1", port, true, "20s");
+    let client = rig.user(BOB);
+    let client_cfg = rig.dir.path().join("drill.toml");
+    std::fs::write(
+        &client_cfg,
+        format!(
+            "trust_domain = \"{TD}\"\nedges = [\"{dead}\"]\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n[limits]\nhandshake_timeout = \"2s\"\n",
+            toml_path(&rig.ca.pem()),
+            toml_path(&client.cert),
+            toml_path(&client.key)
+        ),
+    )
+    .expect("write client config");
+    let target = format!("{DR_HOST}:{}", rig.app.port());
+    let drill = tokio::process::Command::new(BIN)
+        .args(["drill", "-c"])
+        .arg(&client_cfg)
+        .arg("--edge-config")
+        .arg(&edge_cfg)
+        .args(["--target", &target])
+        .output();
+    let loadgen = tokio::process::Command::new(BIN)
+        .args(["loadgen", "-c"])
+        .arg(&client_cfg)
+        .args(["--target", &target, "--flows", "5"])
+        .output();
+    let (drill, loadgen) = tokio::join!(drill, loadgen);
+    for (name, out) in [
+        ("drill", drill.expect("run drill")),
+        ("loadgen", loadgen.expect("run loadgen")),
+    ] {
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("--- {name}: {}\n{text}", out.status);
+        assert_eq!(out.status.code(), Some(1), "{name}: {text}");
+        assert!(!text.contains("panicked"), "{name}: {text}");
+        assert!(
+            text.contains("unreachable"),
+            "{name} names the result: {text}"
+        );
+    }
+}
