@@ -152,8 +152,28 @@ impl Tunnel {
 
     /// Open a flow to `dest`: CONNECT preamble, the edge's answer, then the
     /// flow's halves and any bytes the edge sent after its answer.
+    ///
+    /// A QUIC tunnel that ends before the edge answered (the edge went away,
+    /// or a restarted edge reset it) never carried the flow anywhere: it is
+    /// tried once more on the next tunnel instead of failing the user.
     pub async fn open(&self, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
-        let mut side = match self.current().await? {
+        let state = self.current().await?;
+        let used = match &state {
+            TunnelState::Quic(c) => Some(c.clone()),
+            _ => None,
+        };
+        match self.open_on(state, dest).await {
+            Err(OpenError::Broken(e)) if used.is_some_and(|c| c.close_reason().is_some()) => {
+                tracing::debug!("tunnel ended before the edge answered ({e}); opening on the next one");
+                let state = self.current().await?;
+                self.open_on(state, dest).await
+            }
+            r => r,
+        }
+    }
+
+    async fn open_on(&self, state: TunnelState, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
+        let mut side = match state {
             TunnelState::Quic(conn) => {
                 let (send, recv) = conn
                     .open_bi()

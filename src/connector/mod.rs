@@ -288,9 +288,6 @@ async fn serve_quic(
                 }
                 Err(e) => return keeper::quic_ended(&e),
             },
-            // The edge is draining: it opens no new flow here; running ones
-            // finish through their streams while the keeper dials again.
-            () = keeper::quic_notice(conn) => return Ended::going_away("the edge is going away"),
             _ = stop.cancelled() => break,
         }
     }

@@ -388,8 +388,8 @@ fn bind_listeners(
 }
 
 /// Register a connector tunnel (either transport) until `closed` resolves,
-/// or until `drain`: then it takes no new flow, is told the edge is going
-/// away, and closes once the flows it carries are done.
+/// or until `drain`: then it closes with `GOING_AWAY` (QUIC) or GOAWAY
+/// (HTTP/2) once no flow runs on the edge (see `go_away`).
 async fn connector_tunnel(
     state: Arc<EdgeState>,
     link: Link,
@@ -437,8 +437,8 @@ async fn connector_tunnel(
     let why = tokio::select! {
         why = &mut closed => why,
         () = drain.cancelled() => {
-            state.registry.remove(&group, t.id);
             go_away(&state, &t).await;
+            state.registry.remove(&group, t.id);
             // HTTP/2: the last handle on the link goes with `t`, and the
             // connection ends with a GOAWAY.
             let id = t.id;
@@ -463,18 +463,16 @@ async fn connector_tunnel(
     info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: {why}");
 }
 
-/// A draining edge's goodbye to one connector tunnel: the going-away notice
-/// (QUIC), then, once no flow uses the tunnel (or the drain deadline aborts
-/// them), the close with `GOING_AWAY`.
+/// A draining edge's goodbye to one connector tunnel. It stays registered
+/// while any flow runs on this edge, so a flow that crossed a client's
+/// going-away notice is still carried; once none runs (or the drain
+/// deadline aborted them), the QUIC tunnel is closed with `GOING_AWAY`.
 async fn go_away(state: &EdgeState, t: &ConnectorTunnel) {
     use std::sync::atomic::Ordering;
-    if let Link::Quic(conn) = &t.link {
-        if t.active.load(Ordering::Relaxed) > 0 {
-            quic::send_going_away(conn).await;
-        }
-    }
     let idle = async {
-        while t.active.load(Ordering::Relaxed) > 0 && !t.link.is_closed() {
+        while (state.metrics.flows_active.get() > 0 || t.active.load(Ordering::Relaxed) > 0)
+            && !t.link.is_closed()
+        {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     };
