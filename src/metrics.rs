@@ -334,7 +334,7 @@ impl Metrics {
 #[derive(Clone)]
 pub struct SegmentMetrics {
     pub ok: IntCounter,
-    pub refused: [IntCounter; 9],
+    pub refused: [IntCounter; Refusal::ALL.len()],
     pub bytes_up: IntCounter,
     pub bytes_down: IntCounter,
     pub ready: IntGauge,

@@ -29,11 +29,14 @@ pub enum Refusal {
     UpstreamFailed,
     /// 504 `upstream-timeout`: the app did not answer in time.
     UpstreamTimeout,
+    /// 503 `going-away`: the edge is draining (a restart or shutdown); the
+    /// flow was not forwarded and may be opened through another edge.
+    GoingAway,
 }
 
 impl Refusal {
     /// Every refusal, in table order (for metrics pre-registration and tests).
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::BadRequest,
         Self::Method,
         Self::TooLarge,
@@ -43,6 +46,7 @@ impl Refusal {
         Self::NoConnector,
         Self::UpstreamFailed,
         Self::UpstreamTimeout,
+        Self::GoingAway,
     ];
 
     /// The HTTP status code.
@@ -52,7 +56,7 @@ impl Refusal {
             Self::Method => 405,
             Self::TooLarge => 431,
             Self::NotDrSegment | Self::NotAllowed => 403,
-            Self::DrInactive | Self::NoConnector => 503,
+            Self::DrInactive | Self::NoConnector | Self::GoingAway => 503,
             Self::UpstreamFailed => 502,
             Self::UpstreamTimeout => 504,
         }
@@ -70,6 +74,7 @@ impl Refusal {
             Self::NoConnector => "no-connector",
             Self::UpstreamFailed => "upstream-failed",
             Self::UpstreamTimeout => "upstream-timeout",
+            Self::GoingAway => "going-away",
         }
     }
 
@@ -104,6 +109,7 @@ impl Refusal {
             Self::NoConnector => "no connector of a group serving the segment is connected",
             Self::UpstreamFailed => "every tried connector failed to reach the application",
             Self::UpstreamTimeout => "the application did not answer in time",
+            Self::GoingAway => "the edge is going away; open the flow through another edge",
         }
     }
 
@@ -190,7 +196,7 @@ mod tests {
     #[test]
     fn statuses_match_design_table() {
         let got: Vec<u16> = Refusal::ALL.iter().map(|r| r.status()).collect();
-        assert_eq!(got, [400, 405, 431, 403, 403, 503, 503, 502, 504]);
+        assert_eq!(got, [400, 405, 431, 403, 403, 503, 503, 502, 504, 503]);
     }
 
     #[test]

@@ -357,3 +357,102 @@ async fn drill_and_loadgen_report_a_dead_edge() {
         );
     }
 }
+
+fn connectors_connected(m: &Metrics) -> i64 {
+    m.connectors_connected.with_label_values(&[GROUP]).get()
+}
+
+/// A connector SIGKILLed and restarted: the edge takes its new tunnel in
+/// place of the dead one (same identity) at once, not after idle_timeout,
+/// and flows go through the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_connector_replaces_its_dead_tunnel_at_once() {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml(
+        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
+        "static:on",
+        "",
+    ));
+    let quic = edge.quic.expect("quic");
+    let text = rig.connector_toml(0, quic, AUTO, "");
+    let path = rig.dir.path().join("connector0.toml");
+    std::fs::write(&path, text).expect("write connector config");
+    let mut connector = RoleProc::spawn_role("connector", &path);
+    let client = rig.start_client(&rig.user(BOB), quic, AUTO, "").await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    assert_eq!(connectors_connected(&edge.metrics), 1);
+
+    connector.signal("-KILL");
+    connector.exited(Duration::from_secs(5)).await;
+    let connector = RoleProc::spawn_role("connector", &path);
+    let restarted = Instant::now();
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
+    println!(
+        "connector SIGKILLed and restarted: flows through it {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert_eq!(
+        connectors_connected(&edge.metrics),
+        1,
+        "the dead tunnel is not counted beside the new one"
+    );
+    // Every flow goes through the live tunnel, none to the dead one.
+    for _ in 0..5 {
+        let app = fetch_via(client.http, rig.app.port(), "/bytes/100")
+            .await
+            .expect("flow");
+        assert!(app.starts_with(b"HTTP/1.1 200"));
+    }
+    drop(connector);
+}
+
+/// `lifeboat pki revoke` of a connector's certificate: the edge re-checks
+/// its live tunnel at the trust reload (no signal) and closes it; the
+/// connector's redials are refused as revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_connector_loses_its_tunnel() {
+    for transport in ["quic", "tls"] {
+        let rig = Rig::new().await;
+        let edge = rig.start_edge(&rig.edge_toml(
+            "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
+            "static:on",
+            "",
+        ));
+        let addr = if transport == "quic" {
+            edge.quic
+        } else {
+            edge.tls
+        }
+        .expect("listener");
+        let conn = rig.start_connector(0, addr, transport, "");
+        eventually("connector up", Duration::from_secs(10), || {
+            connectors_connected(&edge.metrics) == 1
+        })
+        .await;
+        rig.ca.revoke(&rig.connector_cert(0));
+        eventually(
+            &format!("the edge closes the revoked connector's {transport} tunnel"),
+            Duration::from_secs(10),
+            || connectors_connected(&edge.metrics) == 0 && !connected(&conn),
+        )
+        .await;
+        eventually(
+            "its redial is refused as revoked",
+            Duration::from_secs(10),
+            || {
+                edge.metrics
+                    .handshakes
+                    .with_label_values(&["connector", transport, "revoked"])
+                    .get()
+                    >= 1
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            connectors_connected(&edge.metrics),
+            0,
+            "{transport}: stays out"
+        );
+    }
+}

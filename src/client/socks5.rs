@@ -43,7 +43,9 @@ pub enum SocksError {
 pub fn reply_for(r: Option<Refusal>) -> u8 {
     match r {
         Some(Refusal::NotDrSegment | Refusal::NotAllowed) => rep::NOT_ALLOWED,
-        Some(Refusal::DrInactive | Refusal::NoConnector) => rep::NETWORK_UNREACHABLE,
+        Some(Refusal::DrInactive | Refusal::NoConnector | Refusal::GoingAway) => {
+            rep::NETWORK_UNREACHABLE
+        }
         Some(Refusal::UpstreamFailed) => rep::CONNECTION_REFUSED,
         Some(Refusal::UpstreamTimeout) => rep::HOST_UNREACHABLE,
         Some(Refusal::BadRequest | Refusal::Method | Refusal::TooLarge) | None => {

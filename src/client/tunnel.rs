@@ -65,6 +65,8 @@ pub struct Tunnel {
     tls_failed: Notify,
     /// A flow is waiting while no edge is reachable: the keeper dials now.
     demand: Arc<Notify>,
+    /// A flow was refused `going-away`: the keeper leaves that edge now.
+    edge_going: Notify,
 }
 
 impl Tunnel {
@@ -87,6 +89,7 @@ impl Tunnel {
             dialer: dialer.clone(),
             tls_failed: Notify::new(),
             demand: Arc::clone(&demand),
+            edge_going: Notify::new(),
         });
         let ipv6 = dialer.choice == TransportChoice::Tls
             || dialer.quic.local_addr().is_ok_and(|a| a.is_ipv6());
@@ -163,12 +166,46 @@ impl Tunnel {
             _ => None,
         };
         match self.open_on(state, dest).await {
-            Err(OpenError::Broken(e)) if used.is_some_and(|c| c.close_reason().is_some()) => {
+            Err(OpenError::Broken(e))
+                if used.as_ref().is_some_and(|c| c.close_reason().is_some()) =>
+            {
                 tracing::debug!("tunnel ended before the edge answered ({e}); opening on the next one");
-                let state = self.current().await?;
+                let state = self.next_tunnel(used.as_ref()).await?;
+                self.open_on(state, dest).await
+            }
+            Err(OpenError::Refused {
+                refusal: Some(Refusal::GoingAway),
+                ..
+            }) => {
+                // The flow crossed the edge's going-away notice: it was not
+                // forwarded; the keeper moves on and the flow follows.
+                tracing::debug!("the edge is going away; opening on the next tunnel");
+                self.edge_going.notify_one();
+                let state = self.next_tunnel(used.as_ref()).await?;
                 self.open_on(state, dest).await
             }
             r => r,
+        }
+    }
+
+    /// The current tunnel once it is another than `used`.
+    async fn next_tunnel(
+        &self,
+        used: Option<&quinn::Connection>,
+    ) -> Result<TunnelState, OpenError> {
+        let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
+        loop {
+            let state = self.current().await?;
+            let same = matches!((&state, used), (TunnelState::Quic(c), Some(u)) if c.stable_id() == u.stable_id());
+            if !same {
+                return Ok(state);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(OpenError::NoTunnel(
+                    "the edge is going away and no other tunnel came up in time".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -337,6 +374,7 @@ impl TunnelRole for ClientRole {
                     let ended = tokio::select! {
                         e = conn.closed() => keeper::quic_ended(&e),
                         () = keeper::quic_notice(&conn) => Ended::going_away("the edge is going away"),
+                        () = self.tunnel.edge_going.notified() => Ended::going_away("the edge refused a flow: going away"),
                         () = left_record(&mut self.known, addr) => Ended::new("the edge address left the record"),
                         () = moving.cancelled() => Ended::new("client stopping"),
                     };

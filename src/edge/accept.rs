@@ -171,7 +171,8 @@ async fn quic_conn(
             let conn = conn.clone();
             async move { conn.closed().await.to_string() }
         };
-        connector_tunnel(state, Link::Quic(conn), peer, closed, drain).await;
+        let certs = quic_certs(&conn);
+        connector_tunnel(state, Link::Quic(conn), peer, certs, closed, drain).await;
     } else {
         client_tunnel(state, conn, peer, tracker, drain).await;
     }
@@ -217,7 +218,7 @@ async fn client_tunnel(
     let why = loop {
         tokio::select! {
             Ok(()) = trust_changed.changed() => {
-                if let Err(reason) = still_accepted(&state, &quic_certs(&conn)) {
+                if let Err(reason) = still_accepted(&state, &quic_certs(&conn), Role::Client) {
                     // Running flows end with a reset counted as cert-refused.
                     cert_refused.cancel();
                     conn.close(close_code::CERT_REFUSED.into(), reason.as_bytes());
@@ -230,6 +231,12 @@ async fn client_tunnel(
             }
             r = conn.accept_bi() => match r {
                 Ok((mut send, mut recv)) => {
+                    if going_away {
+                        // A flow that crossed the notice: refused `going-away`
+                        // without forwarding, so the client opens it elsewhere.
+                        tokio::spawn(refuse_going_away(Arc::clone(&state), send, recv));
+                        continue;
+                    }
                     let Ok(permit) = Arc::clone(&state.flows).try_acquire_owned() else {
                         // Over max_flows: refuse the stream itself; the client sees a reset.
                         let _ = send.reset(stream_code::ABORTED.into());
@@ -247,7 +254,8 @@ async fn client_tunnel(
             // Going away: a tunnel without flows closes now; one with flows
             // is told (new flows go elsewhere) and closes when they are done
             // (or the drain deadline aborts them). Streams that crossed the
-            // notice are still served.
+            // notice are refused `going-away`, so the client retries them
+            // through another edge.
             _ = drain.cancelled(), if !going_away => {
                 going_away = true;
                 mine.close();
@@ -268,18 +276,38 @@ async fn client_tunnel(
     info!(peer = %peer, "client tunnel down: {why}");
 }
 
-/// Re-check a live client's certificate chain against the trust as it is
-/// now (CRL, CA, expiry, with `cert_grace` as it applies now).
-fn still_accepted(
+/// Refuse a flow stream with `going-away` (503), unread: nothing of it was
+/// forwarded. Bounded: a peer that reads nothing is cut after a second.
+async fn refuse_going_away(
+    state: Arc<EdgeState>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    use crate::refusal::Refusal;
+    state.metrics.refused_unmatched(Refusal::GoingAway).inc();
+    let _ = recv.stop(stream_code::ABORTED.into());
+    let body = Refusal::GoingAway.encode_response("");
+    let answer = async {
+        send.write_all(&body).await.ok()?;
+        send.finish().ok()?;
+        send.stopped().await.ok()
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), answer).await;
+}
+
+/// Re-check a live peer's certificate chain against the trust as it is
+/// now (CRL, CA, expiry, with `cert_grace` as it applies now to clients).
+pub(super) fn still_accepted(
     state: &EdgeState,
     certs: &[CertificateDer<'static>],
+    role: Role,
 ) -> Result<(), &'static str> {
     let Some((leaf, rest)) = certs.split_first() else {
         return Err("no-certificate");
     };
     state
         .trust
-        .client_verifier(&[Role::Client])
+        .client_verifier(&[role])
         .verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())
         .map(|_| ())
         .map_err(|e| crate::trust::classify(&e))
@@ -409,11 +437,17 @@ async fn tls_conn(
     };
     count(&state, claimed, t, "ok");
     if claimed == Role::Connector {
+        let certs: Vec<CertificateDer<'static>> = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
         match mux::edge_side(stream, &limits).await {
             Ok((link, driver)) => {
                 let closed = tokio::spawn(driver);
                 let closed = async move { closed.await.unwrap_or_else(|e| e.to_string()) };
-                connector_tunnel(state, Link::Mux(link), peer, closed, drain).await;
+                connector_tunnel(state, Link::Mux(link), peer, certs, closed, drain).await;
             }
             Err(e) => debug!(peer = %peer, "connector tunnel setup failed: {e}"),
         }
@@ -451,7 +485,7 @@ async fn tls_conn(
         let mut changed = state.trust_changed.subscribe();
         tokio::spawn(async move {
             while changed.changed().await.is_ok() {
-                if still_accepted(&state, &certs).is_err() {
+                if still_accepted(&state, &certs, Role::Client).is_err() {
                     cert_refused.cancel();
                     return;
                 }

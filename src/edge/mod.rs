@@ -387,13 +387,17 @@ fn bind_listeners(
     }
 }
 
-/// Register a connector tunnel (either transport) until `closed` resolves,
-/// or until `drain`: then it closes with `GOING_AWAY` (QUIC) or GOAWAY
-/// (HTTP/2) once no flow runs on the edge (see `go_away`).
+/// Register a connector tunnel (either transport) until `closed` resolves.
+/// It is taken out when a newer tunnel of the same identity arrives (a
+/// restarted connector), closed when a trust reload no longer accepts its
+/// certificate (a revoked connector), and at `drain` closed with
+/// `GOING_AWAY` (QUIC) or GOAWAY (HTTP/2) once no flow runs on the edge
+/// (see `go_away`).
 async fn connector_tunnel(
     state: Arc<EdgeState>,
     link: Link,
     peer: SpiffeId,
+    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     closed: impl std::future::Future<Output = String>,
     drain: CancellationToken,
 ) {
@@ -418,6 +422,7 @@ async fn connector_tunnel(
         group: group.clone(),
         link,
         active: Default::default(),
+        superseded: CancellationToken::new(),
     });
     let m = &state.metrics;
     let tunnels = m
@@ -433,33 +438,50 @@ async fn connector_tunnel(
     state.registry.add(Arc::clone(&t));
     state.update_ready();
     info!(peer = %peer, transport = kind.as_str(), "connector tunnel up");
-    tokio::pin!(closed);
-    let why = tokio::select! {
-        why = &mut closed => why,
-        () = drain.cancelled() => {
-            go_away(&state, &t).await;
+    // Counted as connected (and routable) until this is false.
+    let mut counted = true;
+    let uncount = |counted: &mut bool| {
+        if std::mem::take(counted) {
             state.registry.remove(&group, t.id);
-            // HTTP/2: the last handle on the link goes with `t`, and the
-            // connection ends with a GOAWAY.
-            let id = t.id;
-            drop(t);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut closed).await;
-            state.registry.remove(&group, id);
             state.update_ready();
             tunnels.dec();
             if let Some(c) = &connected {
                 c.dec();
             }
-            info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: edge going away");
-            return;
         }
     };
-    state.registry.remove(&group, t.id);
-    state.update_ready();
-    tunnels.dec();
-    if let Some(c) = &connected {
-        c.dec();
-    }
+    let mut trust_changed = state.trust_changed.subscribe();
+    tokio::pin!(closed);
+    let why = loop {
+        tokio::select! {
+            why = &mut closed => break why,
+            () = t.superseded.cancelled(), if counted => {
+                // The old tunnel of a restarted connector is dead but not yet
+                // timed out: it takes no flow and counts no more; it ends
+                // by itself (its running flows first).
+                uncount(&mut counted);
+                info!(peer = %peer, transport = kind.as_str(), "connector tunnel superseded by a newer tunnel of the same identity");
+            }
+            Ok(()) = trust_changed.changed() => {
+                if let Err(reason) = accept::still_accepted(&state, &certs, crate::trust::Role::Connector) {
+                    uncount(&mut counted);
+                    t.link.close(close_code::CERT_REFUSED, reason);
+                    break format!("certificate no longer accepted after a trust reload: {reason}");
+                }
+            }
+            () = drain.cancelled() => {
+                go_away(&state, &t).await;
+                uncount(&mut counted);
+                // HTTP/2: the last handle on the link goes with `t`, and the
+                // connection ends with a GOAWAY.
+                drop(t);
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut closed).await;
+                info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: edge going away");
+                return;
+            }
+        }
+    };
+    uncount(&mut counted);
     info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: {why}");
 }
 

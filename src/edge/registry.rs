@@ -33,6 +33,14 @@ impl Link {
         }
     }
 
+    /// End the tunnel now with `code` (QUIC) and `reason`; its flows break.
+    pub fn close(&self, code: u32, reason: &str) {
+        match self {
+            Self::Quic(c) => c.close(code.into(), reason.as_bytes()),
+            Self::Mux(m) => m.kill(),
+        }
+    }
+
     /// Open a flow stream towards the connector.
     pub async fn open(&self) -> std::io::Result<Side> {
         match self {
@@ -56,6 +64,9 @@ pub struct ConnectorTunnel {
     pub link: Link,
     /// Flows currently carried.
     pub active: AtomicUsize,
+    /// Cancelled when a newer tunnel of the same identity replaced this one
+    /// (a restarted connector: the old tunnel is dead but not yet timed out).
+    pub superseded: tokio_util::sync::CancellationToken,
 }
 
 /// Holds a connector's flow count up for as long as it lives.
@@ -81,8 +92,18 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Add `t`; older tunnels of the same identity are taken out (they
+    /// carry no new flow) and told so through `superseded`.
     pub fn add(&self, t: Arc<ConnectorTunnel>) {
-        self.groups.entry(t.group.clone()).or_default().push(t);
+        let mut v = self.groups.entry(t.group.clone()).or_default();
+        v.retain(|old| {
+            let same = old.peer == t.peer;
+            if same {
+                old.superseded.cancel();
+            }
+            !same
+        });
+        v.push(t);
     }
 
     pub fn remove(&self, group: &str, id: u64) {

@@ -33,12 +33,19 @@ fn h2_window(limits: &Limits) -> u32 {
 pub struct MuxLink {
     send: h2::client::SendRequest<Bytes>,
     closed: CancellationToken,
+    /// Ends the tunnel at once (a revoked connector).
+    kill: CancellationToken,
 }
 
 impl MuxLink {
     /// Whether the tunnel has ended.
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// End the tunnel now: its flows break.
+    pub fn kill(&self) {
+        self.kill.cancel();
     }
 
     /// Resolves when the tunnel ends.
@@ -97,24 +104,27 @@ where
         .handshake::<_, Bytes>(io)
         .await?;
     let closed = CancellationToken::new();
+    let kill = CancellationToken::new();
     let pp = conn.ping_pong();
     let (interval, idle) = (limits.keepalive(), limits.idle_timeout);
-    let done = closed.clone();
+    let (done, killed) = (closed.clone(), kill.clone());
     let driver = async move {
-        let why = match pp {
-            Some(pp) => tokio::select! {
-                r = conn => r.err().map_or_else(|| "closed".to_string(), |e| e.to_string()),
-                why = keepalive(pp, interval, idle) => why,
-            },
-            None => conn
-                .await
-                .err()
-                .map_or_else(|| "closed".to_string(), |e| e.to_string()),
+        let ka = async move {
+            match pp {
+                Some(pp) => keepalive(pp, interval, idle).await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            r = conn => r.err().map_or_else(|| "closed".to_string(), |e| e.to_string()),
+            why = ka => why,
+            // Dropping the connection closes the TCP stream under it.
+            () = killed.cancelled() => "closed by the edge".to_string(),
         };
         done.cancel();
         why
     };
-    Ok((MuxLink { send, closed }, driver))
+    Ok((MuxLink { send, closed, kill }, driver))
 }
 
 /// Connector side: serve flow streams opened by the edge on `io`, calling
