@@ -7,9 +7,9 @@
 mod common_dns;
 mod common_proc;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use std::net::SocketAddr;
 
 use common_dns::{Answer, DnsServer, DR_HOST, TD, TRIGGER};
 use common_proc::Proc;
