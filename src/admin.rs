@@ -2,29 +2,39 @@
 //! `GET /healthz` (the process serves) and `GET /readyz` (the role's own
 //! readiness, with the reason when not ready). Plain HTTP/1.1 on a local
 //! address; bounded like everything else (connections, request time).
+//!
+//! Idle peers cannot starve it, so a liveness prober always gets an answer:
+//! a connection must send its whole request head within [`HEADER_TIMEOUT`];
+//! each connection carries one request (no keep-alive: nothing idles after
+//! its answer); and at [`MAX_CONNECTIONS`] a new connection evicts the
+//! oldest one not answered yet instead of waiting for a slot.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::dr::machine::LookupResult;
 use crate::metrics::Metrics;
 
-/// Concurrent admin connections.
+/// Admin connections held at once; at the cap a new one evicts an old one.
 const MAX_CONNECTIONS: usize = 64;
-/// An admin connection is closed after this long, whatever it does.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection that has not sent a whole request head by then is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection is closed after this long, whatever it does (e.g. a peer
+/// that does not read its answer).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Answers `/readyz`: `Ok` when ready, else why not.
 pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -83,6 +93,69 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(l)
 }
 
+/// One open admin connection, as the accept loop sees it.
+struct Conn {
+    id: u64,
+    /// Set once its request head arrived: it is being answered.
+    answered: Arc<AtomicBool>,
+    close: CancellationToken,
+}
+
+/// The open connections, oldest first (at most [`MAX_CONNECTIONS`]).
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    open: VecDeque<Conn>,
+}
+
+impl Conns {
+    /// Register a new connection. At the cap, first close the oldest one
+    /// whose request has not arrived (an idle or slow peer), or else the
+    /// oldest: a new prober never waits behind idle connections.
+    fn admit(&mut self, stop: &CancellationToken) -> (u64, Arc<AtomicBool>, CancellationToken) {
+        if self.open.len() >= MAX_CONNECTIONS {
+            let idle = self
+                .open
+                .iter()
+                .position(|c| !c.answered.load(Ordering::Relaxed));
+            if let Some(old) = self.open.remove(idle.unwrap_or(0)) {
+                debug!(answered = idle.is_none(), "admin connection evicted");
+                old.close.cancel();
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let answered = Arc::new(AtomicBool::new(false));
+        let close = stop.child_token();
+        self.open.push_back(Conn {
+            id,
+            answered: Arc::clone(&answered),
+            close: close.clone(),
+        });
+        (id, answered, close)
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(i) = self.open.iter().position(|c| c.id == id) {
+            self.open.remove(i);
+        }
+    }
+}
+
+/// Removes a connection from [`Conns`] when its task ends, however it ends.
+struct Registered {
+    conns: Arc<Mutex<Conns>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.conns.lock() {
+            c.remove(self.id);
+        }
+    }
+}
+
 /// Serve admin requests until `stop`.
 pub async fn serve(
     listener: TcpListener,
@@ -90,27 +163,38 @@ pub async fn serve(
     ready: Readiness,
     stop: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let conns = Arc::new(Mutex::new(Conns::default()));
     loop {
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
         let (sock, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(e) => { debug!("admin accept: {e}"); continue; } },
             _ = stop.cancelled() => return,
         };
+        let Ok((id, answered, close)) = conns.lock().map(|mut c| c.admit(&stop)) else {
+            return; // poisoned: a task panicked while holding it
+        };
+        let registered = Registered {
+            conns: Arc::clone(&conns),
+            id,
+        };
         let metrics = Arc::clone(&metrics);
         let ready = Arc::clone(&ready);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _registered = registered;
             let svc = hyper::service::service_fn(move |req| {
+                answered.store(true, Ordering::Relaxed);
                 let metrics = Arc::clone(&metrics);
                 let ready = Arc::clone(&ready);
                 async move { Ok::<_, Infallible>(answer(&req, &metrics, &ready)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(sock), svc);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                _ = close.cancelled() => {}
+            }
         });
     }
 }

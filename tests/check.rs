@@ -563,3 +563,55 @@ fn connector_and_client_configs_check() {
         r.stderr
     );
 }
+
+#[test]
+fn out_of_range_durations_and_sizes_exit_2_naming_key_and_line() {
+    // Before they were bounded, the first panicked every QUIC accept task and
+    // the second made the edge exit 101 at start; `check` called both valid.
+    let cases = [
+        (
+            "[limits]\nhandshake_timeout = \"500000000000y\"\n",
+            "limits.handshake_timeout",
+            "handshake_timeout =",
+            "out of range: 100ms to 10m",
+        ),
+        (
+            "[limits]\nidle_timeout = \"100ms\"\n",
+            "limits.idle_timeout",
+            "idle_timeout =",
+            "100ms is out of range: 300ms to 1h",
+        ),
+        (
+            "[limits]\nidle_timeout = \"2days\"\n",
+            "limits.idle_timeout",
+            "idle_timeout =",
+            "2days is out of range: 300ms to 1h",
+        ),
+        (
+            "[limits]\nflow_window = 4294967295\n",
+            "limits.flow_window",
+            "flow_window =",
+            "4294967295 is out of range: 16384 to 268435456",
+        ),
+        (
+            "[limits]\nmax_tunnels = 0\n",
+            "limits.max_tunnels",
+            "max_tunnels =",
+            "0 is out of range: 1 to 1000000",
+        ),
+    ];
+    for (extra, key, needle, msg) in cases {
+        let r = check(&format!("{}{extra}", edge("")), &[]);
+        r.error(key, r.line(needle, 0), msg);
+    }
+    let text = edge("").replace(
+        "trigger = \"static:on\"\n",
+        "trigger = \"static:on\"\npoll_interval = \"500000000000y\"\n",
+    );
+    let r = check(&text, &[]);
+    r.error(
+        "dr.poll_interval",
+        r.line("poll_interval =", 0),
+        "out of range: 1s to 1day",
+    );
+}

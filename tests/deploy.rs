@@ -893,3 +893,36 @@ fn runbook_commands_alerts_and_metrics_exist() {
     }
     assert!(commands >= 10, "runbook shell commands checked: {commands}");
 }
+
+#[test]
+fn kubernetes_probes_have_timeouts_and_only_monitoring_reaches_admin() {
+    for file in ["edge.yaml", "connector.yaml"] {
+        let yaml = read(&format!("deploy/kubernetes/{file}"));
+        for probe in ["readinessProbe:", "livenessProbe:"] {
+            let body = yaml
+                .split(probe)
+                .nth(1)
+                .unwrap_or_else(|| panic!("{file}: no {probe}"));
+            let body = &body[..body.find("Probe:").unwrap_or(body.len())];
+            assert!(
+                body.contains("timeoutSeconds: 2"),
+                "{file} {probe} states its timeout"
+            );
+        }
+        let policy = yaml
+            .split("kind: NetworkPolicy")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{file}: no NetworkPolicy"));
+        let admin_rule = policy
+            .split("- from:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{file}: admin is not restricted"));
+        assert!(
+            admin_rule.contains("kubernetes.io/metadata.name: monitoring")
+                && admin_rule.contains("port: admin"),
+            "{file}: {admin_rule}"
+        );
+        // Nothing else opens the admin port.
+        assert_eq!(policy.matches("port: admin").count(), 1, "{file}");
+    }
+}

@@ -482,3 +482,116 @@ async fn an_unusable_signing_key_is_a_configuration_error() {
         assert_eq!(ce.file, path);
     }
 }
+
+/// `t=`/`x=` values that overflow `Instant + Duration` (at or above 2^63 s).
+fn absurd_records() -> Vec<String> {
+    vec![
+        format!("{OFF}; t={}", u64::MAX),
+        format!("{OFF}; t={}", 1u64 << 63),
+        format!("{ON}; x={}", i64::MAX),
+        format!("{ON}; x={}", u64::MAX),
+    ]
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn absurd_record_times_then_off_the_edge_still_obeys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("dr.state");
+    let dns = DnsServer::start().await;
+    dns.publish(ON);
+    let t = Topology::start(
+        &dns,
+        &format!("state_file = {:?}\n", state.display().to_string()),
+    )
+    .await;
+    t.wait_mode(DrMode::On).await;
+    let m = t.edge_metrics.clone();
+    let ok = move || m.dr_trigger_lookups.with_label_values(&["ok"]).get();
+    for text in absurd_records() {
+        // Two lookups of it: the trigger task went round its loop since.
+        let before = ok();
+        dns.publish(&text);
+        common_dns::eventually(
+            &format!("two lookups of {text}"),
+            Duration::from_secs(10),
+            || ok() >= before + 2,
+        )
+        .await;
+        assert_eq!(
+            t.mode(),
+            DrMode::On,
+            "{text}: t= never comes, x= never ends"
+        );
+        assert_eq!(socks_reply(t.bob.socks, DR_HOST, t.port()).await, SERVED);
+    }
+    let kept = std::fs::read_to_string(&state).expect("state file");
+    assert!(kept.contains(&format!("x={}", u64::MAX)), "{kept}");
+
+    dns.publish(OFF);
+    t.wait_mode(DrMode::Off).await;
+    assert_eq!(
+        socks_reply(t.bob.socks, DR_HOST, t.port()).await,
+        DR_INACTIVE
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_state_file_with_an_absurd_end_restores_and_still_follows_dns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("dr.state");
+    let extra = format!("state_file = {:?}\n", state.display().to_string());
+    let absurd = format!("{ON}; x={}", u64::MAX);
+    let dns = DnsServer::start().await;
+    dns.publish(&absurd);
+    let w = Watcher::start(&dns, Role::Edge, &extra);
+    w.wait_mode(DrMode::On, Duration::from_secs(5)).await;
+    common_dns::eventually("state file written", Duration::from_secs(5), || {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains(&absurd))
+    })
+    .await;
+    drop(w);
+
+    // Restarted with DNS silent: on from the state file, and the task lives.
+    dns.set(Answer::Silent);
+    let w = Watcher::start(&dns, Role::Edge, &extra);
+    assert_eq!(w.mode(), DrMode::On, "restored");
+    w.wait_lookups("timeout", 0, 1).await;
+    dns.publish(OFF);
+    w.wait_mode(DrMode::Off, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_forged_newline_in_a_record_adds_no_log_line() {
+    // The TXT record is built here, not read from zone-file text:
+    // hickory's zone parser misreads `\DDD` escapes (`\010` becomes U+0100).
+    fn publish_raw(dns: &DnsServer, text: &str) {
+        use hickory_server::proto::rr::rdata::TXT;
+        use hickory_server::proto::rr::{Name, RData, Record};
+        let name = Name::from_ascii(format!("{TRIGGER}.")).expect("name");
+        let txt = RData::TXT(TXT::new(vec![text.to_string()]));
+        dns.set(Answer::Zone(vec![Record::from_rdata(name, 1, txt)]));
+    }
+    let (logs, _guard) = Logs::capture();
+    let dns = DnsServer::start().await;
+    // Accepted (unknown words are ignored), so its text is logged.
+    publish_raw(&dns, &format!("{ON}; note=x\nFORGED edge stopped"));
+    let w = Watcher::start(&dns, Role::Edge, "");
+    w.wait_mode(DrMode::On, Duration::from_secs(5)).await;
+    // Malformed, with a terminal escape in the refused value: its reason is logged.
+    let before = w.lookups("malformed");
+    publish_raw(&dns, "v=1; b=o\u{1b}[2Kn; k=zpa");
+    w.wait_lookups("malformed", before, 1).await;
+
+    let text = logs.text();
+    assert!(
+        text.lines().all(|l| !l.starts_with("FORGED")),
+        "a forged line:\n{text}"
+    );
+    assert_eq!(logs.count("FORGED"), 1, "{text}");
+    assert!(text.contains(r"note=x\nFORGED edge stopped"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "a raw escape reached the log:\n{text}"
+    );
+    assert!(text.contains(r"o\u{1b}[2Kn"), "{text}");
+}

@@ -949,3 +949,68 @@ async fn a_real_prometheus_scrapes_a_running_edge() {
         assert_eq!(status, 200, "Prometheus refused `{e}`: {body}");
     }
 }
+
+/// Issue 10 item 9: idle peers held every admin slot (64, 30 s each), so
+/// `/healthz` timed out and a Kubernetes liveness probe restarted the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_while_200_idle_connections_hold_the_admin_port() {
+    let ready: Readiness = Arc::new(|| Ok(()));
+    let addr = serve_admin(Arc::new(Metrics::new("edge")), ready).await;
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
+        if i % 10 == 0 {
+            // Some send half a request head and stall (slowloris).
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("partial head");
+        }
+        held.push(s);
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), http_get(addr, path))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer within 5 s beside 200 idle connections"));
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    assert_eq!(http_get(addr, "/healthz").await.1, "ok\n");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_closes_silent_and_answered_connections() {
+    let ready: Readiness = Arc::new(|| Ok(()));
+    let addr = serve_admin(Arc::new(Metrics::new("edge")), ready).await;
+    let closed_within = |mut s: tokio::net::TcpStream| async move {
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .expect("closed by the admin listener within 10 s")
+            .ok();
+        (started.elapsed(), rest)
+    };
+
+    // Silent: closed by the header timeout (2 s), not at once.
+    let silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (took, rest) = closed_within(silent).await;
+    assert!(took >= Duration::from_secs(1), "closed after {took:?}");
+    assert!(
+        rest.is_empty() || String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+
+    // Keep-alive asked for: answered, then closed (nothing idles after).
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let (took, answer) = closed_within(s).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok\n"), "{answer}");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+}

@@ -81,35 +81,81 @@ impl Limits {
         (self.idle_timeout / 3).max(Duration::from_millis(100))
     }
 
+    /// Every duration key with its range, as (key, value, least, most).
+    /// The README's config reference lists the same ranges.
+    fn durations(&self) -> [(&'static str, Duration, Duration, Duration); 5] {
+        [
+            ("preamble_timeout", self.preamble_timeout, MS_100, MIN_10),
+            ("handshake_timeout", self.handshake_timeout, MS_100, MIN_10),
+            ("idle_timeout", self.idle_timeout, MS_300, HOUR),
+            ("connect_timeout", self.connect_timeout, MS_100, MIN_10),
+            ("drain_timeout", self.drain_timeout, Duration::ZERO, HOUR),
+        ]
+    }
+
+    /// Every count and size key with its range, as (key, value, least, most).
+    fn sizes(&self) -> [(&'static str, u64, u64, u64); 6] {
+        [
+            ("max_tunnels", self.max_tunnels as u64, 1, 1_000_000),
+            ("max_flows", self.max_flows as u64, 1, 10_000_000),
+            (
+                "max_flows_per_tunnel",
+                self.max_flows_per_tunnel.into(),
+                1,
+                100_000,
+            ),
+            (
+                "max_handshakes_inflight",
+                self.max_handshakes_inflight as u64,
+                1,
+                100_000,
+            ),
+            ("preamble_bytes", self.preamble_bytes as u64, 256, MIB),
+            ("flow_window", self.flow_window.into(), 16 * 1024, 256 * MIB),
+        ]
+    }
+
     /// The first out-of-range value, as (key, why).
     pub(crate) fn check(&self) -> Result<(), (&'static str, String)> {
-        let nonzero: [(&'static str, usize); 5] = [
-            ("max_tunnels", self.max_tunnels),
-            ("max_flows", self.max_flows),
-            ("max_flows_per_tunnel", self.max_flows_per_tunnel as usize),
-            ("max_handshakes_inflight", self.max_handshakes_inflight),
-            ("preamble_bytes", self.preamble_bytes),
-        ];
-        for (key, v) in nonzero {
-            if v == 0 {
-                return Err((key, "must be at least 1".into()));
+        for (key, v, least, most) in self.sizes() {
+            if !(least..=most).contains(&v) {
+                return Err((key, format!("{v} is out of range: {least} to {most}")));
             }
         }
-        if self.preamble_bytes > 1024 * 1024 {
-            return Err(("preamble_bytes", "must be at most 1048576".into()));
+        for (key, v, least, most) in self.durations() {
+            check_duration(v, least, most).map_err(|why| (key, why))?;
         }
-        if self.idle_timeout < Duration::from_millis(300) {
-            return Err(("idle_timeout", "must be at least 300ms".into()));
-        }
-        if self.flow_window < 16 * 1024 {
-            return Err(("flow_window", "must be at least 16384".into()));
-        }
-        if self.tunnel_window != 0 && self.tunnel_window < self.flow_window {
+        if self.tunnel_window != 0 && !(self.flow_window..=GIB).contains(&self.tunnel_window) {
             return Err((
                 "tunnel_window",
-                "must be 0 (no tunnel-wide cap) or at least flow_window".into(),
+                format!(
+                    "{} is out of range: 0 (no tunnel-wide cap) or flow_window ({}) to {GIB}",
+                    self.tunnel_window, self.flow_window
+                ),
             ));
         }
         Ok(())
     }
+}
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u32 = 1024 * 1024 * 1024;
+const MS_100: Duration = Duration::from_millis(100);
+const MS_300: Duration = Duration::from_millis(300);
+const MIN_10: Duration = Duration::from_secs(600);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// `Err(why)` when `v` lies outside `least..=most`; durations are printed
+/// the way they are written in the config.
+pub(crate) fn check_duration(v: Duration, least: Duration, most: Duration) -> Result<(), String> {
+    if (least..=most).contains(&v) {
+        return Ok(());
+    }
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    Err(format!(
+        "{} is out of range: {} to {}",
+        show(v),
+        show(least),
+        show(most)
+    ))
 }

@@ -314,7 +314,7 @@ impl RoleConfig for ConnectorConfig {
         self.dr.resolve(base);
     }
     fn validate(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
-        validate::agent(&self.edges, &self.limits, file, text)
+        validate::agent(&self.edges, &self.limits, &self.dr, file, text)
     }
 }
 
@@ -324,7 +324,7 @@ impl RoleConfig for ClientConfig {
         self.dr.resolve(base);
     }
     fn validate(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
-        validate::agent(&self.edges, &self.limits, file, text)?;
+        validate::agent(&self.edges, &self.limits, &self.dr, file, text)?;
         for (i, f) in self.forwards.iter().enumerate() {
             if let Err(e) = crate::preamble::Dest::parse(&f.to) {
                 return Err(validate::at(

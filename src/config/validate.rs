@@ -3,9 +3,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
 
+use super::limits::check_duration;
 use super::locate::Locator;
-use super::{ConfigError, EdgeConfig, Limits};
+use super::{ConfigError, DrSection, EdgeConfig, Limits};
 use crate::segments::{Matcher, SegmentError, SegmentSpec};
 
 /// An error at `key`, with the line found in `text`.
@@ -23,6 +25,7 @@ pub(crate) fn at(file: &Path, text: &str, key: String, message: String) -> Confi
 pub(super) fn agent(
     edges: &[String],
     limits: &Limits,
+    dr: &DrSection,
     file: &Path,
     text: &str,
 ) -> Result<(), ConfigError> {
@@ -44,13 +47,33 @@ pub(super) fn agent(
             ));
         }
     }
-    check_limits(limits, file, text)
+    check_limits(limits, file, text)?;
+    check_dr(dr, file, text)
 }
 
 fn check_limits(limits: &Limits, file: &Path, text: &str) -> Result<(), ConfigError> {
     limits
         .check()
         .map_err(|(key, why)| at(file, text, format!("limits.{key}"), why))
+}
+
+/// `[dr]` durations and their ranges (the README's config reference lists
+/// the same): a poll faster than the machine's one-second floor is a
+/// mistake, and anything beyond these is one too.
+fn check_dr(dr: &DrSection, file: &Path, text: &str) -> Result<(), ConfigError> {
+    const SEC: Duration = Duration::from_secs(1);
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let ranges = [
+        ("poll_interval", dr.poll_interval, SEC, DAY),
+        ("jitter", dr.jitter, Duration::ZERO, HOUR),
+        ("cert_grace", dr.cert_grace, Duration::ZERO, 30 * DAY),
+    ];
+    for (key, v, least, most) in ranges {
+        let Some(v) = v else { continue };
+        check_duration(v, least, most).map_err(|why| at(file, text, format!("dr.{key}"), why))?;
+    }
+    Ok(())
 }
 
 pub(super) fn edge(cfg: &EdgeConfig, file: &Path, text: &str) -> Result<(), ConfigError> {
@@ -79,6 +102,7 @@ pub(super) fn edge(cfg: &EdgeConfig, file: &Path, text: &str) -> Result<(), Conf
         ));
     }
     check_limits(&cfg.limits, file, text)?;
+    check_dr(&cfg.dr, file, text)?;
     compile_segments(cfg, file, text).map(|_| ())
 }
 

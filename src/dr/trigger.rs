@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::machine::{Condition, Lookup, LookupResult, Machine, Now, Output, Settings};
+use super::machine::{later, Condition, Lookup, LookupResult, Machine, Now, Output, Settings};
 use super::{key, DrMode, Trigger};
 use crate::config::{ConfigError, DnsSection, DrSection};
 use crate::metrics::Metrics;
@@ -130,9 +130,11 @@ pub fn start_for(
             metrics.dr_mode_known.set(1);
         }
     }
-    let (tx, rx) = watch::channel(DrMode::Off);
-    metrics.set_dr_mode(DrMode::Off);
-    apply(&tx, machine.mode(), &metrics);
+    // A restored mode is where this process starts, not a transition: it is
+    // logged by `restore` as `DR mode restored: <mode>` and not counted, so
+    // restarting edges during DR never looks like an activation.
+    let (tx, rx) = watch::channel(machine.mode());
+    metrics.set_dr_mode(machine.mode());
     let mut shell = Shell {
         machine,
         tx,
@@ -306,10 +308,12 @@ fn restore(machine: &mut Machine, now: Now, path: &Path) -> bool {
             return false;
         }
     };
+    // The file's text (and so the parser's message quoting it) is logged
+    // escaped: a newline in it must not forge a log line.
     let state: State = match toml::from_str(&text) {
         Ok(s) => s,
         Err(e) => {
-            warn!(file = %path.display(), "DR state file malformed, starting in off: {e}");
+            warn!(file = %path.display(), error = ?e.to_string(), "DR state file malformed, starting in off");
             return false;
         }
     };
@@ -317,14 +321,14 @@ fn restore(machine: &mut Machine, now: Now, path: &Path) -> bool {
         Ok(_) => {
             info!(
                 file = %path.display(),
-                mode = machine.mode().as_str(),
-                record = %state.record,
-                "DR mode restored from the state file"
+                record = ?state.record,
+                "DR mode restored: {}",
+                machine.mode()
             );
             true
         }
         Err(e) => {
-            warn!(file = %path.display(), "DR state file not restored ({e}), starting in off");
+            warn!(file = %path.display(), record = ?state.record, reason = ?e.to_string(), "DR state file not restored, starting in off");
             false
         }
     }
@@ -437,7 +441,7 @@ impl Shell {
                 delay_ms = delay.as_millis() as u64,
                 "DR mode change spread"
             );
-            self.spreading = Some((want, now + delay));
+            self.spreading = Some((want, later(now, delay).unwrap_or(now)));
         }
         if let Some((mode, at)) = self.spreading {
             if now >= at {
@@ -476,13 +480,16 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// One line per change of condition (never one per poll).
+/// One line per change of condition (never one per poll). Everything that
+/// came from outside (record text, parser and resolver messages quoting it)
+/// is a `Debug` field: escaped and quoted, so no control character in a TXT
+/// record or file reaches the log raw.
 fn log_condition(c: &Condition, mode: DrMode) {
     let mode = mode.as_str();
     match c {
-        Condition::InEffect { text } => info!(record = %text, mode, "DR trigger record in effect"),
+        Condition::InEffect { text } => info!(record = ?text, mode, "DR trigger record in effect"),
         Condition::Scheduled { text, start } => {
-            info!(record = %text, start, mode, "DR trigger record scheduled: it applies from its t=")
+            info!(record = ?text, start, mode, "DR trigger record scheduled: it applies from its t=")
         }
         Condition::NxDomain => warn!(
             mode,
@@ -494,8 +501,12 @@ fn log_condition(c: &Condition, mode: DrMode) {
         ),
         Condition::ServFail => warn!(mode, "DR trigger lookup: SERVFAIL, mode unchanged"),
         Condition::Timeout => warn!(mode, "DR trigger lookup timed out, mode unchanged"),
-        Condition::Failed(e) => warn!(mode, "DR trigger lookup failed, mode unchanged: {e}"),
-        Condition::Malformed(e) => warn!(mode, "DR trigger record malformed, mode unchanged: {e}"),
-        Condition::Ignored(why) => warn!(mode, "DR trigger record ignored, mode unchanged: {why}"),
+        Condition::Failed(e) => warn!(mode, error = ?e, "DR trigger lookup failed, mode unchanged"),
+        Condition::Malformed(e) => {
+            warn!(mode, reason = ?e, "DR trigger record malformed, mode unchanged")
+        }
+        Condition::Ignored(why) => {
+            warn!(mode, reason = ?why.to_string(), "DR trigger record ignored, mode unchanged")
+        }
     }
 }

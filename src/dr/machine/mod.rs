@@ -15,7 +15,11 @@
 //!   effect at `t` without a new lookup (a later lookup can replace it); one
 //!   past its `x=` means `off`, also without a new lookup;
 //! - polls come every `poll_interval`, sooner when the TTL is shorter, never
-//!   more often than [`MIN_POLL`].
+//!   more often than [`MIN_POLL`];
+//! - time arithmetic never overflows: a `t=`/`x=` further ahead than
+//!   [`HORIZON`] (up to `u64::MAX` seconds) is an edge that never comes, so
+//!   such a record is scheduled forever, or in effect with no end, until a
+//!   later record replaces it.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +33,17 @@ mod tests;
 
 /// The shortest time between two lookups, whatever the TTL says.
 pub const MIN_POLL: Duration = Duration::from_secs(1);
+
+/// How far ahead the machine schedules anything: an edge further away than
+/// this never comes. 100 years, far inside what an `Instant` represents.
+pub const HORIZON: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `at + d` for a `d` within [`HORIZON`] (larger ones are cut to it); `None`
+/// only where the platform's `Instant` cannot represent that (never on
+/// Linux), which callers treat as "never".
+pub fn later(at: Instant, d: Duration) -> Option<Instant> {
+    at.checked_add(d.min(HORIZON))
+}
 
 /// The machine's notion of now: a monotonic instant for timers and the wall
 /// clock for the record's `t=`/`x=`, read together by the caller.
@@ -50,11 +65,13 @@ impl Now {
         }
     }
 
-    /// `self` moved on by `d` on both clocks (tests and callers that step time).
+    /// `self` moved on by `d` on both clocks (tests and callers that step
+    /// time); `d` is cut to [`HORIZON`].
     pub fn after(self, d: Duration) -> Self {
+        let d = d.min(HORIZON);
         Self {
-            at: self.at + d,
-            unix: self.unix + d,
+            at: later(self.at, d).unwrap_or(self.at),
+            unix: self.unix.saturating_add(d),
         }
     }
 
@@ -62,9 +79,14 @@ impl Now {
         self.unix.as_secs()
     }
 
-    /// The instant at which the wall clock reads `unix_secs` (now if past).
-    fn instant_of(self, unix_secs: u64) -> Instant {
-        self.at + Duration::from_secs(unix_secs).saturating_sub(self.unix)
+    /// The instant at which the wall clock reads `unix_secs` (now if past);
+    /// `None` (never) beyond [`HORIZON`].
+    fn instant_of(self, unix_secs: u64) -> Option<Instant> {
+        let ahead = Duration::from_secs(unix_secs).saturating_sub(self.unix);
+        if ahead > HORIZON {
+            return None;
+        }
+        later(self.at, ahead)
     }
 }
 
@@ -256,14 +278,21 @@ impl Machine {
 
     /// Restore the last accepted record (from the state file) before any
     /// lookup: its mode (or `off` past its `x=`) and its `t=` as the replay
-    /// floor. With a signing key the record must still verify.
+    /// floor. With a signing key the record must still verify. A record whose
+    /// `t=` is still ahead (the clock went back, or the file was edited) is
+    /// scheduled, not accepted: it must not raise the replay floor early.
     pub fn restore(&mut self, now: Now, text: &str) -> Result<Option<Transition>, RestoreError> {
         let record = record::parse(text).map_err(RestoreError::Malformed)?;
         self.check(&record).map_err(RestoreError::Ignored)?;
-        self.accepted = Some(Accepted {
+        let accepted = Accepted {
             text: text.to_string(),
             record,
-        });
+        };
+        if accepted.record.start.is_some_and(|t| now.secs() < t) {
+            self.scheduled = Some(accepted);
+        } else {
+            self.accepted = Some(accepted);
+        }
         self.clock = now;
         Ok(self.evaluate(now).0)
     }
@@ -276,7 +305,8 @@ impl Machine {
     }
 
     /// The next time edge that changes the mode without a lookup: a
-    /// scheduled record's `t=` or the accepted record's future `x=`.
+    /// scheduled record's `t=` or the accepted record's future `x=`, if
+    /// within [`HORIZON`].
     pub fn poll_edge(&self) -> Option<Instant> {
         let now = self.clock.secs();
         let start = self.scheduled.as_ref().and_then(|s| s.record.start);
@@ -285,10 +315,11 @@ impl Machine {
             .as_ref()
             .and_then(|a| a.record.end)
             .filter(|&x| x > now);
-        match (start, end) {
-            (Some(t), Some(x)) => Some(self.clock.instant_of(t.min(x))),
-            (t, x) => t.or(x).map(|e| self.clock.instant_of(e)),
-        }
+        [start, end]
+            .into_iter()
+            .flatten()
+            .filter_map(|e| self.clock.instant_of(e))
+            .min()
     }
 
     /// Whether a lookup is due at `at`.
@@ -315,7 +346,8 @@ impl Machine {
             Lookup::Found { ttl: Some(ttl), .. } => interval.min((*ttl).max(MIN_POLL)),
             _ => interval,
         };
-        self.next_poll = now.at + wait;
+        // `wait` is at most `poll_interval` (a day at most, `[dr]`'s bound).
+        self.next_poll = later(now.at, wait).unwrap_or(now.at);
 
         let (condition, mut persist) = self.classify(now, lookup);
         let (transition, promoted) = self.evaluate(now);

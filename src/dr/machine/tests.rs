@@ -333,3 +333,175 @@ fn restore_checks_the_record() {
     assert_eq!(m.restore(now, &format!("v=1;b=on;x={}", T0 - 1)), Ok(None));
     assert_eq!(m.mode(), DrMode::Off);
 }
+
+/// `t=`/`x=` values at the edges of what the parser takes (`u64`), and of
+/// what `Instant + Duration` can represent.
+const ABSURD: [u64; 4] = [u64::MAX, i64::MAX as u64, 1 << 63, (1 << 63) - 1];
+
+/// Drive the machine's every time path at `now` and far beyond.
+fn exercise_clock(m: &mut Machine, now: Now) {
+    let _ = m.poll_timeout();
+    let _ = m.poll_edge();
+    for d in [S, HORIZON, Duration::MAX] {
+        let _ = m.handle_timeout(now.after(d));
+        let _ = m.poll_timeout();
+    }
+}
+
+#[test]
+fn start_at_zero_and_now_applies_at_once() {
+    for t in [0, T0] {
+        let now = start();
+        let mut m = Machine::new(settings(None), now);
+        let o = m.handle_lookup(now, found(&format!("v=1; b=on; k=zpa; t={t}"), 30));
+        assert_eq!(o.transition, tr(DrMode::Off, DrMode::On), "t={t}");
+        assert_eq!(
+            m.poll_timeout(),
+            now.at + 30 * S,
+            "t={t}: nothing scheduled"
+        );
+    }
+}
+
+#[test]
+fn end_at_zero_and_now_means_off() {
+    for x in [0, T0] {
+        let now = start();
+        let mut m = Machine::new(settings(None), now);
+        m.handle_lookup(now, found("v=1; b=on; k=zpa", 30));
+        let o = m.handle_lookup(now, found(&format!("v=1; b=on; k=zpa; x={x}"), 30));
+        assert_eq!(o.transition, tr(DrMode::On, DrMode::Off), "x={x}");
+        assert_eq!(m.poll_edge(), None, "x={x} is behind us");
+    }
+}
+
+#[test]
+fn absurd_start_is_scheduled_forever_and_a_later_record_still_counts() {
+    for t in ABSURD {
+        let now = start();
+        let mut m = Machine::new(settings(None), now);
+        m.handle_lookup(now, found("v=1; b=on; k=zpa", 30));
+        let text = format!("v=1; b=off; k=zpa; t={t}");
+        let o = m.handle_lookup(now.after(S), found(&text, 30));
+        assert_eq!(o.result, Some(LookupResult::Ok), "t={t}");
+        assert!(
+            matches!(o.changed, Some(Condition::Scheduled { start, .. }) if start == t),
+            "t={t}: {o:?}"
+        );
+        assert_eq!(m.poll_edge(), None, "t={t}: beyond the horizon is never");
+        assert_eq!(m.poll_timeout(), now.at + 31 * S, "t={t}: the next poll");
+        exercise_clock(&mut m, now);
+        assert_eq!(m.mode(), DrMode::On, "t={t} never arrives");
+        // The machine still follows the name.
+        let o = m.handle_lookup(now.after(60 * S), found("v=1; b=off; k=zpa", 30));
+        assert_eq!(o.transition, tr(DrMode::On, DrMode::Off), "t={t}");
+    }
+}
+
+#[test]
+fn absurd_end_never_comes_and_a_later_record_still_counts() {
+    for x in ABSURD {
+        let now = start();
+        let mut m = Machine::new(settings(None), now);
+        let text = format!("v=1; b=on; k=zpa; x={x}");
+        let o = m.handle_lookup(now, found(&text, 30));
+        assert_eq!(o.transition, tr(DrMode::Off, DrMode::On), "x={x}");
+        assert_eq!(o.persist.as_deref(), Some(text.as_str()));
+        assert_eq!(m.poll_edge(), None, "x={x}: beyond the horizon is never");
+        assert_eq!(m.poll_timeout(), now.at + 30 * S, "x={x}: the next poll");
+        let o = m.handle_timeout(now.after(HORIZON));
+        assert_eq!(o.transition, None, "x={x}");
+        let o = m.handle_lookup(now.after(60 * S), found("v=1; b=off; k=zpa", 30));
+        assert_eq!(o.transition, tr(DrMode::On, DrMode::Off), "x={x}");
+        exercise_clock(&mut m, now);
+    }
+}
+
+#[test]
+fn absurd_times_in_signed_records() {
+    let k = key(1);
+    for v in ABSURD {
+        let now = start();
+        let mut m = Machine::new(settings(Some(&k)), now);
+        m.handle_lookup(now, found(&signed(&k, DrMode::On, T0 - 10, Some(v)), 30));
+        assert_eq!(m.mode(), DrMode::On);
+        exercise_clock(&mut m, now);
+        // A signed b=off starting at v is scheduled and never arrives ...
+        let o = m.handle_lookup(now, found(&signed(&k, DrMode::Off, v, None), 30));
+        assert_eq!(o.result, Some(LookupResult::Ok));
+        exercise_clock(&mut m, now);
+        assert_eq!(m.mode(), DrMode::On, "t={v}");
+        // ... and did not raise the replay floor: a current record counts.
+        let o = m.handle_lookup(now, found(&signed(&k, DrMode::Off, T0, None), 30));
+        assert_eq!(o.transition, tr(DrMode::On, DrMode::Off), "t={v}");
+    }
+}
+
+#[test]
+fn a_state_file_with_absurd_times_restores_without_panic() {
+    for v in ABSURD {
+        for text in [
+            format!("v=1; b=on; k=zpa; x={v}"),
+            format!("v=1; b=on; k=zpa; t=0; x={v}"),
+        ] {
+            let now = start();
+            let mut m = Machine::new(settings(None), now);
+            assert_eq!(
+                m.restore(now, &text),
+                Ok(tr(DrMode::Off, DrMode::On)),
+                "{text}"
+            );
+            assert_eq!(m.poll_edge(), None, "{text}");
+            assert_eq!(m.poll_timeout(), now.at, "{text}: a lookup at once");
+            exercise_clock(&mut m, now);
+            assert_eq!(m.mode(), DrMode::On, "{text}");
+            let o = m.handle_lookup(now.after(S), found("v=1; b=off; k=zpa", 30));
+            assert_eq!(o.transition, tr(DrMode::On, DrMode::Off), "{text}");
+        }
+        // A start that never comes: restored, but not in effect.
+        let now = start();
+        let mut m = Machine::new(settings(None), now);
+        let text = format!("v=1; b=on; k=zpa; t={v}");
+        assert_eq!(m.restore(now, &text), Ok(None), "{text}");
+        exercise_clock(&mut m, now);
+        assert_eq!(m.mode(), DrMode::Off, "{text}");
+    }
+}
+
+#[test]
+fn time_beyond_u64_seconds_is_malformed() {
+    let now = start();
+    let mut m = Machine::new(settings(None), now);
+    for text in [
+        "v=1; b=on; t=18446744073709551616",
+        "v=1; b=on; x=99999999999999999999999",
+        "v=1; b=on; t=-1",
+    ] {
+        let o = m.handle_lookup(now, found(text, 30));
+        assert_eq!(o.result, Some(LookupResult::Malformed), "{text}");
+        assert_eq!(m.mode(), DrMode::Off, "{text}");
+    }
+}
+
+#[test]
+fn a_restored_record_not_yet_started_is_scheduled_not_the_replay_floor() {
+    let k = key(1);
+    for t in [T0 + 10].into_iter().chain(ABSURD) {
+        let now = start();
+        let mut m = Machine::new(settings(Some(&k)), now);
+        let ahead = signed(&k, DrMode::On, t, None);
+        assert_eq!(m.restore(now, &ahead), Ok(None), "t={t}");
+        assert_eq!(m.accepted(), None, "t={t}");
+        let o = m.handle_lookup(now, found(&signed(&k, DrMode::Test, T0, None), 30));
+        assert_eq!(o.transition, tr(DrMode::Off, DrMode::Test), "t={t}");
+    }
+    // Within the horizon it still takes effect at its t=.
+    let now = start();
+    let mut m = Machine::new(settings(Some(&k)), now);
+    let ahead = signed(&k, DrMode::On, T0 + 10, None);
+    m.restore(now, &ahead).expect("restored");
+    assert_eq!(m.poll_edge(), Some(now.at + 10 * S));
+    let o = m.handle_timeout(now.after(10 * S));
+    assert_eq!(o.transition, tr(DrMode::Off, DrMode::On));
+    assert_eq!(o.persist.as_deref(), Some(ahead.as_str()));
+}
