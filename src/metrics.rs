@@ -33,6 +33,7 @@ pub const HANDSHAKE_RESULTS: &[&str] = &[
     "bad-certificate",
     "no-certificate",
     "timeout",
+    "unreachable",
     "shed",
     "other",
 ];

@@ -456,3 +456,53 @@ async fn a_revoked_connector_loses_its_tunnel() {
         );
     }
 }
+
+/// One of two connectors frozen (SIGSTOP): it acknowledges nothing, and
+/// every flow is served by the other one, long before the connect timeout
+/// (20 s here) would have moved it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_connector_does_not_swallow_flows() {
+    let rig = Rig::new().await;
+    let text = rig
+        .edge_toml("quic = \"127.0.0.1:0\"", "static:on", "")
+        .replace("connect_timeout = \"3s\"", "connect_timeout = \"20s\"");
+    let edge = rig.start_edge(&text);
+    let quic = edge.quic.expect("quic");
+    let mut procs = Vec::new();
+    for i in 0..2 {
+        let path = rig.dir.path().join(format!("connector{i}.toml"));
+        std::fs::write(&path, rig.connector_toml(i, quic, AUTO, "")).expect("write");
+        procs.push(RoleProc::spawn_role("connector", &path));
+    }
+    let client = rig.start_client(&rig.user(BOB), quic, AUTO, "").await;
+    eventually("both connectors up", Duration::from_secs(15), || {
+        connectors_connected(&edge.metrics) == 2
+    })
+    .await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
+
+    procs[0].signal("-STOP");
+    let started = Instant::now();
+    let mut flows = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let http = client.http;
+        let port = rig.app.port();
+        flows.spawn(async move {
+            let r = fetch_via(http, port, "/bytes/1000").await;
+            (r, started.elapsed())
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(done) = flows.join_next().await {
+        let (r, took) = done.expect("flow task");
+        let app = r.unwrap_or_else(|e| panic!("a flow failed with a connector frozen: {e}"));
+        assert!(app.starts_with(b"HTTP/1.1 200"));
+        slowest = slowest.max(took);
+    }
+    println!("10 concurrent flows with one of two connectors frozen: all served, the slowest in {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(10),
+        "a flow waited {slowest:?}: it sat on the frozen connector"
+    );
+    procs[0].signal("-CONT");
+}

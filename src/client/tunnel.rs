@@ -169,7 +169,9 @@ impl Tunnel {
             Err(OpenError::Broken(e))
                 if used.as_ref().is_some_and(|c| c.close_reason().is_some()) =>
             {
-                tracing::debug!("tunnel ended before the edge answered ({e}); opening on the next one");
+                tracing::debug!(
+                    "tunnel ended before the edge answered ({e}); opening on the next one"
+                );
                 let state = self.next_tunnel(used.as_ref()).await?;
                 self.open_on(state, dest).await
             }

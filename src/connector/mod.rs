@@ -254,7 +254,7 @@ impl TunnelRole for ConnectorRole {
 /// Serve flows on a TLS tunnel until it ends or `stop` (then gracefully).
 async fn serve_tls(
     state: Arc<ConnectorState>,
-    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    stream: crate::transport::dial::TlsTunnel,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) -> Ended {

@@ -10,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Span};
 
-use super::registry::{ActiveGuard, ConnectorTunnel};
+use super::registry::{ActiveGuard, ConnectorTunnel, Link};
 use super::EdgeState;
 use crate::preamble::{self, ConnectRequest};
 use crate::refusal::Refusal;
@@ -116,9 +116,12 @@ pub(super) async fn serve(
             break;
         };
         tried.push(tunnel.id);
+        // Counted from the pick, so concurrent flows spread over connectors
+        // before any of them answered.
+        let guard = ActiveGuard::new(Arc::clone(&tunnel));
         match open_upstream(&tunnel, &header, reply_timeout).await {
             Ok(sides) => {
-                upstream = Some((sides, ActiveGuard::new(Arc::clone(&tunnel)), tunnel));
+                upstream = Some((sides, guard, tunnel));
                 break;
             }
             Err(r) => {
@@ -230,26 +233,72 @@ async fn read_preamble(
     }
 }
 
-/// Open a flow on a connector tunnel and wait for its answer.
+/// Open a flow on a connector tunnel and wait for its answer, all within
+/// `reply_timeout`. Over QUIC, a connector that acknowledges nothing of the
+/// flow's header within a few round trips is taken for frozen: the flow
+/// moves to another connector and this one ranks last for a while.
 async fn open_upstream(
     tunnel: &ConnectorTunnel,
     header: &FlowHeader,
     reply_timeout: Duration,
 ) -> Result<Side, Refusal> {
-    let mut side = tunnel
-        .link
-        .open()
-        .await
-        .map_err(|_| Refusal::UpstreamFailed)?;
     let mut out = BytesMut::with_capacity(256);
     wire::encode_flow_header(header, &mut out).map_err(|_| Refusal::BadRequest)?;
-    if side.send.write(out.freeze()).await.is_err() {
-        return Err(Refusal::UpstreamFailed);
-    }
-    let reply = tokio::time::timeout(reply_timeout, read_reply(&mut side.recv)).await;
+    let deadline = tokio::time::Instant::now() + reply_timeout;
+    let rx_before = match &tunnel.link {
+        Link::Quic(c) => Some(c.stats().udp_rx.datagrams),
+        Link::Mux(_) => None,
+    };
+    let opened = tokio::time::timeout_at(deadline, async {
+        let mut side = tunnel
+            .link
+            .open()
+            .await
+            .map_err(|_| Refusal::UpstreamFailed)?;
+        if side.send.write(out.freeze()).await.is_err() {
+            return Err(Refusal::UpstreamFailed);
+        }
+        Ok(side)
+    })
+    .await;
+    let mut side = match opened {
+        Ok(r) => r?,
+        Err(_) => {
+            tunnel.suspect();
+            return Err(Refusal::UpstreamTimeout);
+        }
+    };
+    let alive = async {
+        match (&tunnel.link, rx_before) {
+            (Link::Quic(c), Some(before)) => {
+                let wait = (c.rtt() * 3 + ACK_GRACE).clamp(ACK_GRACE, Duration::from_secs(1));
+                tokio::time::sleep(wait).await;
+                if c.stats().udp_rx.datagrams > before {
+                    std::future::pending::<()>().await;
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    let reply = tokio::select! {
+        r = tokio::time::timeout_at(deadline, read_reply(&mut side.recv)) => r,
+        () = alive => {
+            debug!(connector = %tunnel.peer, "connector acknowledged nothing of the flow; trying another");
+            tunnel.suspect();
+            side.send.abort(stream_code::ABORTED);
+            side.recv.abort(stream_code::ABORTED);
+            return Err(Refusal::UpstreamTimeout);
+        }
+    };
     match reply {
-        Ok(Ok(FlowReply::Connected)) => Ok(side),
-        Ok(Ok(FlowReply::Failed { kind, .. })) => Err(kind.refusal()),
+        Ok(Ok(FlowReply::Connected)) => {
+            tunnel.clear_suspect();
+            Ok(side)
+        }
+        Ok(Ok(FlowReply::Failed { kind, .. })) => {
+            tunnel.clear_suspect();
+            Err(kind.refusal())
+        }
         Ok(Err(())) => Err(Refusal::UpstreamFailed),
         Err(_) => {
             side.send.abort(stream_code::ABORTED);
@@ -258,6 +307,11 @@ async fn open_upstream(
         }
     }
 }
+
+/// A live QUIC peer acknowledges an ack-eliciting packet within its
+/// max_ack_delay (25 ms by default) plus a round trip; this is the margin
+/// above three round trips before a silent connector is taken for frozen.
+const ACK_GRACE: Duration = Duration::from_millis(100);
 
 async fn read_reply(recv: &mut RecvHalf) -> Result<FlowReply, ()> {
     let mut buf = BytesMut::new();

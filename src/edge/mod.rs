@@ -423,6 +423,7 @@ async fn connector_tunnel(
         link,
         active: Default::default(),
         superseded: CancellationToken::new(),
+        suspect_until: Default::default(),
     });
     let m = &state.metrics;
     let tunnels = m

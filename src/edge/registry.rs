@@ -2,8 +2,9 @@
 //! of one for a flow: fewest active flows among the connected connectors of
 //! the groups that serve the segment.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -67,6 +68,37 @@ pub struct ConnectorTunnel {
     /// Cancelled when a newer tunnel of the same identity replaced this one
     /// (a restarted connector: the old tunnel is dead but not yet timed out).
     pub superseded: tokio_util::sync::CancellationToken,
+    /// Until when (ms on [`clock_ms`]) the tunnel is suspect: it did not
+    /// acknowledge a flow in time (a frozen connector).
+    pub suspect_until: AtomicU64,
+}
+
+/// How long a connector that did not acknowledge a flow ranks last.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
+
+/// Milliseconds on a process-wide monotonic clock.
+pub fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl ConnectorTunnel {
+    pub fn is_suspect(&self) -> bool {
+        self.suspect_until.load(Ordering::Relaxed) > clock_ms()
+    }
+
+    /// Rank this tunnel last for [`SUSPECT_FOR`].
+    pub fn suspect(&self) {
+        self.suspect_until.store(
+            clock_ms() + SUSPECT_FOR.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// It answered: trust it again.
+    pub fn clear_suspect(&self) {
+        self.suspect_until.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Holds a connector's flow count up for as long as it lives.
@@ -131,7 +163,10 @@ impl Registry {
                 if exclude.contains(&t.id) || t.link.is_closed() {
                     continue;
                 }
-                let load = t.active.load(Ordering::Relaxed);
+                // A tunnel that just failed to answer ranks after every
+                // answering one, whatever its load (used only if alone).
+                let penalty = if t.is_suspect() { usize::MAX / 2 } else { 0 };
+                let load = t.active.load(Ordering::Relaxed).saturating_add(penalty);
                 if best.is_none_or(|(l, _)| load < l) {
                     best = Some((load, t));
                 }

@@ -16,13 +16,21 @@ use crate::config::TransportChoice;
 /// How long QUIC runs alone before TLS joins the race.
 pub const HEAD_START: Duration = Duration::from_millis(250);
 
+/// A TLS tunnel as dialled: the stream, with whatever was read from it
+/// while waiting for the edge's verdict put back in front.
+pub type TlsTunnel = tls::Prefixed<TlsStream<TcpStream>>;
+
 /// A finished handshake on either transport.
 pub enum Dialed {
     Quic(quinn::Connection),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsTunnel>),
 }
 
 impl Dialed {
+    fn tls(s: TlsStream<TcpStream>) -> Self {
+        Self::Tls(Box::new(tls::Prefixed::new(s)))
+    }
+
     pub fn kind(&self) -> TransportKind {
         match self {
             Self::Quic(_) => TransportKind::Quic,
@@ -65,18 +73,35 @@ impl Dialer {
 
     /// After a TLS handshake, wait briefly for the edge's verdict on our
     /// certificate: in TLS 1.3 the server checks it after the client is done,
-    /// and a refusal arrives as an alert. `Ok` when no alert came within the
-    /// grace (a few handshake times, at least 20 ms, at most 1 s).
+    /// and a refusal arrives as an alert. A client tunnel (the client speaks
+    /// first) is accepted when no alert came within the grace (a few
+    /// handshake times, at least 20 ms, at most 1 s); a connector tunnel
+    /// (the edge speaks first: HTTP/2's preface) when the edge's first bytes
+    /// came, which are kept for the protocol.
     pub async fn confirm_tls(
-        stream: &mut TlsStream<TcpStream>,
+        stream: &mut TlsTunnel,
         handshake: Duration,
     ) -> Result<(), TunnelError> {
         use tokio::io::AsyncReadExt;
-        let grace = (handshake * 3).clamp(Duration::from_millis(20), Duration::from_secs(1));
-        let mut b = [0u8; 1];
-        match tokio::time::timeout(grace, stream.read(&mut b)).await {
+        let edge_speaks_first =
+            stream.get_ref().get_ref().1.alpn_protocol() == Some(super::ALPN_CONNECTOR);
+        let grace = if edge_speaks_first {
+            // Ends as soon as the edge speaks; long only for a slow edge.
+            Duration::from_secs(2)
+        } else {
+            (handshake * 3).clamp(Duration::from_millis(20), Duration::from_secs(1))
+        };
+        let mut b = [0u8; 512];
+        match tokio::time::timeout(grace, stream.get_mut().read(&mut b)).await {
+            Err(_) if edge_speaks_first => Err(TunnelError::Identity(
+                "the edge said nothing after the handshake".into(),
+            )),
             Err(_) => Ok(()),
             Ok(Err(e)) => Err(TunnelError::Tls(e)),
+            Ok(Ok(n)) if n > 0 && edge_speaks_first => {
+                stream.unread(&b[..n]);
+                Ok(())
+            }
             Ok(Ok(_)) => Err(TunnelError::Identity(
                 "the edge closed or spoke before any request".into(),
             )),
@@ -100,11 +125,11 @@ impl Dialer {
         let tls = || tls::connect(&self.tls, edge.addr, &edge.server_name, timeout);
         match self.choice {
             TransportChoice::Quic => quic().await.map(Dialed::Quic),
-            TransportChoice::Tls => tls().await.map(|s| Dialed::Tls(Box::new(s))),
-            TransportChoice::Auto if quic_bad => tls().await.map(|s| Dialed::Tls(Box::new(s))),
+            TransportChoice::Tls => tls().await.map(Dialed::tls),
+            TransportChoice::Auto if quic_bad => tls().await.map(Dialed::tls),
             TransportChoice::Auto => match race(quic(), tls, self.head_start).await? {
                 Won::Quic(c) => Ok(Dialed::Quic(c)),
-                Won::Tls(s) => Ok(Dialed::Tls(Box::new(s))),
+                Won::Tls(s) => Ok(Dialed::tls(s)),
             },
         }
     }

@@ -83,3 +83,88 @@ pub fn peer_id(conn: &rustls::CommonState) -> Result<SpiffeId, TunnelError> {
         .ok_or_else(|| TunnelError::Identity("peer presented no certificate".into()))?;
     spiffe_id_of(leaf).map_err(|e| TunnelError::Identity(e.to_string()))
 }
+
+/// A stream with bytes already read from it put back in front: what the
+/// dialler read while waiting for the edge's verdict (a connector's edge
+/// speaks first, HTTP/2's preface) is read again by the protocol.
+pub struct Prefixed<T> {
+    early: bytes::Bytes,
+    io: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(io: T) -> Self {
+        Self {
+            early: bytes::Bytes::new(),
+            io,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
+
+    /// Put `b` back in front of what is read next.
+    pub fn unread(&mut self, b: &[u8]) {
+        let mut v = Vec::with_capacity(b.len() + self.early.len());
+        v.extend_from_slice(b);
+        v.extend_from_slice(&self.early);
+        self.early = v.into();
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            let chunk = self.early.split_to(n);
+            buf.put_slice(&chunk);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
