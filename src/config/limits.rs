@@ -27,6 +27,10 @@ pub struct Limits {
     /// A tunnel handshake must finish within this. Default 10s.
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
+    /// TLS: a new connection must send its ClientHello within this before it
+    /// may hold a handshake slot. Default 3s.
+    #[serde(with = "duration")]
+    pub client_hello_timeout: Duration,
     /// A tunnel silent this long is dead; keepalives go at a third of it. Default 30s.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
@@ -57,6 +61,7 @@ impl Default for Limits {
             preamble_bytes: 8 * 1024,
             preamble_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            client_hello_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
@@ -83,10 +88,16 @@ impl Limits {
 
     /// Every duration key with its range, as (key, value, least, most).
     /// The README's config reference lists the same ranges.
-    fn durations(&self) -> [(&'static str, Duration, Duration, Duration); 5] {
+    fn durations(&self) -> [(&'static str, Duration, Duration, Duration); 6] {
         [
             ("preamble_timeout", self.preamble_timeout, MS_100, MIN_10),
             ("handshake_timeout", self.handshake_timeout, MS_100, MIN_10),
+            (
+                "client_hello_timeout",
+                self.client_hello_timeout,
+                MS_100,
+                MIN_10,
+            ),
             ("idle_timeout", self.idle_timeout, MS_300, HOUR),
             ("connect_timeout", self.connect_timeout, MS_100, MIN_10),
             ("drain_timeout", self.drain_timeout, Duration::ZERO, HOUR),

@@ -143,6 +143,13 @@ const RANGES: &[(&str, &str, &str, &str, &[&str])] = &[
     ),
     (
         "limits",
+        "client_hello_timeout",
+        "\"100ms\"",
+        "\"10m\"",
+        &["\"0s\"", "\"601s\""],
+    ),
+    (
+        "limits",
         "idle_timeout",
         "\"300ms\"",
         "\"1h\"",

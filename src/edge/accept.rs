@@ -24,8 +24,59 @@ use crate::trust::{Role, SpiffeId};
 #[derive(Clone)]
 pub(super) struct Gates {
     pub handshakes: Arc<Semaphore>,
+    /// `max_handshakes_inflight`: above half of it in use, QUIC asks for Retry.
+    pub handshake_slots: usize,
     pub tunnels: Arc<Semaphore>,
+    /// TLS connections waiting for their ClientHello.
+    pub hellos: Arc<Hellos>,
 }
+
+/// TLS connections waiting for their ClientHello: at most `max`
+/// ([`HELLOS_PER_HANDSHAKE`] per handshake slot), each for at most
+/// `client_hello_timeout`. When full, a new connection evicts the one that
+/// has waited longest: a real client sends its ClientHello one round trip
+/// after connecting, so keeping the door shut takes more connections per
+/// round trip than the queue holds, not a trickle.
+pub(super) struct Hellos {
+    max: usize,
+    next: std::sync::atomic::AtomicU64,
+    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+}
+
+impl Hellos {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            next: Default::default(),
+            waiting: Default::default(),
+        }
+    }
+
+    /// Queue a new connection; its id and the token that evicts it.
+    fn admit(&self) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let mut q = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        while q.len() >= self.max {
+            if let Some((_, oldest)) = q.pop_front() {
+                oldest.cancel();
+            }
+        }
+        q.push_back((id, token.clone()));
+        (id, token)
+    }
+
+    /// The connection's ClientHello is in (or it is gone).
+    fn done(&self, id: u64) {
+        let mut q = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = q.iter().position(|(x, _)| *x == id) {
+            q.remove(i);
+        }
+    }
+}
+
+/// TLS connections that may wait for their ClientHello, per handshake slot.
+pub(super) const HELLOS_PER_HANDSHAKE: usize = 16;
 
 fn count(state: &EdgeState, role: Role, transport: TransportKind, result: &str) {
     state
@@ -62,6 +113,14 @@ pub(super) async fn quic_loop(
             // Going away: a new tunnel is refused at once (CONNECTION_REFUSED),
             // so the peer tries another edge address instead of waiting.
             incoming.refuse();
+            continue;
+        }
+        // Handshakes piling up (a DR stampede, or Initials from spoofed
+        // addresses): ask unvalidated peers for a Retry round trip first, so
+        // only peers that can receive at their address take a slot.
+        let busy = gates.handshakes.available_permits() < gates.handshake_slots / 2;
+        if busy && !incoming.remote_address_validated() && incoming.may_retry() {
+            let _ = incoming.retry();
             continue;
         }
         // Shed before any crypto: refusing costs one stateless packet.
@@ -335,8 +394,10 @@ fn leaf_expired(conn: &quinn::Connection) -> bool {
     }
 }
 
-/// Accept TLS connections until `drain`. Over `max_handshakes_inflight`,
-/// connections wait in the kernel's backlog (no accept, no crypto).
+/// Accept TLS connections until `drain`. A connection holds no handshake
+/// slot until its ClientHello is in (within `client_hello_timeout`), so
+/// connections that send nothing cannot keep others out; those waiting for
+/// their ClientHello are bounded by [`Gates::hellos`].
 pub(super) async fn tls_loop(
     state: Arc<EdgeState>,
     listener: TcpListener,
@@ -346,10 +407,6 @@ pub(super) async fn tls_loop(
     drain: CancellationToken,
 ) {
     loop {
-        let hs = tokio::select! {
-            p = Arc::clone(&gates.handshakes).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = drain.cancelled() => return,
-        };
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -361,11 +418,7 @@ pub(super) async fn tls_loop(
             },
             _ = drain.cancelled() => return,
         };
-        let Ok(tunnel) = Arc::clone(&gates.tunnels).try_acquire_owned() else {
-            count(&state, Role::Client, TransportKind::Tls, "shed");
-            drop(tcp);
-            continue;
-        };
+        let hello = gates.hellos.admit();
         let span = tracing::info_span!("tunnel", transport = "tls", %remote);
         tracker.spawn(
             tls_conn(
@@ -373,8 +426,8 @@ pub(super) async fn tls_loop(
                 Arc::clone(&acceptor),
                 tcp,
                 remote,
-                hs,
-                tunnel,
+                hello,
+                gates.clone(),
                 drain.clone(),
             )
             .instrument(span),
@@ -387,24 +440,54 @@ async fn tls_conn(
     acceptor: Arc<rustls::ServerConfig>,
     tcp: TcpStream,
     remote: SocketAddr,
-    hs: OwnedSemaphorePermit,
-    _tunnel: OwnedSemaphorePermit,
+    (hello_id, evicted): (u64, CancellationToken),
+    gates: Gates,
     drain: CancellationToken,
 ) {
     let t = TransportKind::Tls;
     let limits = state.policy.load().limits.clone();
     let _ = tcp.set_nodelay(true);
-    // The role the peer asks for (by ALPN) labels its handshake, failed or not.
-    let mut wants_connector = false;
-    let handshake = tls::accept(acceptor, tcp, &mut wants_connector);
-    let result = tokio::select! {
-        r = tokio::time::timeout(limits.handshake_timeout, handshake) => r,
-        () = drain.cancelled() => return,
+    // The ClientHello within its own short deadline, holding no handshake slot.
+    let hello = tokio::select! {
+        r = tokio::time::timeout(limits.client_hello_timeout, tls::read_hello(tcp)) => r,
+        () = evicted.cancelled() => {
+            count(&state, Role::Client, t, "shed");
+            return;
+        }
+        () = drain.cancelled() => {
+            gates.hellos.done(hello_id);
+            return;
+        }
     };
+    gates.hellos.done(hello_id);
+    let (start, wants_connector) = match hello {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            count(&state, Role::Client, t, "other");
+            debug!(%remote, "no usable ClientHello: {e}");
+            return;
+        }
+        Err(_) => {
+            count(&state, Role::Client, t, "timeout");
+            return;
+        }
+    };
+    // The role the peer asks for (by ALPN) labels its handshake, failed or not.
     let asked = if wants_connector {
         Role::Connector
     } else {
         Role::Client
+    };
+    let (Ok(hs), Ok(_tunnel)) = (
+        Arc::clone(&gates.handshakes).try_acquire_owned(),
+        Arc::clone(&gates.tunnels).try_acquire_owned(),
+    ) else {
+        count(&state, asked, t, "shed");
+        return;
+    };
+    let result = tokio::select! {
+        r = tokio::time::timeout(limits.handshake_timeout, start.into_stream(acceptor)) => r,
+        () = drain.cancelled() => return,
     };
     let stream = match result {
         Ok(Ok(s)) => s,

@@ -240,7 +240,11 @@ impl Edge {
             tls,
             gates: accept::Gates {
                 handshakes: Arc::new(Semaphore::new(limits.max_handshakes_inflight)),
+                handshake_slots: limits.max_handshakes_inflight,
                 tunnels: Arc::new(Semaphore::new(limits.max_tunnels)),
+                hellos: Arc::new(accept::Hellos::new(
+                    limits.max_handshakes_inflight * accept::HELLOS_PER_HANDSHAKE,
+                )),
             },
             cert_grace,
         })

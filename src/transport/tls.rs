@@ -26,20 +26,19 @@ pub fn server_config(trust: &Arc<Trust>) -> Arc<rustls::ServerConfig> {
     ))
 }
 
-/// Read the ClientHello, note whether the peer asks for the connector ALPN,
-/// then run the handshake with `config`.
-pub async fn accept(
-    config: Arc<rustls::ServerConfig>,
-    tcp: TcpStream,
-    wants_connector: &mut bool,
-) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+/// A ClientHello read, the handshake not started.
+pub type Hello = tokio_rustls::StartHandshake<TcpStream>;
+
+/// Read the ClientHello (no crypto yet); whether it asks for the connector
+/// ALPN.
+pub async fn read_hello(tcp: TcpStream) -> std::io::Result<(Hello, bool)> {
     let start =
         tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-    *wants_connector = start
+    let wants_connector = start
         .client_hello()
         .alpn()
         .is_some_and(|mut protos| protos.any(|p| p == ALPN_CONNECTOR));
-    start.into_stream(config).await
+    Ok((start, wants_connector))
 }
 
 /// A client-side connector presenting our certificate with `alpn`.
