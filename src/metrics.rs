@@ -35,6 +35,7 @@ pub const HANDSHAKE_RESULTS: &[&str] = &[
     "timeout",
     "unreachable",
     "shed",
+    "quota",
     "other",
 ];
 

@@ -32,11 +32,13 @@ pub enum Refusal {
     /// 503 `going-away`: the edge is draining (a restart or shutdown); the
     /// flow was not forwarded and may be opened through another edge.
     GoingAway,
+    /// 429 `quota`: this identity has `max_flows_per_identity` flows open.
+    Quota,
 }
 
 impl Refusal {
     /// Every refusal, in table order (for metrics pre-registration and tests).
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::BadRequest,
         Self::Method,
         Self::TooLarge,
@@ -47,6 +49,7 @@ impl Refusal {
         Self::UpstreamFailed,
         Self::UpstreamTimeout,
         Self::GoingAway,
+        Self::Quota,
     ];
 
     /// The HTTP status code.
@@ -59,6 +62,7 @@ impl Refusal {
             Self::DrInactive | Self::NoConnector | Self::GoingAway => 503,
             Self::UpstreamFailed => 502,
             Self::UpstreamTimeout => 504,
+            Self::Quota => 429,
         }
     }
 
@@ -75,6 +79,7 @@ impl Refusal {
             Self::UpstreamFailed => "upstream-failed",
             Self::UpstreamTimeout => "upstream-timeout",
             Self::GoingAway => "going-away",
+            Self::Quota => "quota",
         }
     }
 
@@ -89,6 +94,7 @@ impl Refusal {
             400 => "Bad Request",
             403 => "Forbidden",
             405 => "Method Not Allowed",
+            429 => "Too Many Requests",
             431 => "Request Header Fields Too Large",
             502 => "Bad Gateway",
             503 => "Service Unavailable",
@@ -110,6 +116,7 @@ impl Refusal {
             Self::UpstreamFailed => "every tried connector failed to reach the application",
             Self::UpstreamTimeout => "the application did not answer in time",
             Self::GoingAway => "the edge is going away; open the flow through another edge",
+            Self::Quota => "this identity has as many flows open as the edge allows one identity",
         }
     }
 
@@ -196,7 +203,7 @@ mod tests {
     #[test]
     fn statuses_match_design_table() {
         let got: Vec<u16> = Refusal::ALL.iter().map(|r| r.status()).collect();
-        assert_eq!(got, [400, 405, 431, 403, 403, 503, 503, 502, 504, 503]);
+        assert_eq!(got, [400, 405, 431, 403, 403, 503, 503, 502, 504, 503, 429]);
     }
 
     #[test]

@@ -53,3 +53,83 @@ async fn silent_connections_without_a_certificate_lock_nobody_out() {
     assert!(tunnels_of(&conn, "edge", "tls") == 1);
     drop(idle);
 }
+
+/// One client certificate cannot take every tunnel or flow slot: with
+/// `max_tunnels = 10`, bob's sixth QUIC tunnel is refused (`quota`) at
+/// `max_tunnels_per_identity = 4`, and alice and the connector still get in;
+/// bob's fourth concurrent flow is refused `429 quota` at
+/// `max_flows_per_identity = 3` while alice's flows go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_cannot_take_every_slot() {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml(
+        "quic = \"127.0.0.1:0\"",
+        "static:on",
+        "max_tunnels = 10\nmax_tunnels_per_identity = 4\nmax_flows_per_identity = 3\n",
+    ));
+    let quic = edge.quic.expect("quic");
+    let mut bobs = Vec::new();
+    for _ in 0..6 {
+        bobs.push(rig.start_client(&rig.user(BOB), quic, "quic", "").await);
+    }
+    let edge_m = std::sync::Arc::clone(&edge.metrics);
+    eventually(
+        "bob's tunnels over quota refused",
+        Duration::from_secs(10),
+        || handshakes_of(&edge_m, "client", "quic", "quota") >= 2,
+    )
+    .await;
+    assert!(tunnels_of(&edge.metrics, "client", "quic") <= 4);
+    let conn = rig.start_connector(0, quic, "quic", "");
+    let alice = rig.start_client(&rig.user(ALICE), quic, "quic", "").await;
+    eventually("the connector gets in", Duration::from_secs(10), || {
+        connectors_connected(&edge.metrics) == 1
+    })
+    .await;
+    first_flow_after(alice.http, rig.app.port(), Duration::from_secs(10)).await;
+    assert_eq!(tunnels_of(&conn, "edge", "quic"), 1);
+
+    // Bob holds three flows open through one client; the fourth is refused.
+    let bob = &bobs[0];
+    first_flow_after(bob.http, rig.app.port(), Duration::from_secs(10)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(bob.http)
+            .await
+            .expect("connect");
+        let auth = format!("{DR_HOST}:{}", rig.app.port());
+        let req = format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+            .await
+            .expect("write");
+        let mut buf = [0u8; 128];
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+            .await
+            .expect("read");
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        held.push(s);
+    }
+    let refused = raw_connect(bob.http, &format!("{DR_HOST}:{}", rig.app.port())).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 429") && refused.contains("Lifeboat-Error: quota"),
+        "{refused}"
+    );
+    let app = fetch_via(alice.http, rig.app.port(), "/bytes/100")
+        .await
+        .expect("alice's flow");
+    assert!(app.starts_with(b"HTTP/1.1 200"));
+    drop(held);
+    // Bob's flows given back: he may open one again.
+    eventually("bob's quota given back", Duration::from_secs(5), || {
+        edge_m.flows_active.get() == 0
+    })
+    .await;
+    let app = fetch_via(bob.http, rig.app.port(), "/bytes/100")
+        .await
+        .expect("bob's flow");
+    assert!(app.starts_with(b"HTTP/1.1 200"));
+}

@@ -15,6 +15,12 @@ pub struct Limits {
     pub max_tunnels: usize,
     /// Flows a process carries at once; the excess is refused. Default 100000.
     pub max_flows: usize,
+    /// Tunnels one identity (a client or connector certificate) may hold at
+    /// an edge. Default 8.
+    pub max_tunnels_per_identity: usize,
+    /// Flows one client identity may have at an edge at once (QUIC streams
+    /// and TLS flow connections). Default 4096.
+    pub max_flows_per_identity: usize,
     /// Concurrent flows on one tunnel (QUIC stream credit). Default 1024.
     pub max_flows_per_tunnel: u32,
     /// Handshakes in progress on an edge; the excess is shed before any crypto. Default 256.
@@ -56,6 +62,8 @@ impl Default for Limits {
         Self {
             max_tunnels: 10_000,
             max_flows: 100_000,
+            max_tunnels_per_identity: 8,
+            max_flows_per_identity: 4096,
             max_flows_per_tunnel: 1024,
             max_handshakes_inflight: 256,
             preamble_bytes: 8 * 1024,
@@ -105,8 +113,20 @@ impl Limits {
     }
 
     /// Every count and size key with its range, as (key, value, least, most).
-    fn sizes(&self) -> [(&'static str, u64, u64, u64); 6] {
+    fn sizes(&self) -> [(&'static str, u64, u64, u64); 8] {
         [
+            (
+                "max_tunnels_per_identity",
+                self.max_tunnels_per_identity as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "max_flows_per_identity",
+                self.max_flows_per_identity as u64,
+                1,
+                10_000_000,
+            ),
             ("max_tunnels", self.max_tunnels as u64, 1, 1_000_000),
             ("max_flows", self.max_flows as u64, 1, 10_000_000),
             (

@@ -92,6 +92,20 @@ const RANGES: &[(&str, &str, &str, &str, &[&str])] = &[
     ("limits", "max_flows", "1", "10000000", &["0", "10000001"]),
     (
         "limits",
+        "max_tunnels_per_identity",
+        "1",
+        "1000000",
+        &["0", "1000001"],
+    ),
+    (
+        "limits",
+        "max_flows_per_identity",
+        "1",
+        "10000000",
+        &["0", "10000001"],
+    ),
+    (
+        "limits",
         "max_flows_per_tunnel",
         "1",
         "100000",

@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use super::quota::Kind;
 use super::registry::Link;
 use super::{connector_tunnel, flow, EdgeState};
+use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::{close_code, mux, quic, stream_code, tls, TransportKind, ALPN_CONNECTOR};
 use crate::trust::{Role, SpiffeId};
@@ -219,6 +221,13 @@ async fn quic_conn(
             return;
         }
     };
+    let max = state.policy.load().limits.max_tunnels_per_identity;
+    let Some(_quota) = state.quotas.take(&peer.uri(), Kind::Tunnel, max) else {
+        count(&state, claimed, q, "quota");
+        warn!(peer = %peer, "refused: this identity holds {max} tunnels already (max_tunnels_per_identity)");
+        conn.close(close_code::QUOTA.into(), b"quota");
+        return;
+    };
     count(&state, claimed, q, "ok");
     if drain.is_cancelled() {
         conn.close(close_code::GOING_AWAY.into(), b"edge going away");
@@ -250,6 +259,7 @@ async fn client_tunnel(
         .with_label_values(&["client", TransportKind::Quic.as_str()]);
     tunnels.inc();
     info!(peer = %peer, "client tunnel up");
+    let peer_uri = peer.uri();
     let peer = Arc::new(peer);
     // A certificate already expired was let in by `[dr] cert_grace`: the
     // tunnel lives only while DR stays `on`.
@@ -293,15 +303,21 @@ async fn client_tunnel(
                     if going_away {
                         // A flow that crossed the notice: refused `going-away`
                         // without forwarding, so the client opens it elsewhere.
-                        tokio::spawn(refuse_going_away(Arc::clone(&state), send, recv));
+                        tokio::spawn(refuse_stream(Arc::clone(&state), send, recv, Refusal::GoingAway));
                         continue;
                     }
+                    let max = state.policy.load().limits.max_flows_per_identity;
+                    let Some(quota) = state.quotas.take(&peer_uri, Kind::Flow, max) else {
+                        tokio::spawn(refuse_stream(Arc::clone(&state), send, recv, Refusal::Quota));
+                        continue;
+                    };
                     let Ok(permit) = Arc::clone(&state.flows).try_acquire_owned() else {
                         // Over max_flows: refuse the stream itself; the client sees a reset.
                         let _ = send.reset(stream_code::ABORTED.into());
                         let _ = recv.stop(stream_code::ABORTED.into());
                         continue;
                     };
+                    let permit = (permit, quota);
                     let id = state.next_id();
                     let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
                     let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
@@ -335,17 +351,18 @@ async fn client_tunnel(
     info!(peer = %peer, "client tunnel down: {why}");
 }
 
-/// Refuse a flow stream with `going-away` (503), unread: nothing of it was
-/// forwarded. Bounded: a peer that reads nothing is cut after a second.
-async fn refuse_going_away(
+/// Refuse a flow stream with `r` (`going-away`, `quota`) before reading
+/// it: nothing of it was forwarded. Bounded: a peer that reads nothing is
+/// cut after a second.
+async fn refuse_stream(
     state: Arc<EdgeState>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    r: Refusal,
 ) {
-    use crate::refusal::Refusal;
-    state.metrics.refused_unmatched(Refusal::GoingAway).inc();
+    state.metrics.refused_unmatched(r).inc();
     let _ = recv.stop(stream_code::ABORTED.into());
-    let body = Refusal::GoingAway.encode_response("");
+    let body = r.encode_response("");
     let answer = async {
         send.write_all(&body).await.ok()?;
         send.finish().ok()?;
@@ -518,8 +535,30 @@ async fn tls_conn(
             return;
         }
     };
+    let limits_now = state.policy.load().limits.clone();
+    let (kind, max) = match claimed {
+        Role::Connector => (Kind::Tunnel, limits_now.max_tunnels_per_identity),
+        _ => (Kind::Flow, limits_now.max_flows_per_identity),
+    };
+    let Some(quota) = state.quotas.take(&peer.uri(), kind, max) else {
+        count(&state, claimed, t, "quota");
+        debug!(peer = %peer, "refused: over this identity's quota");
+        if claimed != Role::Connector {
+            // A client flow connection: answered `quota` like a QUIC flow.
+            let mut stream = stream;
+            let _ = tokio::io::AsyncWriteExt::write_all(
+                &mut stream,
+                &Refusal::Quota.encode_response(""),
+            )
+            .await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            state.metrics.refused_unmatched(Refusal::Quota).inc();
+        }
+        return;
+    };
     count(&state, claimed, t, "ok");
     if claimed == Role::Connector {
+        let _quota = quota;
         let certs: Vec<CertificateDer<'static>> = stream
             .get_ref()
             .1
@@ -540,6 +579,7 @@ async fn tls_conn(
     let Ok(permit) = Arc::clone(&state.flows).try_acquire_owned() else {
         return;
     };
+    let permit = (permit, quota);
     if drain.is_cancelled() {
         return;
     }

@@ -10,6 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Span};
 
+use super::quota::QuotaGuard;
 use super::registry::{ActiveGuard, ConnectorTunnel, Link};
 use super::EdgeState;
 use crate::preamble::{self, ConnectRequest};
@@ -29,7 +30,7 @@ pub(super) async fn serve(
     peer: Arc<SpiffeId>,
     id: u64,
     mut client: Side,
-    _permit: OwnedSemaphorePermit,
+    _slot: (OwnedSemaphorePermit, QuotaGuard),
     cert_refused: CancellationToken,
 ) {
     let m = &state.metrics;

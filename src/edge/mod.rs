@@ -4,6 +4,7 @@
 
 mod accept;
 mod flow;
+pub mod quota;
 pub mod registry;
 
 use std::collections::HashSet;
@@ -79,6 +80,8 @@ pub struct EdgeState {
     pub mode: watch::Receiver<DrMode>,
     pub registry: Registry,
     pub flows: Arc<Semaphore>,
+    /// Tunnels and flows held per identity.
+    pub quotas: Arc<quota::Quotas>,
     next_id: AtomicU64,
     /// Cancelled when the drain deadline passes: running flows are aborted.
     pub abort: CancellationToken,
@@ -221,6 +224,7 @@ impl Edge {
             mode,
             registry: Registry::default(),
             flows: Arc::new(Semaphore::new(limits.max_flows)),
+            quotas: Default::default(),
             next_id: AtomicU64::new(1),
             abort: CancellationToken::new(),
             trust_changed: watch::channel(()).0,

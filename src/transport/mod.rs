@@ -34,6 +34,8 @@ pub mod close_code {
     /// The edge is going away (SIGTERM: a restart or shutdown); peers move
     /// to another address of the edge name at once.
     pub const GOING_AWAY: u32 = 0x15;
+    /// The peer's identity holds `max_tunnels_per_identity` tunnels already.
+    pub const QUOTA: u32 = 0x16;
 }
 
 /// Stream error codes (QUIC RESET_STREAM / STOP_SENDING).
