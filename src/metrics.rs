@@ -46,6 +46,7 @@ pub const CLOSE_REASONS: &[&str] = &[
     "error",
     "dr-narrowed",
     "cert-refused",
+    "idle",
     "tunnel-lost",
     "shutdown",
 ];

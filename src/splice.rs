@@ -11,6 +11,8 @@
 //! the flow.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use prometheus::IntCounter;
@@ -254,8 +256,7 @@ impl SendHalf {
                     // Linger 0 turns the close into a RST (it does not block with a
                     // zero timeout); `forget` keeps tokio from sending a FIN first, so
                     // the peer sees the reset when the read half goes.
-                    let _ = socket2::SockRef::from(w.as_ref())
-                        .set_linger(Some(std::time::Duration::ZERO));
+                    let _ = socket2::SockRef::from(w.as_ref()).set_linger(Some(Duration::ZERO));
                     w.forget();
                 }
             }
@@ -289,6 +290,7 @@ impl End {
             Self::Reset => "reset",
             Self::Stopped(stream_code::DR_NARROWED) => "dr-narrowed",
             Self::Stopped(stream_code::CERT_REFUSED) => "cert-refused",
+            Self::Stopped(stream_code::IDLE) => "idle",
             Self::Stopped(_) => "shutdown",
         }
     }
@@ -321,6 +323,7 @@ pub async fn splice_counted(
             abort.cancelled().await;
             stream_code::SHUTDOWN
         },
+        None,
     )
     .await;
     metrics
@@ -346,21 +349,49 @@ pub struct Counters<'a> {
     pub down: &'a IntCounter,
 }
 
+/// Milliseconds on a process-wide monotonic clock (cheap to store in an
+/// atomic: flow activity, suspect connectors).
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 async fn pump(
     from: &mut RecvHalf,
     to: &mut SendHalf,
     count: &mut u64,
     counter: &IntCounter,
+    active: &AtomicU64,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
     while from.read_batch(&mut batch).await? {
         let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
+        active.store(clock_ms(), Ordering::Relaxed);
         to.write_batch(&mut batch).await?;
         batch.clear();
         *count += n;
         counter.inc_by(n);
     }
     to.finish().await
+}
+
+/// Resolves once nothing has moved for `idle` (never when `None`).
+async fn idle_for(active: &AtomicU64, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let due = active.load(Ordering::Relaxed).saturating_add(idle_ms);
+        let now = clock_ms();
+        if now >= due {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(due - now)).await;
+    }
 }
 
 /// Write every byte of `chunks` with vectored writes (one syscall for many
@@ -400,18 +431,22 @@ async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
 }
 
 /// Splice `a` (client side) and `b` (app side) until both directions end,
-/// one fails, or `stop` resolves with a stream error code.
+/// one fails, `stop` resolves with a stream error code, or nothing moved
+/// either way for `idle`.
 pub async fn splice(
     a: &mut Side,
     b: &mut Side,
     counters: Counters<'_>,
     stop: impl std::future::Future<Output = u32>,
+    idle: Option<Duration>,
 ) -> Outcome {
     let (mut up, mut down) = (0u64, 0u64);
+    let active = AtomicU64::new(clock_ms());
     let end = {
-        let up_fut = pump(&mut a.recv, &mut b.send, &mut up, counters.up);
-        let down_fut = pump(&mut b.recv, &mut a.send, &mut down, counters.down);
-        tokio::pin!(up_fut, down_fut, stop);
+        let up_fut = pump(&mut a.recv, &mut b.send, &mut up, counters.up, &active);
+        let down_fut = pump(&mut b.recv, &mut a.send, &mut down, counters.down, &active);
+        let idle_fut = idle_for(&active, idle);
+        tokio::pin!(up_fut, down_fut, stop, idle_fut);
         let (mut up_done, mut down_done) = (false, false);
         loop {
             tokio::select! {
@@ -420,6 +455,7 @@ pub async fn splice(
                 // win the race and report a plain reset.
                 biased;
                 code = &mut stop => break End::Stopped(code),
+                () = &mut idle_fut => break End::Stopped(stream_code::IDLE),
                 r = &mut up_fut, if !up_done => {
                     if r.is_err() { break End::Reset; }
                     up_done = true;

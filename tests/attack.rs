@@ -133,3 +133,84 @@ async fn one_identity_cannot_take_every_slot() {
         .expect("bob's flow");
     assert!(app.starts_with(b"HTTP/1.1 200"));
 }
+
+/// A client certificate that expires while its QUIC tunnel is open: the
+/// edge notices at the expiry, not at the next trust reload, closes the
+/// tunnel and refuses the reconnect as expired (no `cert_grace` here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_expiring_during_a_tunnel_ends_it() {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
+    let quic = edge.quic.expect("quic");
+    let _conn = rig.start_connector(0, quic, "quic", "");
+    let short = rig.ca.issue_expiring_in("dave", 4);
+    let client = rig.start_client(&short, quic, "quic", "").await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
+    assert_eq!(tunnels_of(&client.metrics, "edge", "quic"), 1);
+    let edge_m = std::sync::Arc::clone(&edge.metrics);
+    eventually(
+        "the edge closed the tunnel at the certificate's expiry",
+        Duration::from_secs(12),
+        || tunnels_of(&edge_m, "client", "quic") == 0,
+    )
+    .await;
+    eventually(
+        "the reconnect is refused as expired",
+        Duration::from_secs(10),
+        || handshakes_of(&edge_m, "client", "quic", "expired") >= 1,
+    )
+    .await;
+}
+
+/// `flow_idle_timeout`: a flow over QUIC and one over the edge's TLS
+/// listener that stay silent are closed by the edge and counted as `idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_flows_end_at_flow_idle_timeout_on_both_transports() {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml(
+        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
+        "static:on",
+        "flow_idle_timeout = \"1s\"\n",
+    ));
+    let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
+    let _conn = rig.start_connector(0, quic, "quic", "");
+    let qc = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
+    let tc = rig.start_client(&rig.user(ALICE), tls, "tls", "").await;
+    for client in [&qc, &tc] {
+        first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
+    }
+    let mut silent = Vec::new();
+    for client in [&qc, &tc] {
+        let mut s = tokio::net::TcpStream::connect(client.http)
+            .await
+            .expect("connect");
+        let auth = format!("{DR_HOST}:{}", rig.app.port());
+        let req = format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+            .await
+            .expect("write");
+        let mut buf = [0u8; 128];
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+            .await
+            .expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        silent.push(s);
+    }
+    let started = Instant::now();
+    for mut s in silent {
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+        )
+        .await
+        .expect("the silent flow ends within 10 s");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+    println!(
+        "silent flows closed after {:?} (flow_idle_timeout 1s)",
+        started.elapsed()
+    );
+    let idle = edge.metrics.flows_closed.with_label_values(&["idle"]).get();
+    assert_eq!(idle, 2, "both counted as idle");
+}

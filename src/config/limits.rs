@@ -40,6 +40,11 @@ pub struct Limits {
     /// A tunnel silent this long is dead; keepalives go at a third of it. Default 30s.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    /// The edge closes a flow (any transport) when nothing moved either way
+    /// for this long; 0 keeps silent flows as long as their tunnel lives.
+    /// Default 1h.
+    #[serde(with = "duration")]
+    pub flow_idle_timeout: Duration,
     /// The connector's TCP connect to the app. Default 10s.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
@@ -71,6 +76,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             client_hello_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(30),
+            flow_idle_timeout: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             flow_window: 1024 * 1024,
@@ -96,7 +102,7 @@ impl Limits {
 
     /// Every duration key with its range, as (key, value, least, most).
     /// The README's config reference lists the same ranges.
-    fn durations(&self) -> [(&'static str, Duration, Duration, Duration); 6] {
+    fn durations(&self) -> [(&'static str, Duration, Duration, Duration); 7] {
         [
             ("preamble_timeout", self.preamble_timeout, MS_100, MIN_10),
             ("handshake_timeout", self.handshake_timeout, MS_100, MIN_10),
@@ -107,6 +113,12 @@ impl Limits {
                 MIN_10,
             ),
             ("idle_timeout", self.idle_timeout, MS_300, HOUR),
+            (
+                "flow_idle_timeout",
+                self.flow_idle_timeout,
+                Duration::ZERO,
+                7 * DAY,
+            ),
             ("connect_timeout", self.connect_timeout, MS_100, MIN_10),
             ("drain_timeout", self.drain_timeout, Duration::ZERO, HOUR),
         ]
@@ -175,6 +187,7 @@ const MS_100: Duration = Duration::from_millis(100);
 const MS_300: Duration = Duration::from_millis(300);
 const MIN_10: Duration = Duration::from_secs(600);
 const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// `Err(why)` when `v` lies outside `least..=most`; durations are printed
 /// the way they are written in the config.

@@ -171,6 +171,13 @@ const RANGES: &[(&str, &str, &str, &str, &[&str])] = &[
     ),
     (
         "limits",
+        "flow_idle_timeout",
+        "\"0s\"",
+        "\"7d\"",
+        &["\"8d\""],
+    ),
+    (
+        "limits",
         "connect_timeout",
         "\"100ms\"",
         "\"10m\"",

@@ -221,6 +221,11 @@ async fn quic_conn(
             return;
         }
     };
+    if let Some(reason) = expired_now(&state, &quic_certs(&conn), claimed) {
+        count(&state, claimed, q, reason);
+        conn.close(close_code::CERT_REFUSED.into(), reason.as_bytes());
+        return;
+    }
     let max = state.policy.load().limits.max_tunnels_per_identity;
     let Some(_quota) = state.quotas.take(&peer.uri(), Kind::Tunnel, max) else {
         count(&state, claimed, q, "quota");
@@ -261,42 +266,29 @@ async fn client_tunnel(
     info!(peer = %peer, "client tunnel up");
     let peer_uri = peer.uri();
     let peer = Arc::new(peer);
-    // A certificate already expired was let in by `[dr] cert_grace`: the
-    // tunnel lives only while DR stays `on`.
-    let grace_only = leaf_expired(&conn);
-    let mut mode = state.mode.clone();
-    let grace_over = async move {
-        if !grace_only {
-            return std::future::pending().await;
-        }
-        loop {
-            if *mode.borrow_and_update() != crate::dr::DrMode::On {
-                return;
-            }
-            if mode.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
-    };
-    tokio::pin!(grace_over);
-    let mut trust_changed = state.trust_changed.subscribe();
+    // The certificate is watched for the tunnel's whole life: a trust reload
+    // that refuses it, its expiry, `cert_grace` ending with DR `on`.
+    let cert_end = cert_watch(Arc::clone(&state), quic_certs(&conn));
+    tokio::pin!(cert_end);
     let cert_refused = CancellationToken::new();
     // This tunnel's own flows: a going-away tunnel closes when they are done.
     let mine = TaskTracker::new();
     let mut going_away = false;
     let why = loop {
         tokio::select! {
-            Ok(()) = trust_changed.changed() => {
-                if let Err(reason) = still_accepted(&state, &quic_certs(&conn), Role::Client) {
-                    // Running flows end with a reset counted as cert-refused.
-                    cert_refused.cancel();
-                    conn.close(close_code::CERT_REFUSED.into(), reason.as_bytes());
-                    break format!("certificate no longer accepted after a trust reload: {reason}");
+            end = &mut cert_end => {
+                // Running flows end with a reset counted as cert-refused.
+                cert_refused.cancel();
+                match end {
+                    CertEnd::Refused(reason) => {
+                        conn.close(close_code::CERT_REFUSED.into(), reason.as_bytes());
+                        break format!("certificate no longer accepted: {reason}");
+                    }
+                    CertEnd::GraceOver => {
+                        conn.close(close_code::GRACE_OVER.into(), b"certificate expired; DR cert_grace applies only while DR is on");
+                        break "certificate expired and DR is no longer on".to_string();
+                    }
                 }
-            }
-            () = &mut grace_over => {
-                conn.close(close_code::GRACE_OVER.into(), b"certificate expired; DR cert_grace applies only while DR is on");
-                break "certificate expired and DR is no longer on".to_string();
             }
             r = conn.accept_bi() => match r {
                 Ok((mut send, mut recv)) => {
@@ -378,14 +370,9 @@ pub(super) fn still_accepted(
     certs: &[CertificateDer<'static>],
     role: Role,
 ) -> Result<(), &'static str> {
-    let Some((leaf, rest)) = certs.split_first() else {
-        return Err("no-certificate");
-    };
     state
         .trust
-        .client_verifier(&[role])
-        .verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())
-        .map(|_| ())
+        .recheck(certs, &[role], rustls::pki_types::UnixTime::now())
         .map_err(|e| crate::trust::classify(&e))
 }
 
@@ -397,17 +384,83 @@ fn quic_certs(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
         .unwrap_or_default()
 }
 
-/// Whether the peer's certificate is past its notAfter now.
-fn leaf_expired(conn: &quinn::Connection) -> bool {
-    let certs = quic_certs(conn);
-    let Some(leaf) = certs.first() else {
-        return false;
-    };
-    match x509_parser::parse_x509_certificate(leaf) {
-        Ok((_, cert)) => {
-            cert.validity().not_after.timestamp() < crate::dr::trigger::unix_now() as i64
+/// A session resumed from a ticket skips the certificate checks: one whose
+/// certificate has expired since is refused here (`expired`, unless
+/// `cert_grace` keeps it while DR is `on`). Only the expiry is looked at:
+/// trust reloads void every ticket.
+fn expired_now(
+    state: &EdgeState,
+    certs: &[CertificateDer<'static>],
+    role: Role,
+) -> Option<&'static str> {
+    let now = crate::dr::trigger::unix_now() as i64;
+    if leaf_not_after(certs)? >= now {
+        return None;
+    }
+    still_accepted(state, certs, role).err()
+}
+
+/// The leaf certificate's notAfter, unix seconds.
+fn leaf_not_after(certs: &[CertificateDer<'static>]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Why a live client's certificate stopped being accepted.
+enum CertEnd {
+    /// A trust reload (revocation, CA change) or its expiry refused it.
+    Refused(&'static str),
+    /// It is expired and was accepted only by `[dr] cert_grace`, which
+    /// applies only while DR is `on`: DR left `on`.
+    GraceOver,
+}
+
+/// Watch a live client's certificate for as long as its tunnel or flow
+/// lives: re-checked at every trust reload and when it expires (then
+/// `cert_grace` may keep it while DR is `on`); resolves when it is no
+/// longer accepted.
+async fn cert_watch(state: Arc<EdgeState>, certs: Vec<CertificateDer<'static>>) -> CertEnd {
+    let mut trust_changed = state.trust_changed.subscribe();
+    let mut mode = state.mode.clone();
+    let not_after = leaf_not_after(&certs);
+    // Whether `cert_grace` has been keeping this expired certificate.
+    let mut by_grace = false;
+    loop {
+        let now = crate::dr::trigger::unix_now() as i64;
+        let expired = not_after.is_some_and(|t| t < now);
+        if expired {
+            // Also a session resumed from a ticket issued before the expiry:
+            // resumption skips the certificate checks.
+            let on = *mode.borrow_and_update() == crate::dr::DrMode::On;
+            match still_accepted(&state, &certs, Role::Client) {
+                Ok(()) if on => by_grace = true,
+                Err(_) | Ok(()) if by_grace => return CertEnd::GraceOver,
+                Err(reason) => return CertEnd::Refused(reason),
+                Ok(()) => return CertEnd::GraceOver,
+            }
         }
-        Err(_) => false,
+        // Woken at the expiry (a day at a time: no far-future timers).
+        let until_expiry = not_after
+            .filter(|&t| t >= now)
+            .map(|t| std::time::Duration::from_secs((t - now + 1).min(86_400) as u64));
+        let expiry = async {
+            match until_expiry {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Ok(()) = trust_changed.changed() => {}
+            () = expiry => continue,
+            Ok(()) = mode.changed(), if expired => continue,
+        }
+        if let Err(reason) = still_accepted(&state, &certs, Role::Client) {
+            return if by_grace {
+                CertEnd::GraceOver
+            } else {
+                CertEnd::Refused(reason)
+            };
+        }
     }
 }
 
@@ -464,6 +517,9 @@ async fn tls_conn(
     let t = TransportKind::Tls;
     let limits = state.policy.load().limits.clone();
     let _ = tcp.set_nodelay(true);
+    // A peer that vanishes without a FIN or RST (power loss, a dropped
+    // path) is found by TCP keepalive: flows over TLS carry no pings.
+    tls::tcp_keepalive(&tcp, limits.keepalive());
     // The ClientHello within its own short deadline, holding no handshake slot.
     let hello = tokio::select! {
         r = tokio::time::timeout(limits.client_hello_timeout, tls::read_hello(tcp)) => r,
@@ -535,6 +591,14 @@ async fn tls_conn(
             return;
         }
     };
+    let peer_certs: Vec<CertificateDer<'static>> = conn
+        .peer_certificates()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
+    if let Some(reason) = expired_now(&state, &peer_certs, claimed) {
+        count(&state, claimed, t, reason);
+        return;
+    }
     let limits_now = state.policy.load().limits.clone();
     let (kind, max) = match claimed {
         Role::Connector => (Kind::Tunnel, limits_now.max_tunnels_per_identity),
@@ -601,18 +665,14 @@ async fn tls_conn(
     };
     let id = state.next_id();
     let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
-    // A trust reload that no longer accepts this client ends its flow.
+    // A certificate no longer accepted (a trust reload, its expiry, or
+    // `cert_grace` ending as DR leaves `on`) ends its flow, as over QUIC.
     let cert_refused = CancellationToken::new();
     let watch = {
         let (state, cert_refused) = (Arc::clone(&state), cert_refused.clone());
-        let mut changed = state.trust_changed.subscribe();
         tokio::spawn(async move {
-            while changed.changed().await.is_ok() {
-                if still_accepted(&state, &certs, Role::Client).is_err() {
-                    cert_refused.cancel();
-                    return;
-                }
-            }
+            let _ = cert_watch(state, certs).await;
+            cert_refused.cancel();
         })
     };
     flow::serve(

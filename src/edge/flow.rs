@@ -183,6 +183,7 @@ pub(super) async fn serve(
             down: &seg_m.bytes_down,
         },
         stop,
+        Some(limits.flow_idle_timeout).filter(|d| !d.is_zero()),
     )
     .await;
     let reason = outcome.end.reason();

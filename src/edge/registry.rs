@@ -3,8 +3,8 @@
 //! the groups that serve the segment.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 
@@ -76,11 +76,7 @@ pub struct ConnectorTunnel {
 /// How long a connector that did not acknowledge a flow ranks last.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
-/// Milliseconds on a process-wide monotonic clock.
-pub fn clock_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
+use crate::splice::clock_ms;
 
 impl ConnectorTunnel {
     pub fn is_suspect(&self) -> bool {

@@ -48,6 +48,8 @@ pub mod stream_code {
     pub const SHUTDOWN: u32 = 3;
     /// The client's certificate is no longer accepted (revoked since).
     pub const CERT_REFUSED: u32 = 4;
+    /// Nothing moved either way for `[limits] flow_idle_timeout`.
+    pub const IDLE: u32 = 5;
 }
 
 /// Which transport a tunnel runs over (a metric label).

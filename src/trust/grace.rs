@@ -147,6 +147,20 @@ impl Trust {
         now: UnixTime,
         accept: &[Role],
     ) -> Option<Result<SpiffeId, Error>> {
+        self.verify_in_grace_as(refused, end_entity, intermediates, now, accept, true)
+    }
+
+    /// [`Trust::verify_in_grace`], counting and logging an acceptance only
+    /// if `count` (a handshake; not a re-check of a live peer).
+    pub(crate) fn verify_in_grace_as(
+        &self,
+        refused: &Error,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        accept: &[Role],
+        count: bool,
+    ) -> Option<Result<SpiffeId, Error>> {
         let expired = matches!(
             refused,
             Error::InvalidCertificate(
@@ -179,7 +193,7 @@ impl Trust {
             webpki::KeyUsage::client_auth(),
             &[Role::Client],
         );
-        if let Ok(id) = &result {
+        if let (Ok(id), true) = (&result, count) {
             if self.grace.remember(end_entity) {
                 tracing::warn!(
                     peer = %id,
@@ -192,6 +206,28 @@ impl Trust {
             }
         }
         Some(result)
+    }
+}
+
+impl Trust {
+    /// Re-check a live peer's certificate chain as a handshake would now
+    /// (CRL, CA, expiry, `cert_grace` as it applies now), without counting
+    /// a grace acceptance again.
+    pub fn recheck(
+        &self,
+        certs: &[CertificateDer<'_>],
+        accept: &[Role],
+        now: UnixTime,
+    ) -> Result<(), Error> {
+        let (leaf, rest) = certs.split_first().ok_or(Error::NoCertificatesPresented)?;
+        let usage = webpki::KeyUsage::client_auth();
+        match self.verify_peer(leaf, rest, now, usage, accept) {
+            Ok(_) => Ok(()),
+            Err(e) => match self.verify_in_grace_as(&e, leaf, rest, now, accept, false) {
+                Some(r) => r.map(|_| ()),
+                None => Err(e),
+            },
+        }
     }
 }
 

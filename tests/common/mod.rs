@@ -128,6 +128,15 @@ impl Ca {
         self.issue_expired_as(Role::Client, name, None)
     }
 
+    /// A client certificate valid from an hour ago until `secs` from now.
+    pub fn issue_expiring_in(&self, name: &str, secs: i64) -> CertFiles {
+        let now = time::OffsetDateTime::now_utc();
+        let mut o = self.options(Role::Client, name, None);
+        o.not_before = Some(now - time::Duration::hours(1));
+        o.not_after = Some(now + time::Duration::seconds(secs));
+        self.write(&o)
+    }
+
     /// A certificate for `role`/`name` (`group` for connectors) that expired yesterday.
     pub fn issue_expired_as(&self, role: Role, name: &str, group: Option<&str>) -> CertFiles {
         let now = time::OffsetDateTime::now_utc();
