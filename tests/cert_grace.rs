@@ -245,6 +245,23 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
         .await
         .expect("a grace tunnel while DR is on");
     assert_eq!(grace.get(), 4);
+    // A TLS flow let in by grace, open (idle) when DR leaves on.
+    let mut held_tls = tls::connect(&alice_tls, tls_addr, "localhost", Duration::from_secs(5))
+        .await
+        .expect("a grace TLS flow while DR is on");
+    let auth = format!("{DR_HOST}:{port}");
+    held_tls
+        .write_all(format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n").as_bytes())
+        .await
+        .expect("write CONNECT");
+    let mut head = [0u8; 64];
+    let n = held_tls.read(&mut head).await.expect("read the answer");
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    assert_eq!(grace.get(), 5);
 
     // Test mode: alice is a test user, but her certificate is expired:
     // refused at the handshake, not resumed from the `on` days.
@@ -258,6 +275,11 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
         }
         other => panic!("grace tunnel ended with {other}, expected GRACE_OVER"),
     }
+    let mut rest = [0u8; 64];
+    let ended = tokio::time::timeout(Duration::from_secs(5), held_tls.read(&mut rest))
+        .await
+        .expect("the grace TLS flow is closed when DR leaves on");
+    assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
     let (a, kind) = tls_flow(tls_addr, &alice_tls, port).await;
     assert!(matches!(a, Answer::NoTunnel(_)), "{a:?}");
     assert_eq!(kind, Some(HandshakeKind::Full));
@@ -285,8 +307,8 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
     // On again: served again.
     set_mode(&dr_file, &edge, ON, DrMode::On).await;
     assert_eq!(tls_flow(tls_addr, &alice_tls, port).await.0, Answer::Served);
-    assert_eq!(grace.get(), 5);
-    assert_eq!(handshakes(&edge, "tls", "ok"), 6);
+    assert_eq!(grace.get(), 6);
+    assert_eq!(handshakes(&edge, "tls", "ok"), 7);
     // alice's flow under grace and the held grace tunnel.
     assert_eq!(handshakes(&edge, "quic", "ok"), 2);
     drop(connector);
