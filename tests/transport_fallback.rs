@@ -478,3 +478,44 @@ async fn a_tls_client_refused_by_the_edge_does_not_report_a_tunnel_up() {
         "the client counts the refusal as revoked"
     );
 }
+
+/// The default transport with UDP dropped, and the agents started before
+/// the edge: both come up over TLS once the edge starts, and a flow goes
+/// through within seconds (no panic in the race, no long backoff).
+#[test]
+fn agents_started_before_an_edge_whose_udp_is_dropped_come_up_over_tls() {
+    let r = netns::run(|| async {
+        let rig = Rig::new().await;
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        Block::Nft { port }.apply();
+        let cm = rig.start_connector(0, addr, "auto", "");
+        let client = rig.start_client(&rig.user(ALICE), addr, "auto", "").await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!client.task.is_finished(), "the client task ended");
+        let edge = rig.start_edge(&rig.edge_toml(
+            &format!("quic = \"{addr}\"\ntls = \"{addr}\""),
+            "static:on",
+            "",
+        ));
+        assert_eq!(edge.tls, Some(addr));
+        let started = Instant::now();
+        let served = first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+        eprintln!(
+            "UDP dropped, agents before the edge: first flow {:?} after the edge's start",
+            served - started
+        );
+        assert_eq!(
+            tunnels_of(&cm, "edge", "tls"),
+            1,
+            "the connector is up over TLS"
+        );
+    });
+    if let Err(why) = r {
+        assert!(
+            std::env::var("LIFEBOAT_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "LIFEBOAT_REQUIRE_NETNS=1 but no network namespace with nftables here: {why}"
+        );
+        eprintln!("SKIPPED: no network namespace with nftables here ({why})");
+    }
+}
