@@ -120,7 +120,13 @@ pub(super) async fn serve(
         // Counted from the pick, so concurrent flows spread over connectors
         // before any of them answered.
         let guard = ActiveGuard::new(Arc::clone(&tunnel));
-        match open_upstream(&tunnel, &header, reply_timeout).await {
+        let another = || {
+            state
+                .registry
+                .pick(&segment.connector_groups, &tried)
+                .is_some()
+        };
+        match open_upstream(&tunnel, &header, reply_timeout, another).await {
             Ok(sides) => {
                 upstream = Some((sides, guard, tunnel));
                 break;
@@ -243,6 +249,7 @@ async fn open_upstream(
     tunnel: &ConnectorTunnel,
     header: &FlowHeader,
     reply_timeout: Duration,
+    another: impl Fn() -> bool,
 ) -> Result<Side, Refusal> {
     let mut out = BytesMut::with_capacity(256);
     wire::encode_flow_header(header, &mut out).map_err(|_| Refusal::BadRequest)?;
@@ -270,12 +277,14 @@ async fn open_upstream(
             return Err(Refusal::UpstreamTimeout);
         }
     };
+    // Only worth asking when another connector could take the flow; alone,
+    // a slow connector is still the best there is.
     let alive = async {
         match (&tunnel.link, rx_before) {
             (Link::Quic(c), Some(before)) => {
-                let wait = (c.rtt() * 3 + ACK_GRACE).clamp(ACK_GRACE, Duration::from_secs(1));
+                let wait = (c.rtt() * 3 + ACK_GRACE).clamp(ACK_GRACE, Duration::from_secs(2));
                 tokio::time::sleep(wait).await;
-                if c.stats().udp_rx.datagrams > before {
+                if c.stats().udp_rx.datagrams > before || !another() {
                     std::future::pending::<()>().await;
                 }
             }
@@ -312,8 +321,9 @@ async fn open_upstream(
 
 /// A live QUIC peer acknowledges an ack-eliciting packet within its
 /// max_ack_delay (25 ms by default) plus a round trip; this is the margin
-/// above three round trips before a silent connector is taken for frozen.
-const ACK_GRACE: Duration = Duration::from_millis(100);
+/// above three round trips before a silent connector is taken for frozen
+/// (generous: a busy edge may read its socket late).
+const ACK_GRACE: Duration = Duration::from_millis(500);
 
 async fn read_reply(recv: &mut RecvHalf) -> Result<FlowReply, ()> {
     let mut buf = BytesMut::new();
