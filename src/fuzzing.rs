@@ -209,3 +209,55 @@ pub fn segments(data: &[u8]) {
         }
     }
 }
+
+/// `dr_machine`: the DR mode machine driven by arbitrary records and
+/// clocks. Input: lines; a line `@N` moves the clock N seconds (wrapping
+/// the unix clock anywhere in u64), `restore:TEXT` restores a state file,
+/// `timeout` fires the poll timer, anything else is one TXT record. The
+/// machine must never panic, absurd `t=`/`x=` and clocks included.
+pub fn dr_machine(data: &[u8]) {
+    use std::time::{Duration, Instant};
+
+    use crate::dr::machine::{Lookup, Machine, Now, Settings};
+
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let start = Instant::now();
+    let mut now = Now {
+        at: start,
+        unix: Duration::from_secs(1_800_000_000),
+    };
+    let mut m = Machine::new(
+        Settings {
+            poll_interval: Duration::from_secs(30),
+            key: None,
+        },
+        now,
+    );
+    for line in text.lines().take(64) {
+        if let Some(n) = line.strip_prefix('@') {
+            let secs: u64 = n.trim().parse().unwrap_or(0);
+            // The monotonic clock moves at most a day a step.
+            now.at += Duration::from_secs(secs % 86_400);
+            now.unix = Duration::from_secs(secs);
+            continue;
+        }
+        if let Some(state) = line.strip_prefix("restore:") {
+            let _ = m.restore(now, state);
+        } else if line == "timeout" {
+            let _ = m.handle_timeout(now);
+        } else {
+            let _ = m.handle_lookup(
+                now,
+                Lookup::Found {
+                    texts: vec![line.to_string()],
+                    ttl: Some(Duration::from_secs(5)),
+                },
+            );
+        }
+        let _ = m.mode();
+        let _ = m.poll_timeout();
+        let _ = m.poll_edge();
+    }
+}

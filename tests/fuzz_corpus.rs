@@ -6,12 +6,13 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 6] = [
     ("preamble", lifeboat::fuzzing::preamble),
     ("wire", lifeboat::fuzzing::wire),
     ("record", lifeboat::fuzzing::record),
     ("config", lifeboat::fuzzing::config),
     ("segments", lifeboat::fuzzing::segments),
+    ("dr_machine", lifeboat::fuzzing::dr_machine),
 ];
 
 #[test]
