@@ -227,7 +227,7 @@ async fn quic_conn(
         return;
     }
     let max = state.policy.load().limits.max_tunnels_per_identity;
-    let Some(_quota) = state.quotas.take(&peer.uri(), Kind::Tunnel, max) else {
+    let Some(_quota) = state.quotas.take(&peer.uri().into(), Kind::Tunnel, max) else {
         count(&state, claimed, q, "quota");
         warn!(peer = %peer, "refused: this identity holds {max} tunnels already (max_tunnels_per_identity)");
         conn.close(close_code::QUOTA.into(), b"quota");
@@ -264,7 +264,7 @@ async fn client_tunnel(
         .with_label_values(&["client", TransportKind::Quic.as_str()]);
     tunnels.inc();
     info!(peer = %peer, "client tunnel up");
-    let peer_uri = peer.uri();
+    let peer_uri: Arc<str> = peer.uri().into();
     let peer = Arc::new(peer);
     // The certificate is watched for the tunnel's whole life: a trust reload
     // that refuses it, its expiry, `cert_grace` ending with DR `on`.
@@ -604,7 +604,7 @@ async fn tls_conn(
         Role::Connector => (Kind::Tunnel, limits_now.max_tunnels_per_identity),
         _ => (Kind::Flow, limits_now.max_flows_per_identity),
     };
-    let Some(quota) = state.quotas.take(&peer.uri(), kind, max) else {
+    let Some(quota) = state.quotas.take(&peer.uri().into(), kind, max) else {
         count(&state, claimed, t, "quota");
         debug!(peer = %peer, "refused: over this identity's quota");
         if claimed != Role::Connector {

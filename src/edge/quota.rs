@@ -26,20 +26,21 @@ pub enum Kind {
 /// The per-identity counts of one edge.
 #[derive(Default)]
 pub struct Quotas {
-    held: DashMap<String, Held>,
+    held: DashMap<Arc<str>, Held>,
 }
 
 /// One unit of an identity's quota, given back on drop.
 pub struct QuotaGuard {
     quotas: Arc<Quotas>,
-    id: String,
+    id: Arc<str>,
     kind: Kind,
 }
 
 impl Quotas {
     /// Take one `kind` for `id` if it holds fewer than `max`.
-    pub fn take(self: &Arc<Self>, id: &str, kind: Kind, max: usize) -> Option<QuotaGuard> {
-        let mut e = self.held.entry(id.to_owned()).or_default();
+    /// `id` is shared, not copied: a flow costs no allocation here.
+    pub fn take(self: &Arc<Self>, id: &Arc<str>, kind: Kind, max: usize) -> Option<QuotaGuard> {
+        let mut e = self.held.entry(Arc::clone(id)).or_default();
         let n = match kind {
             Kind::Tunnel => &mut e.tunnels,
             Kind::Flow => &mut e.flows,
@@ -48,9 +49,10 @@ impl Quotas {
             return None;
         }
         *n += 1;
+        drop(e);
         Some(QuotaGuard {
             quotas: Arc::clone(self),
-            id: id.to_owned(),
+            id: Arc::clone(id),
             kind,
         })
     }
@@ -89,15 +91,18 @@ mod tests {
     #[test]
     fn caps_each_identity_and_gives_back_on_drop() {
         let q = Arc::new(Quotas::default());
-        let a: Vec<_> = (0..3).filter_map(|_| q.take("a", Kind::Flow, 2)).collect();
+        let (a_id, b_id): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let a: Vec<_> = (0..3)
+            .filter_map(|_| q.take(&a_id, Kind::Flow, 2))
+            .collect();
         assert_eq!(a.len(), 2, "a third flow of `a` is over its quota");
-        let b = q.take("b", Kind::Flow, 2);
+        let b = q.take(&b_id, Kind::Flow, 2);
         assert!(b.is_some(), "another identity is not affected");
-        let t = q.take("a", Kind::Tunnel, 1);
+        let t = q.take(&a_id, Kind::Tunnel, 1);
         assert!(t.is_some(), "tunnels and flows are counted apart");
-        assert!(q.take("a", Kind::Tunnel, 1).is_none());
+        assert!(q.take(&a_id, Kind::Tunnel, 1).is_none());
         drop(a);
-        assert!(q.take("a", Kind::Flow, 2).is_some());
+        assert!(q.take(&a_id, Kind::Flow, 2).is_some());
         drop((b, t));
         assert_eq!(q.identities(), 0, "entries go when nothing is held");
     }
