@@ -6,11 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use lifeboat::metrics::Metrics;
-
-fn connectors_connected(m: &Metrics) -> i64 {
-    m.connectors_connected.with_label_values(&[GROUP]).get()
-}
 
 /// 300 TCP connections to the TLS listener that never send a byte (no
 /// certificate needed) while only 4 handshakes may run at once: a TLS
@@ -94,23 +89,7 @@ async fn one_identity_cannot_take_every_slot() {
     first_flow_after(bob.http, rig.app.port(), Duration::from_secs(10)).await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut s = tokio::net::TcpStream::connect(bob.http)
-            .await
-            .expect("connect");
-        let auth = format!("{DR_HOST}:{}", rig.app.port());
-        let req = format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n");
-        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
-            .await
-            .expect("write");
-        let mut buf = [0u8; 128];
-        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
-            .await
-            .expect("read");
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&buf[..n])
-        );
+        let s = open_flow(bob.http, rig.app.port()).await;
         held.push(s);
     }
     let refused = raw_connect(bob.http, &format!("{DR_HOST}:{}", rig.app.port())).await;
@@ -181,19 +160,7 @@ async fn silent_flows_end_at_flow_idle_timeout_on_both_transports() {
     }
     let mut silent = Vec::new();
     for client in [&qc, &tc] {
-        let mut s = tokio::net::TcpStream::connect(client.http)
-            .await
-            .expect("connect");
-        let auth = format!("{DR_HOST}:{}", rig.app.port());
-        let req = format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n");
-        tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
-            .await
-            .expect("write");
-        let mut buf = [0u8; 128];
-        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
-            .await
-            .expect("read");
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let s = open_flow(client.http, rig.app.port()).await;
         silent.push(s);
     }
     let started = Instant::now();

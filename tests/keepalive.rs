@@ -97,7 +97,7 @@ async fn a_frozen_edge_is_declared_dead_within_idle_timeout_on_quic_and_tls() {
     );
     let config = rig.dir.path().join("edge.toml");
     std::fs::write(&config, &text).expect("write edge.toml");
-    let mut edge = EdgeProc::spawn(&config);
+    let mut edge = Proc::role("edge", &config);
     let quic = edge.listening("quic").await;
     let tls = edge.listening("tls").await;
 

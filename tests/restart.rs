@@ -43,6 +43,36 @@ fn edge_config(
     path
 }
 
+/// An edge process (QUIC and TLS on one free port, DR on, drain_timeout
+/// 20 s) with a connector and a client on the default transport, a flow
+/// through them served.
+struct Served {
+    rig: Rig,
+    config: std::path::PathBuf,
+    edge: Proc,
+    conn: std::sync::Arc<Metrics>,
+    client: ClientHandle,
+}
+
+async fn served_through_an_edge_process() -> Served {
+    let rig = Rig::new().await;
+    let port = free_port();
+    let edge_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = edge_config(&rig, "edge", "127.0.0.1", port, true, "20s");
+    let edge = Proc::role("edge", &config);
+    edge.listening("quic").await;
+    let conn = rig.start_connector(0, edge_addr, AUTO, "");
+    let client = rig.start_client(&rig.user(BOB), edge_addr, AUTO, "").await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    Served {
+        rig,
+        config,
+        edge,
+        conn,
+        client,
+    }
+}
+
 fn connected(m: &Metrics) -> bool {
     tunnels_of(m, "edge", "quic") + tunnels_of(m, "edge", "tls") > 0
 }
@@ -59,7 +89,7 @@ async fn agents_before_the_edge(tls_listener: bool) {
     assert!(!connected(&conn) && !connected(&client.metrics));
     assert!(!client.task.is_finished(), "the client task ended");
 
-    let edge = EdgeProc::spawn(&config);
+    let edge = Proc::role("edge", &config);
     edge.listening("quic").await;
     let started = Instant::now();
     let served = first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
@@ -85,15 +115,13 @@ async fn agents_started_before_a_quic_only_edge_are_served_once_it_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_tunnels_but_no_flows_exits_at_once_and_restart_is_served() {
-    let rig = Rig::new().await;
-    let port = free_port();
-    let edge_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let config = edge_config(&rig, "edge", "127.0.0.1", port, true, "20s");
-    let mut edge = EdgeProc::spawn(&config);
-    edge.listening("quic").await;
-    let conn = rig.start_connector(0, edge_addr, AUTO, "");
-    let client = rig.start_client(&rig.user(BOB), edge_addr, AUTO, "").await;
-    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    let Served {
+        rig,
+        config,
+        mut edge,
+        conn,
+        client,
+    } = served_through_an_edge_process().await;
     // A client connected for a while (its backoff long reset).
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -118,7 +146,7 @@ async fn sigterm_with_tunnels_but_no_flows_exits_at_once_and_restart_is_served()
     .await;
 
     // A replacement on the same address: the first flow through it.
-    let edge = EdgeProc::spawn(&config);
+    let edge = Proc::role("edge", &config);
     edge.listening("quic").await;
     let started = Instant::now();
     let served = first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
@@ -131,15 +159,13 @@ async fn sigterm_with_tunnels_but_no_flows_exits_at_once_and_restart_is_served()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_failing_for_a_while_is_served_soon_after_the_edge_returns() {
-    let rig = Rig::new().await;
-    let port = free_port();
-    let edge_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let config = edge_config(&rig, "edge", "127.0.0.1", port, true, "20s");
-    let mut edge = EdgeProc::spawn(&config);
-    edge.listening("quic").await;
-    let conn = rig.start_connector(0, edge_addr, AUTO, "");
-    let client = rig.start_client(&rig.user(BOB), edge_addr, AUTO, "").await;
-    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    let Served {
+        rig,
+        config,
+        mut edge,
+        conn,
+        client,
+    } = served_through_an_edge_process().await;
     edge.signal("-TERM");
     edge.exited(Duration::from_secs(5)).await;
     // Down for 20 s: every background backoff is at its ceiling by then,
@@ -151,7 +177,7 @@ async fn a_client_failing_for_a_while_is_served_soon_after_the_edge_returns() {
             .is_err());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let edge = EdgeProc::spawn(&config);
+    let edge = Proc::role("edge", &config);
     edge.listening("quic").await;
     let started = Instant::now();
     let served = first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
@@ -179,7 +205,7 @@ async fn sigkill_and_restart_peers_notice_by_stateless_reset() {
         .expect("read")
         .replace("[limits]\n", &format!("[limits]\n{limits}"));
     std::fs::write(&config, text).expect("write");
-    let mut edge = EdgeProc::spawn(&config);
+    let mut edge = Proc::role("edge", &config);
     edge.listening("quic").await;
     let conn = rig.start_connector(0, edge_addr, "quic", limits);
     let client = rig
@@ -191,7 +217,7 @@ async fn sigkill_and_restart_peers_notice_by_stateless_reset() {
 
     edge.signal("-KILL");
     edge.exited(Duration::from_secs(5)).await;
-    let edge = EdgeProc::spawn(&config);
+    let edge = Proc::role("edge", &config);
     edge.listening("quic").await;
     let restarted = Instant::now();
     // The old tunnels are reset at their next keepalive and the agents
@@ -219,13 +245,19 @@ async fn going_away_finishes_running_flows_and_moves_new_ones_to_the_other_edge(
     let (pa, pb) = (free_port(), free_port());
     let a: SocketAddr = format!("127.0.0.1:{pa}").parse().expect("addr");
     let b: SocketAddr = format!("127.0.0.1:{pb}").parse().expect("addr");
-    let mut edge_a = EdgeProc::spawn(&edge_config(&rig, "edge-a", "127.0.0.1", pa, true, "30s"));
+    let mut edge_a = Proc::role(
+        "edge",
+        &edge_config(&rig, "edge-a", "127.0.0.1", pa, true, "30s"),
+    );
     edge_a.listening("quic").await;
     // The client knows both addresses but only A runs: its tunnel is on A.
     let client = rig.start_client_to(&rig.user(BOB), &[a, b], AUTO, "").await;
     let conn = rig.start_connector_to(0, &[a, b], AUTO, "");
     first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
-    let edge_b = EdgeProc::spawn(&edge_config(&rig, "edge-b", "127.0.0.1", pb, true, "30s"));
+    let edge_b = Proc::role(
+        "edge",
+        &edge_config(&rig, "edge-b", "127.0.0.1", pb, true, "30s"),
+    );
     edge_b.listening("quic").await;
     eventually(
         "the connector holds a tunnel to both edges",
@@ -358,10 +390,6 @@ async fn drill_and_loadgen_report_a_dead_edge() {
     }
 }
 
-fn connectors_connected(m: &Metrics) -> i64 {
-    m.connectors_connected.with_label_values(&[GROUP]).get()
-}
-
 /// A connector SIGKILLed and restarted: the edge takes its new tunnel in
 /// place of the dead one (same identity) at once, not after idle_timeout,
 /// and flows go through the new one.
@@ -377,14 +405,14 @@ async fn a_restarted_connector_replaces_its_dead_tunnel_at_once() {
     let text = rig.connector_toml(0, quic, AUTO, "");
     let path = rig.dir.path().join("connector0.toml");
     std::fs::write(&path, text).expect("write connector config");
-    let mut connector = RoleProc::spawn_role("connector", &path);
+    let mut connector = Proc::role("connector", &path);
     let client = rig.start_client(&rig.user(BOB), quic, AUTO, "").await;
     first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
     assert_eq!(connectors_connected(&edge.metrics), 1);
 
     connector.signal("-KILL");
     connector.exited(Duration::from_secs(5)).await;
-    let connector = RoleProc::spawn_role("connector", &path);
+    let connector = Proc::role("connector", &path);
     let restarted = Instant::now();
     first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
     println!(
@@ -472,7 +500,7 @@ async fn a_frozen_connector_does_not_swallow_flows() {
     for i in 0..2 {
         let path = rig.dir.path().join(format!("connector{i}.toml"));
         std::fs::write(&path, rig.connector_toml(i, quic, AUTO, "")).expect("write");
-        procs.push(RoleProc::spawn_role("connector", &path));
+        procs.push(Proc::role("connector", &path));
     }
     let client = rig.start_client(&rig.user(BOB), quic, AUTO, "").await;
     eventually("both connectors up", Duration::from_secs(15), || {

@@ -139,20 +139,10 @@ impl Trust {
     /// not name a client), and the refusal stands. Otherwise every other
     /// check, as always: the id, or why the peer is still refused (revoked,
     /// foreign trust domain, ...).
+    ///
+    /// An acceptance is counted and logged only if `count` (a handshake; not
+    /// a re-check of a live peer).
     pub(crate) fn verify_in_grace(
-        &self,
-        refused: &Error,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-        accept: &[Role],
-    ) -> Option<Result<SpiffeId, Error>> {
-        self.verify_in_grace_as(refused, end_entity, intermediates, now, accept, true)
-    }
-
-    /// [`Trust::verify_in_grace`], counting and logging an acceptance only
-    /// if `count` (a handshake; not a re-check of a live peer).
-    pub(crate) fn verify_in_grace_as(
         &self,
         refused: &Error,
         end_entity: &CertificateDer<'_>,
@@ -223,7 +213,7 @@ impl Trust {
         let usage = webpki::KeyUsage::client_auth();
         match self.verify_peer(leaf, rest, now, usage, accept) {
             Ok(_) => Ok(()),
-            Err(e) => match self.verify_in_grace_as(&e, leaf, rest, now, accept, false) {
+            Err(e) => match self.verify_in_grace(&e, leaf, rest, now, accept, false) {
                 Some(r) => r.map(|_| ()),
                 None => Err(e),
             },

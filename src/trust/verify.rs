@@ -250,10 +250,14 @@ impl ClientCertVerifier for ClientVerifier {
             // `[dr] cert_grace` (grace.rs): a recently expired client
             // certificate while DR is on; any other refusal stands.
             Err(e) => {
-                match self
-                    .trust
-                    .verify_in_grace(&e, end_entity, intermediates, now, &self.accept)
-                {
+                match self.trust.verify_in_grace(
+                    &e,
+                    end_entity,
+                    intermediates,
+                    now,
+                    &self.accept,
+                    true,
+                ) {
                     Some(graced) => graced.map(|_| ClientCertVerified::assertion()),
                     None => Err(e),
                 }

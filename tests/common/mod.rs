@@ -10,9 +10,10 @@
 //! test's runtime ends the rest.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+#[path = "../common_proc/mod.rs"]
 mod proc;
 #[allow(unused_imports)] // not every test binary spawns processes
-pub use proc::{EdgeProc, RoleProc, BIN};
+pub use proc::{Proc, BIN};
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -1271,4 +1272,26 @@ pub async fn first_flow_after(http: SocketAddr, app_port: u16, within: Duration)
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no flow succeeded within {within:?}; last: {last}");
+}
+
+/// `lifeboat_connectors_connected{group="dc1-dr"}` of an edge.
+pub fn connectors_connected(m: &Metrics) -> i64 {
+    m.connectors_connected.with_label_values(&[GROUP]).get()
+}
+
+/// A flow through the client's HTTP CONNECT listener to the app, answered
+/// 200 and left open (nothing sent after the CONNECT).
+pub async fn open_flow(http: SocketAddr, app_port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(http).await.expect("connect");
+    let auth = format!("{DR_HOST}:{app_port}");
+    let req = format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write CONNECT");
+    let mut buf = [0u8; 128];
+    let n = s.read(&mut buf).await.expect("read the answer");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s
 }

@@ -2,8 +2,8 @@
 //! a running process whose stderr lines are collected, the addresses of its
 //! `listening <kind> ADDR` lines, signals, and `GET` on its admin listener.
 //! On drop the process is continued (if stopped) and killed, and its log is
-//! printed if the test failed. tests/process.rs and tests/keepalive.rs carry
-//! older copies of this; new tests use this one.
+//! printed if the test failed. tests/common includes it (as `common::Proc`);
+//! tests/process.rs carries an older copy.
 #![allow(dead_code)] // not every test uses every helper
 
 use std::net::SocketAddr;
@@ -45,6 +45,20 @@ impl Proc {
             }
         });
         Self { child, lines }
+    }
+
+    /// `lifeboat ROLE -c CONFIG` (a role started as a user would).
+    pub fn role(role: &str, config: &Path) -> Self {
+        let config = config.to_str().expect("a UTF-8 config path");
+        Self::spawn(&[role, "-c", config], Path::new("."))
+    }
+
+    /// Wait up to `within` for the process to exit; its exit status.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(s) => s.expect("wait"),
+            Err(_) => panic!("still running after {within:?}:\n{}", self.log()),
+        }
     }
 
     pub fn log(&self) -> String {
