@@ -534,3 +534,31 @@ async fn a_frozen_connector_does_not_swallow_flows() {
     );
     procs[0].signal("-CONT");
 }
+
+/// The edge says at start when the kernel capped its QUIC socket buffers
+/// below the 8 MiB it asks for (`net.core.rmem_max`/`wmem_max`), and is
+/// silent when it did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_warns_when_the_kernel_caps_its_udp_buffers() {
+    let cap = |name: &str| -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .expect("read sysctl")
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let capped = cap("rmem_max") < 8 << 20 || cap("wmem_max") < 8 << 20;
+    let rig = Rig::new().await;
+    let config = edge_config(&rig, "edge", "127.0.0.1", free_port(), false, "20s");
+    let edge = Proc::role("edge", &config);
+    edge.listening("quic").await;
+    let warned = edge
+        .log()
+        .contains("the kernel capped the QUIC socket's buffers");
+    assert_eq!(
+        warned,
+        capped,
+        "capped by the kernel: {capped}\n{}",
+        edge.log()
+    );
+}

@@ -84,6 +84,28 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(sock.into())
 }
 
+/// The edge's UDP socket: as [`udp_socket`], and a warning when the kernel
+/// granted smaller buffers than asked (`net.core.rmem_max`/`wmem_max`): a
+/// DR activation's burst of handshakes, or a fast flow, then loses packets
+/// in the kernel. `deploy/sysctl/90-lifeboat.conf` raises the caps.
+fn edge_udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let sock = udp_socket(addr)?;
+    let s = socket2::SockRef::from(&sock);
+    // Linux reports twice what it grants (the doubled bookkeeping size).
+    let granted = |n: std::io::Result<usize>| n.map(|n| n / 2).unwrap_or(0);
+    let (recv, send) = (granted(s.recv_buffer_size()), granted(s.send_buffer_size()));
+    if recv < UDP_BUFFER || send < UDP_BUFFER {
+        tracing::warn!(
+            recv_buffer = recv,
+            send_buffer = send,
+            wanted = UDP_BUFFER,
+            "the kernel capped the QUIC socket's buffers (net.core.rmem_max / net.core.wmem_max); \
+             bursts of handshakes and fast flows will lose packets: install deploy/sysctl/90-lifeboat.conf"
+        );
+    }
+    Ok(sock)
+}
+
 /// The edge's server endpoint: clients and connectors, ALPN decides the role.
 pub fn server_endpoint(
     addr: SocketAddr,
@@ -104,7 +126,7 @@ pub fn server_endpoint(
     // Address validation costs a round trip; the edge asks for it only when
     // handshakes pile up (see the accept loop), not on every connection.
     server.migration(true);
-    let socket = udp_socket(addr)?;
+    let socket = edge_udp_socket(addr)?;
     Ok(Endpoint::new(
         endpoint_config(trust),
         Some(server),
