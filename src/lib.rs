@@ -28,6 +28,7 @@ pub mod refusal;
 pub mod segments;
 pub mod shutdown;
 pub mod splice;
+pub mod stall;
 pub mod transport;
 pub mod trust;
 pub mod wire;

@@ -47,6 +47,7 @@ pub const CLOSE_REASONS: &[&str] = &[
     "dr-narrowed",
     "cert-refused",
     "idle",
+    "stalled",
     "tunnel-lost",
     "shutdown",
 ];

@@ -20,6 +20,7 @@ use quinn::VarInt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::stall::{FlowStalls, STALL_AFTER};
 use crate::transport::stream_code;
 
 /// Most chunks moved per read (QUIC hands over one chunk per frame).
@@ -291,6 +292,7 @@ impl End {
             Self::Stopped(stream_code::DR_NARROWED) => "dr-narrowed",
             Self::Stopped(stream_code::CERT_REFUSED) => "cert-refused",
             Self::Stopped(stream_code::IDLE) => "idle",
+            Self::Stopped(stream_code::STALLED) => "stalled",
             Self::Stopped(_) => "shutdown",
         }
     }
@@ -323,6 +325,7 @@ pub async fn splice_counted(
             abort.cancelled().await;
             stream_code::SHUTDOWN
         },
+        None,
         None,
     )
     .await;
@@ -365,17 +368,47 @@ async fn pump(
     count: &mut u64,
     counter: &IntCounter,
     active: &AtomicU64,
+    stalls: Option<&FlowStalls>,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
     while from.read_batch(&mut batch).await? {
         let n: u64 = batch.iter().map(|c| c.len() as u64).sum();
         active.store(clock_ms(), Ordering::Relaxed);
-        to.write_batch(&mut batch).await?;
+        match stalls {
+            None => to.write_batch(&mut batch).await?,
+            Some(stalls) => write_watched(to, &mut batch, stalls).await?,
+        }
         batch.clear();
         *count += n;
         counter.inc_by(n);
     }
     to.finish().await
+}
+
+/// Write `batch`; a write still blocked after [`STALL_AFTER`] counts the
+/// flow as stalled until it completes. The timer starts only once the
+/// write did not complete at once (the fast path costs one poll).
+async fn write_watched(
+    to: &mut SendHalf,
+    batch: &mut [Bytes],
+    stalls: &FlowStalls,
+) -> io::Result<()> {
+    let write = to.write_batch(batch);
+    tokio::pin!(write);
+    if let std::task::Poll::Ready(r) = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(write.as_mut(), cx))
+    })
+    .await
+    {
+        return r;
+    }
+    tokio::select! {
+        r = &mut write => r,
+        () = tokio::time::sleep(STALL_AFTER) => {
+            let _stalled = stalls.stalled();
+            write.await
+        }
+    }
 }
 
 /// Resolves once nothing has moved for `idle` (never when `None`).
@@ -432,19 +465,35 @@ async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
 
 /// Splice `a` (client side) and `b` (app side) until both directions end,
 /// one fails, `stop` resolves with a stream error code, or nothing moved
-/// either way for `idle`.
+/// either way for `idle`. With `stalls`, a write blocked for a second
+/// counts the flow as stalled on the tunnels it crosses (`crate::stall`).
 pub async fn splice(
     a: &mut Side,
     b: &mut Side,
     counters: Counters<'_>,
     stop: impl std::future::Future<Output = u32>,
     idle: Option<Duration>,
+    stalls: Option<&FlowStalls>,
 ) -> Outcome {
     let (mut up, mut down) = (0u64, 0u64);
     let active = AtomicU64::new(clock_ms());
     let end = {
-        let up_fut = pump(&mut a.recv, &mut b.send, &mut up, counters.up, &active);
-        let down_fut = pump(&mut b.recv, &mut a.send, &mut down, counters.down, &active);
+        let up_fut = pump(
+            &mut a.recv,
+            &mut b.send,
+            &mut up,
+            counters.up,
+            &active,
+            stalls,
+        );
+        let down_fut = pump(
+            &mut b.recv,
+            &mut a.send,
+            &mut down,
+            counters.down,
+            &active,
+            stalls,
+        );
         let idle_fut = idle_for(&active, idle);
         tokio::pin!(up_fut, down_fut, stop, idle_fut);
         let (mut up_done, mut down_done) = (false, false);

@@ -181,3 +181,78 @@ async fn silent_flows_end_at_flow_idle_timeout_on_both_transports() {
     let idle = edge.metrics.flows_closed.with_label_values(&["idle"]).get();
     assert_eq!(idle, 2, "both counted as idle");
 }
+
+/// 24 flows pushing into an app that never reads, over one connector
+/// tunnel whose window (16 MiB) holds 16 flow windows (1 MiB): without care
+/// they spend the tunnel's window and every other flow on it stops. The
+/// edge closes the flows stalled longest (`stalled`) so that another
+/// user's flows over the same connector keep going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_into_an_app_that_never_reads_do_not_stall_the_others() {
+    use tokio::io::AsyncWriteExt;
+    let rig = Rig::new().await;
+    // A sink that accepts and never reads.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let sink_port = sink.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = sink.accept().await {
+            conns.push(c);
+        }
+    });
+    let app_port = rig.app.port();
+    let text = rig
+        .edge_toml("quic = \"127.0.0.1:0\"", "static:on", "")
+        .replace(
+            &format!("tcp_ports = [\"{app_port}\"]"),
+            "tcp_ports = [\"1-65535\"]",
+        );
+    let edge = rig.start_edge(&text);
+    let quic = edge.quic.expect("quic");
+    let _conn = rig.start_connector(0, quic, "quic", "");
+    let bob = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
+    let alice = rig.start_client(&rig.user(ALICE), quic, "quic", "").await;
+    first_flow_after(alice.http, app_port, Duration::from_secs(10)).await;
+
+    // Bob's 24 flows push until their writes block (bounded: 30 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pushers = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let mut s = open_flow_to(bob.http, sink_port).await;
+        pushers.spawn(async move {
+            let chunk = vec![0x5au8; 64 * 1024];
+            while Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_secs(2), s.write_all(&chunk)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return, // closed by the edge
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+    }
+    // They fill every buffer on the way and stall (a write blocked for a
+    // second marks a flow stalled); the edge closes the ones stalled longest
+    // whenever more than 15 of the 16 flow windows would be held.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Alice's flows over the same connector tunnel still go through.
+    let started = Instant::now();
+    for i in 0..5 {
+        let app = fetch_via(alice.http, app_port, "/bytes/4194304")
+            .await
+            .unwrap_or_else(|e| panic!("alice's flow {i} with bob's flows stalled: {e}"));
+        let (_, body) = split_http(&app);
+        assert_eq!(body.len(), 4 << 20, "alice's flow {i} complete");
+    }
+    println!(
+        "5 x 4 MiB for alice beside 24 stalled flows: {:?}; stalled flows closed: {}",
+        started.elapsed(),
+        edge.metrics
+            .flows_closed
+            .with_label_values(&["stalled"])
+            .get()
+    );
+    pushers.abort_all();
+    held.abort();
+}

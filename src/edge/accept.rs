@@ -271,6 +271,13 @@ async fn client_tunnel(
     let cert_end = cert_watch(Arc::clone(&state), quic_certs(&conn));
     tokio::pin!(cert_end);
     let cert_refused = CancellationToken::new();
+    let stalls = {
+        let l = &state.policy.load().limits;
+        Arc::new(crate::stall::Stalls::new(
+            l.effective_tunnel_window(),
+            l.flow_window,
+        ))
+    };
     // This tunnel's own flows: a going-away tunnel closes when they are done.
     let mine = TaskTracker::new();
     let mut going_away = false;
@@ -313,7 +320,8 @@ async fn client_tunnel(
                     let id = state.next_id();
                     let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
                     let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
-                    let flow = flow::serve(Arc::clone(&state), Arc::clone(&peer), id, side, permit, cert_refused.clone()).instrument(span);
+                    let from = flow::FromTunnel { cert_refused: cert_refused.clone(), stalls: Some(Arc::clone(&stalls)) };
+                    let flow = flow::serve(Arc::clone(&state), Arc::clone(&peer), id, side, permit, from).instrument(span);
                     tracker.spawn(mine.track_future(flow));
                 }
                 Err(e) => break e.to_string(),
@@ -681,7 +689,10 @@ async fn tls_conn(
         id,
         side,
         permit,
-        cert_refused,
+        flow::FromTunnel {
+            cert_refused,
+            stalls: None,
+        },
     )
     .instrument(span)
     .await;

@@ -17,6 +17,7 @@ use crate::preamble::{self, ConnectRequest};
 use crate::refusal::Refusal;
 use crate::segments::Lookup;
 use crate::splice::{self, Counters, RecvHalf, Side};
+use crate::stall::{FlowStalls, Stalls};
 use crate::transport::stream_code;
 use crate::trust::SpiffeId;
 use crate::wire::{self, FlowHeader, FlowReply};
@@ -25,14 +26,26 @@ use crate::wire::{self, FlowHeader, FlowReply};
 const REPLY_MARGIN: Duration = Duration::from_secs(2);
 
 /// Serve one client stream.
+/// What a flow shares with the client tunnel it came on.
+pub(super) struct FromTunnel {
+    /// Cancelled when the client's certificate is no longer accepted.
+    pub cert_refused: CancellationToken,
+    /// The tunnel's stalled flows (QUIC; a TLS flow is its own connection).
+    pub stalls: Option<Arc<Stalls>>,
+}
+
 pub(super) async fn serve(
     state: Arc<EdgeState>,
     peer: Arc<SpiffeId>,
     id: u64,
     mut client: Side,
     _slot: (OwnedSemaphorePermit, QuotaGuard),
-    cert_refused: CancellationToken,
+    from: FromTunnel,
 ) {
+    let FromTunnel {
+        cert_refused,
+        stalls: client_stalls,
+    } = from;
     let m = &state.metrics;
     m.flows_active.inc();
     let started = Instant::now();
@@ -165,6 +178,14 @@ pub(super) async fn serve(
         }
     }
 
+    // A stalled flow counts on both tunnels it crosses.
+    let stalls = FlowStalls::new(
+        client_stalls
+            .into_iter()
+            .chain([Arc::clone(&tunnel.stalls)])
+            .collect(),
+    );
+    let stalled = stalls.stop.clone();
     let mut mode_rx = state.mode.clone();
     let abort = state.abort.clone();
     let stop = async move {
@@ -178,6 +199,7 @@ pub(super) async fn serve(
                 }
                 _ = abort.cancelled() => return stream_code::SHUTDOWN,
                 _ = cert_refused.cancelled() => return stream_code::CERT_REFUSED,
+                _ = stalled.cancelled() => return stream_code::STALLED,
             }
         }
     };
@@ -190,6 +212,7 @@ pub(super) async fn serve(
         },
         stop,
         Some(limits.flow_idle_timeout).filter(|d| !d.is_zero()),
+        Some(&stalls),
     )
     .await;
     let reason = outcome.end.reason();

@@ -432,6 +432,13 @@ async fn connector_tunnel(
         active: Default::default(),
         superseded: CancellationToken::new(),
         suspect_until: Default::default(),
+        stalls: {
+            let l = &state.policy.load().limits;
+            Arc::new(crate::stall::Stalls::new(
+                l.effective_tunnel_window(),
+                l.flow_window,
+            ))
+        },
     });
     let m = &state.metrics;
     let tunnels = m

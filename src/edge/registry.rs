@@ -71,6 +71,8 @@ pub struct ConnectorTunnel {
     /// Until when (ms on [`clock_ms`]) the tunnel is suspect: it did not
     /// acknowledge a flow in time (a frozen connector).
     pub suspect_until: AtomicU64,
+    /// Its flows whose readers stopped reading (`crate::stall`).
+    pub stalls: Arc<crate::stall::Stalls>,
 }
 
 /// How long a connector that did not acknowledge a flow ranks last.

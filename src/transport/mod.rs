@@ -50,6 +50,9 @@ pub mod stream_code {
     pub const CERT_REFUSED: u32 = 4;
     /// Nothing moved either way for `[limits] flow_idle_timeout`.
     pub const IDLE: u32 = 5;
+    /// Its reader stopped reading while the tunnel's window was running
+    /// out for the other flows (`crate::stall`).
+    pub const STALLED: u32 = 6;
 }
 
 /// Which transport a tunnel runs over (a metric label).

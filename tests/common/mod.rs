@@ -1282,6 +1282,11 @@ pub fn connectors_connected(m: &Metrics) -> i64 {
 /// A flow through the client's HTTP CONNECT listener to the app, answered
 /// 200 and left open (nothing sent after the CONNECT).
 pub async fn open_flow(http: SocketAddr, app_port: u16) -> TcpStream {
+    open_flow_to(http, app_port).await
+}
+
+/// [`open_flow`] to any port of `DR_HOST`.
+pub async fn open_flow_to(http: SocketAddr, app_port: u16) -> TcpStream {
     let mut s = TcpStream::connect(http).await.expect("connect");
     let auth = format!("{DR_HOST}:{app_port}");
     let req = format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n");
