@@ -147,15 +147,38 @@ enum PkiCommand {
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colour only for a person at a terminal: never into a file, a pipe or
+    // the journal, and never with NO_COLOR set to anything (no-color.org).
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose
+/// text its wrapper already ends with (`…: cannot read: No such file`) is
+/// not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -314,16 +337,25 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_tracing(cli.log_format, level);
+    let format = cli.log_format;
+    init_tracing(format, level);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            if let Some(ce) = e.downcast_ref::<ConfigError>() {
-                eprintln!("error: {ce}");
-                return ExitCode::from(2);
+            // Exit 2 for a configuration error (systemd's
+            // RestartPreventExitStatus=2 then stops a restart loop).
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                2
+            } else {
+                1
+            };
+            let line = error_line(&e);
+            match format {
+                // Every line in JSON mode is JSON, the last one included.
+                LogFormat::Json => tracing::error!(exit_code = code, "{line}"),
+                LogFormat::Text => eprintln!("error: {line}"),
             }
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }

@@ -14,6 +14,8 @@ use std::process::{Command, Output, Stdio};
 use lifeboat::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
 use lifeboat::demo::{self, Topology};
 use lifeboat::metrics::Metrics;
+use lifeboat::pki::IssueOptions;
+use lifeboat::trust::Role;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,13 +61,71 @@ fn tool(name: &str, require: &str) -> Option<PathBuf> {
     found
 }
 
-/// `lifeboat check -c path`, which must accept it, and its report.
+/// `lifeboat check -c path`, which must accept it, and its report. `check`
+/// loads the certificate files a config names, so the config is checked
+/// as a copy in a scratch folder next to a fresh PKI holding them (the
+/// Kubernetes mount point `/etc/lifeboat/pki/` becomes `pki/` there), with
+/// a certificate of the role the file is for.
 fn check_accepts(path: &Path) -> String {
-    let o = lifeboat(&["check", "-c", path.to_str().expect("utf-8 path")]);
+    let config = std::fs::read_to_string(path).expect("read config");
+    let config = config.replace("\"/etc/lifeboat/pki/", "\"pki/");
+    let table: toml::Table = config.parse().expect("TOML");
+    let tls = table["tls"].as_table().expect("[tls]");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).expect("mkdir");
+    lifeboat::pki::init(
+        &pki,
+        table["trust_domain"].as_str().expect("trust_domain"),
+        30,
+    )
+    .expect("pki init");
+    let file = |k: &str| {
+        let rel = tls[k].as_str().expect("a path");
+        assert!(
+            rel.starts_with("pki/"),
+            "{}: [tls] {k} = {rel}",
+            path.display()
+        );
+        dir.path().join(rel)
+    };
+    let (cert, key) = (file("cert"), file("key"));
+    let name = cert.file_stem().and_then(|s| s.to_str()).expect("name");
+    let mut o = if table.contains_key("segment") || table.contains_key("connector_group") {
+        IssueOptions::new(&pki, Role::Edge, name)
+    } else if table
+        .get("listen")
+        .and_then(|l| l.get("socks").or_else(|| l.get("http")))
+        .is_some()
+        || path
+            .file_name()
+            .is_some_and(|n| n == "drill.toml" || n == "client.toml")
+    {
+        IssueOptions::new(&pki, Role::Client, name)
+    } else {
+        let mut o = IssueOptions::new(&pki, Role::Connector, name);
+        o.group = Some("dc1-dr".into());
+        o
+    };
+    o.days = 365;
+    let (issued_cert, issued_key) = lifeboat::pki::issue(&o).expect("pki issue");
+    assert_eq!(
+        (issued_cert, issued_key),
+        (cert, key),
+        "cert and key names pair up"
+    );
+    assert_eq!(file("ca"), pki.join("ca.pem"));
+    if tls.contains_key("crl") {
+        assert_eq!(file("crl"), pki.join("ca.crl"));
+    }
+    let copy = dir.path().join(path.file_name().expect("file name"));
+    std::fs::write(&copy, config).expect("write copy");
+    let o = lifeboat(&["check", "-c", copy.to_str().expect("utf-8 path")]);
     assert!(
         o.status.success(),
-        "lifeboat check -c {}:\n{}",
+        "lifeboat check -c {} (as {}):\n{}",
         path.display(),
+        copy.display(),
         text(&o)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -769,7 +829,7 @@ fn drill_unit_command_line_runs_against_the_shipped_configs() {
     let d = dir.path();
     let pki = d.join("pki");
     lifeboat::pki::init(&pki, "dr.example.com", 2).expect("CA");
-    let mut o = lifeboat::pki::IssueOptions::new(&pki, lifeboat::trust::Role::Client, "drill");
+    let mut o = IssueOptions::new(&pki, Role::Client, "drill");
     o.days = 1;
     lifeboat::pki::issue(&o).expect("issue");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
