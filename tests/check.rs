@@ -5,6 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common_proc;
+
+use common_proc::pki;
 use lifeboat::pki::IssueOptions;
 use lifeboat::trust::Role;
 
@@ -72,22 +75,6 @@ impl Run {
             self.stderr
         );
         assert!(self.stdout.is_empty(), "{}", self.stdout);
-    }
-}
-
-/// A CA for `dr.example.com` in `dir` with `edge1` (edge), `dc1-a`
-/// (connector of `dc1-dr`) and `alice` (client): the files the configs
-/// here name, which `check` loads.
-fn pki(dir: &Path) {
-    lifeboat::pki::init(dir, "dr.example.com", 30).unwrap();
-    let mut connector = IssueOptions::new(dir, Role::Connector, "dc1-a");
-    connector.group = Some("dc1-dr".into());
-    for o in [
-        IssueOptions::new(dir, Role::Edge, "edge1"),
-        connector,
-        IssueOptions::new(dir, Role::Client, "alice"),
-    ] {
-        lifeboat::pki::issue(&o).unwrap();
     }
 }
 
