@@ -252,6 +252,34 @@ impl Metrics {
         for d in ["up", "down"] {
             m.flow_bytes.with_label_values(&[NO_SEGMENT, d]);
         }
+        // Series that mean nothing for this role are not exported; their
+        // handles still work, unregistered. A connector has no DR mode (it
+        // serves in every mode) and only the edge accepts expired client
+        // certificates under `[dr] cert_grace`.
+        let not_here: Vec<Box<dyn prometheus::core::Collector>> = match role {
+            "connector" => vec![
+                Box::new(m.dr_mode.clone()),
+                Box::new(m.dr_trigger_lookups.clone()),
+                Box::new(m.dr_last_good_lookup.clone()),
+                Box::new(m.dr_transitions.clone()),
+                Box::new(m.dr_mode_known.clone()),
+                Box::new(m.cert_grace_accepted.clone()),
+            ],
+            "client" => vec![Box::new(m.cert_grace_accepted.clone())],
+            _ => Vec::new(),
+        };
+        for c in not_here {
+            let _ = m.registry.unregister(c);
+        }
+        // process_* (CPU, memory, file descriptors, start time), as every
+        // Prometheus client library exports them.
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            m.registry
+                .register(Box::new(pc))
+                .expect("process_* names are unique");
+        }
         m
     }
 
