@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::config::{
-    self, ClientConfig, ConfigError, ConfigWarning, ConnectorConfig, EdgeConfig, WarningKind,
+    self, ClientConfig, ConfigError, ConfigWarning, ConnectorConfig, EdgeConfig, RoleConfig,
+    Validity, WarningKind,
 };
 use crate::preamble::{Dest, Host};
 use crate::segments::{normalize_idn, Lookup, MatchKey, Matcher, SegmentSpec};
@@ -76,26 +77,31 @@ pub fn run_with(path: &Path, probes: &[Dest]) -> anyhow::Result<String> {
     match role {
         "edge" => {
             let cfg: EdgeConfig = config::from_text(path, &text)?;
+            let files = files_report(&cfg, path, &text)?;
             let matcher = config::compile_segments(&cfg, path, &text)?;
             let warnings = config::edge_warnings(&cfg, &matcher, path, &text);
             edge_report(&mut out, path, &cfg, &matcher, &warnings);
+            out.push_str(&files);
             for d in probes {
                 match_report(&mut out, &cfg, &matcher, d);
             }
         }
         "connector" => {
             let cfg: ConnectorConfig = config::from_text(path, &text)?;
+            let files = files_report(&cfg, path, &text)?;
             let _ = writeln!(
                 out,
-                "{}: valid connector config; trust domain {}; edges {}; transport {:?}",
+                "{}: valid connector config; trust domain {}; edges {}; transport {}",
                 path.display(),
                 cfg.trust_domain,
                 cfg.edges.join(", "),
-                cfg.transport
+                cfg.transport.as_str()
             );
+            out.push_str(&files);
         }
         _ => {
             let cfg: ClientConfig = config::from_text(path, &text)?;
+            let files = files_report(&cfg, path, &text)?;
             let mut listeners = Vec::new();
             if let Some(a) = cfg.listen.socks {
                 listeners.push(format!("socks {a}"));
@@ -118,7 +124,26 @@ pub fn run_with(path: &Path, probes: &[Dest]) -> anyhow::Result<String> {
                     listeners.join(", ")
                 }
             );
+            out.push_str(&files);
         }
+    }
+    Ok(out)
+}
+
+/// Loads every file the config names, as the role will
+/// ([`config::check_files`]); an expired certificate is an error here.
+/// Returns the report lines: what was loaded, then any warnings.
+fn files_report<T: RoleConfig>(cfg: &T, path: &Path, text: &str) -> Result<String, ConfigError> {
+    let files = cfg.files();
+    let warnings = config::check_files(&files, path, text, Validity::Enforce)?;
+    let mut out = format!(
+        "  certificate {} ({} identity), key, CA{} loaded and consistent\n",
+        files.tls.cert.display(),
+        files.role,
+        if files.tls.crl.is_some() { ", CRL" } else { "" }
+    );
+    for w in warnings {
+        let _ = writeln!(out, "warning: {w}");
     }
     Ok(out)
 }
@@ -133,10 +158,10 @@ fn edge_report(
     let dr = matcher.segments();
     let _ = writeln!(
         out,
-        "{}: valid edge config: {} segments, {} DR segments compiled",
+        "{}: valid edge config: {}, {} compiled",
         path.display(),
-        cfg.segments.len(),
-        dr.len()
+        plural(cfg.segments.len(), "segment"),
+        plural(dr.len(), "DR segment")
     );
     let rows: Vec<[String; 4]> = dr
         .iter()
@@ -204,6 +229,11 @@ fn edge_report(
     for w in other {
         let _ = writeln!(out, "warning: {w}");
     }
+}
+
+/// `1 segment`, `2 segments`.
+fn plural(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Which segment `dest` hits and why; for a miss, whether a non-DR segment

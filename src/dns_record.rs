@@ -56,6 +56,10 @@ pub struct Args {
     /// Sign the record with this Ed25519 private key (from `dns-record keygen`).
     #[arg(long)]
     pub sign_key: Option<PathBuf>,
+    /// Print only the trigger record's text (what a `file:` trigger holds
+    /// and what the TXT record carries), not the zone-file line.
+    #[arg(long, requires = "name", conflicts_with = "edge_name")]
+    pub txt: bool,
     /// Name of the edges' A/AAAA record (e.g. `dr-edge.example.com`).
     #[arg(long, requires = "edges")]
     pub edge_name: Option<String>,
@@ -69,7 +73,8 @@ pub enum Command {
     /// Write an Ed25519 signing pair: OUT.key (secret, 0600) and OUT.pub
     /// (for `[dr] signing_key`).
     Keygen {
-        #[arg(long)]
+        /// Path prefix of the pair: writes OUT.key and OUT.pub.
+        #[arg(long, value_name = "OUT")]
         out: PathBuf,
     },
 }
@@ -79,7 +84,7 @@ pub fn run(args: &Args, now_unix: u64) -> anyhow::Result<String> {
     if let Some(Command::Keygen { out }) = &args.command {
         let (private, public) = keygen(out)?;
         return Ok(format!(
-            "wrote {} (secret, keep offline) and {}\nset `[dr] signing_key = {:?}` on edges, connectors and clients\n",
+            "wrote {} (secret, keep offline) and {}\nset `[dr] signing_key = {:?}` on edges and clients (connectors do not read the trigger)\n",
             private.display(),
             public.display(),
             public.display().to_string(),
@@ -101,6 +106,10 @@ pub fn run(args: &Args, now_unix: u64) -> anyhow::Result<String> {
             anyhow::ensure!(x > t, "--end ({x}) must be after the start ({t})");
         }
         let text = record::encode(&spec, signing.as_ref());
+        if args.txt {
+            owner(name)?;
+            return Ok(format!("{text}\n"));
+        }
         out.push_str(&txt_line(name, args.ttl, &text)?);
     }
     if let Some(name) = &args.edge_name {

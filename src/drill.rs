@@ -271,7 +271,7 @@ async fn drill_edge(
         Err(e) => {
             for t in targets {
                 report.outcomes.push(Outcome {
-                    result: e.reason().into(),
+                    result: dial_word(&e),
                     detail: format!("tunnel to the edge: {e}"),
                     ..row(t)
                 });
@@ -295,7 +295,10 @@ async fn drill_edge(
                         recv: RecvHalf::Quic(recv),
                         send: SendHalf::Quic(send),
                     })
-                    .map_err(|e| ("broken".to_string(), format!("opening a stream: {e}")))
+                    .map_err(|e| {
+                        let word = word_of(crate::trust::classify_quic(&e));
+                        (word, format!("opening a stream: {e}"))
+                    })
             }
             None => {
                 out.transport = Some("tls");
@@ -308,7 +311,7 @@ async fn drill_edge(
                             send: SendHalf::Io(Box::new(w)),
                         })
                     }
-                    Err(e) => Err((e.reason().to_string(), format!("TLS to the edge: {e}"))),
+                    Err(e) => Err((dial_word(&e), format!("TLS to the edge: {e}"))),
                 }
             }
         };
@@ -339,13 +342,13 @@ async fn drill_edge(
 /// the refusal word and reason.
 async fn open_flow(side: &mut Side, dest: &Dest, limits: &Limits) -> (String, String) {
     if let Err(e) = side.send.write(preamble::encode_request(dest)).await {
-        return ("broken".into(), format!("sending the preamble: {e}"));
+        return (failure_word(&e), format!("sending the preamble: {e}"));
     }
     // The edge answers within its connect timeout plus margin.
     let wait = limits.connect_timeout + Duration::from_secs(5);
     match tokio::time::timeout(wait, read_answer(&mut side.recv, limits.preamble_bytes)).await {
         Err(_) => ("no-answer".into(), format!("no answer within {wait:?}")),
-        Ok(Err(e)) => ("broken".into(), e),
+        Ok(Err(e)) => e,
         Ok(Ok((200, _, _))) => ("ok".into(), String::new()),
         Ok(Ok((status, word, reason))) => {
             (word.unwrap_or_else(|| format!("http-{status}")), reason)
@@ -357,13 +360,16 @@ async fn open_flow(side: &mut Side, dest: &Dest, limits: &Limits) -> (String, St
 async fn read_answer(
     recv: &mut RecvHalf,
     limit: usize,
-) -> Result<(u16, Option<String>, String), String> {
+) -> Result<(u16, Option<String>, String), (String, String)> {
     let mut buf = BytesMut::new();
     loop {
         match recv.read_chunk().await {
             Ok(Some(c)) => buf.extend_from_slice(&c),
-            Ok(None) => return Err("the edge closed the flow without an answer".into()),
-            Err(e) => return Err(format!("the edge reset the flow: {e}")),
+            Ok(None) => {
+                let why = "the edge closed the flow without an answer";
+                return Err(("broken".into(), why.into()));
+            }
+            Err(e) => return Err((failure_word(&e), format!("the edge reset the flow: {e}"))),
         }
         match preamble::parse_response(&buf, limit) {
             Ok(Some((resp, used))) => {
@@ -382,9 +388,75 @@ async fn read_answer(
                 return Ok((resp.status, word, reason));
             }
             Ok(None) => continue,
-            Err(e) => return Err(format!("bad answer from the edge: {e}")),
+            Err(e) => return Err(("broken".into(), format!("bad answer from the edge: {e}"))),
         }
     }
+}
+
+/// The result word of an I/O error on a flow: what the TLS alert or the
+/// QUIC close that ended it says (a revoked or wrong-role certificate is
+/// refused after a TLS 1.3 client thinks its handshake is done, so it
+/// shows up here, on the first read), else `broken`.
+fn failure_word(e: &std::io::Error) -> String {
+    let Some(inner) = e.get_ref() else {
+        return "broken".into();
+    };
+    let conn = |c: &quinn::ConnectionError| crate::trust::classify_quic(c);
+    let word = if let Some(r) = inner.downcast_ref::<rustls::Error>() {
+        crate::trust::classify(r)
+    } else if let Some(quinn::ReadError::ConnectionLost(c)) = inner.downcast_ref() {
+        conn(c)
+    } else if let Some(quinn::WriteError::ConnectionLost(c)) = inner.downcast_ref() {
+        conn(c)
+    } else if let Some(c) = inner.downcast_ref::<quinn::ConnectionError>() {
+        conn(c)
+    } else {
+        "other"
+    };
+    match word {
+        "other" => "broken".into(),
+        w => word_of(w),
+    }
+}
+
+/// The result word of a failed dial. The edge refuses some tunnels after
+/// the QUIC handshake, with an application close code that says why.
+fn dial_word(e: &TunnelError) -> String {
+    use crate::transport::close_code as code;
+    use quinn::ConnectionError as C;
+    // The code, and the reason text as a fallback: a close sent while the
+    // handshake is still in progress reaches us as a transport close.
+    let (code, reason) = match e {
+        TunnelError::Connection(C::ApplicationClosed(c)) => {
+            (u32::try_from(c.error_code.into_inner()).ok(), &c.reason)
+        }
+        TunnelError::Connection(C::ConnectionClosed(c)) => (None, &c.reason),
+        _ => return word_of(e.reason()),
+    };
+    let by_code = match code {
+        Some(code::WRONG_ROLE) => Some("wrong-role"),
+        Some(code::OVERLOADED) => Some("shed"),
+        Some(code::DRAINING | code::GOING_AWAY) => Some("going-away"),
+        Some(code::GRACE_OVER) => Some("expired"),
+        Some(code::CERT_REFUSED) => Some("cert-refused"),
+        _ => None,
+    };
+    const WORDS: [&str; 4] = ["wrong-role", "shed", "going-away", "quota"];
+    let by_reason = std::str::from_utf8(reason)
+        .ok()
+        .and_then(|r| WORDS.into_iter().find(|w| r == *w));
+    by_code
+        .or(by_reason)
+        .map_or_else(|| word_of(e.reason()), str::to_owned)
+}
+
+/// A handshake word in DESIGN's result vocabulary.
+fn word_of(handshake_word: &str) -> String {
+    match handshake_word {
+        "foreign-trust-domain" => "wrong-trust-domain",
+        w => w,
+    }
+    .to_owned()
 }
 
 fn ms(d: Option<Duration>) -> String {

@@ -34,17 +34,20 @@ enum LogFormat {
 enum Command {
     /// Run the DR Private Service Edge.
     Edge {
-        #[arg(short, long)]
+        /// The edge's config file (TOML); see `lifeboat check`.
+        #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Run the DR App Connector.
     Connector {
-        #[arg(short, long)]
+        /// The connector's config file (TOML); see `lifeboat check`.
+        #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Run the user-side agent (SOCKS5, HTTP CONNECT, port forwards).
+    /// Run the user-side agent (SOCKS5, HTTP proxy, port forwards).
     Client {
-        #[arg(short, long)]
+        /// The client's config file (TOML); see `lifeboat check`.
+        #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
     /// Offline CA tooling.
@@ -52,9 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
-    /// Load, validate and compile a config; print the DR segments.
+    /// Load a config and every file it names as its role would; print the
+    /// DR segments. Exit 0 valid, 2 invalid (file, key and line named).
     Check {
-        #[arg(short, long)]
+        /// An edge, connector or client config (the role is told from its keys).
+        #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Also say which segment HOST:PORT hits and why (repeatable).
         #[arg(long = "match", value_name = "HOST:PORT", value_parser = lifeboat::check::parse_match)]
@@ -70,7 +75,7 @@ enum Command {
     /// latency percentiles, throughput, refusals by word.
     Loadgen {
         /// A client config: its certificate, edges and transport are used.
-        #[arg(short, long)]
+        #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Destination of every flow, HOST:PORT.
         #[arg(long)]
@@ -93,8 +98,8 @@ enum Command {
         /// Keep each flow open and idle this long ("0s").
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         hold: std::time::Duration,
-        /// Override the config's transport: auto, quic or tls.
-        #[arg(long)]
+        /// Override the config's transport.
+        #[arg(long, value_parser = ["auto", "quic", "tls"])]
         transport: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
@@ -112,50 +117,95 @@ enum Command {
 enum PkiCommand {
     /// Create the deployment's CA: DIR/ca.pem and DIR/ca.key.
     Init {
-        #[arg(long)]
+        /// Folder for the CA's files (created if missing).
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        #[arg(long)]
+        /// The SPIFFE trust domain every certificate will carry (e.g. dr.example.com).
+        #[arg(long, value_name = "DOMAIN")]
         trust_domain: String,
+        /// Validity of the CA certificate, in days.
         #[arg(long, default_value_t = 3650)]
         days: u32,
     },
     /// Issue a certificate: DIR/NAME.pem and DIR/NAME.key.
     Issue {
-        #[arg(long)]
+        /// The CA's folder (from `pki init`); receives NAME.pem and NAME.key.
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        #[arg(long)]
+        /// What the certificate is for.
+        #[arg(long, value_parser = role_parser(), value_name = "ROLE")]
         role: Role,
+        /// Edge name, connector name, or client user name.
         #[arg(long)]
         name: String,
-        /// Connector group (connectors only).
+        /// Connector group (connectors only, required for them).
         #[arg(long)]
         group: Option<String>,
-        #[arg(long)]
+        /// A DNS name clients reach this edge by (repeatable; HTTPS-proxy
+        /// clients such as curl check it).
+        #[arg(long, value_name = "NAME")]
         dns: Vec<String>,
-        #[arg(long)]
+        /// An address clients reach this edge by (repeatable).
+        #[arg(long, value_name = "ADDR")]
         ip: Vec<IpAddr>,
+        /// Validity, in days from now.
         #[arg(long, default_value_t = 365)]
         days: u32,
+        /// Replace an existing NAME.pem and NAME.key (renewal).
+        #[arg(long)]
+        force: bool,
     },
     /// Revoke a certificate: add it to DIR/ca.crl.
     Revoke {
-        #[arg(long)]
+        /// The CA's folder; DIR/ca.crl is rewritten.
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        #[arg(long)]
+        /// The certificate to revoke (PEM, issued by this CA).
+        #[arg(long, value_name = "FILE")]
         cert: PathBuf,
     },
 }
 
 fn init_tracing(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colour only for a person at a terminal: never into a file, a pipe or
+    // the journal, and never with NO_COLOR set to anything (no-color.org).
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// An error and its causes on one line, each cause once: a cause whose
+/// text its wrapper already ends with (`…: cannot read: No such file`) is
+/// not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// `--role`: one of the three words, listed in `--help` and in errors.
+fn role_parser() -> impl clap::builder::TypedValueParser<Value = Role> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Role::ALL.map(Role::as_str))
+        .map(|s| s.parse::<Role>().expect("one of Role::ALL"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -192,10 +242,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dns,
                 ip,
                 days,
+                force,
             } => {
-                // Usage errors exit 2, like every other flag error.
+                // Usage errors exit 2, like every other flag error, with
+                // `pki issue`'s own usage line.
                 let usage = |msg: &str| -> ! {
-                    Cli::command()
+                    let mut cli = Cli::command();
+                    cli.build();
+                    let issue = cli
+                        .find_subcommand_mut("pki")
+                        .and_then(|p| p.find_subcommand_mut("issue"))
+                        .expect("pki issue is a subcommand");
+                    issue
                         .error(clap::error::ErrorKind::MissingRequiredArgument, msg)
                         .exit()
                 };
@@ -207,6 +265,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         usage("--group is only for connector certificates")
                     }
                     _ => {}
+                }
+                if !force {
+                    lifeboat::pki::refuse_overwrite(&dir, &name)?;
                 }
                 let (cert, key) = lifeboat::pki::issue(&lifeboat::pki::IssueOptions {
                     dir,
@@ -314,16 +375,25 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    init_tracing(cli.log_format, level);
+    let format = cli.log_format;
+    init_tracing(format, level);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            if let Some(ce) = e.downcast_ref::<ConfigError>() {
-                eprintln!("error: {ce}");
-                return ExitCode::from(2);
+            // Exit 2 for a configuration error (systemd's
+            // RestartPreventExitStatus=2 then stops a restart loop).
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                2
+            } else {
+                1
+            };
+            let line = error_line(&e);
+            match format {
+                // Every line in JSON mode is JSON, the last one included.
+                LogFormat::Json => tracing::error!(exit_code = code, "{line}"),
+                LogFormat::Text => eprintln!("error: {line}"),
             }
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }

@@ -253,6 +253,34 @@ impl Metrics {
         for d in ["up", "down"] {
             m.flow_bytes.with_label_values(&[NO_SEGMENT, d]);
         }
+        // Series that mean nothing for this role are not exported; their
+        // handles still work, unregistered. A connector has no DR mode (it
+        // serves in every mode) and only the edge accepts expired client
+        // certificates under `[dr] cert_grace`.
+        let not_here: Vec<Box<dyn prometheus::core::Collector>> = match role {
+            "connector" => vec![
+                Box::new(m.dr_mode.clone()),
+                Box::new(m.dr_trigger_lookups.clone()),
+                Box::new(m.dr_last_good_lookup.clone()),
+                Box::new(m.dr_transitions.clone()),
+                Box::new(m.dr_mode_known.clone()),
+                Box::new(m.cert_grace_accepted.clone()),
+            ],
+            "client" => vec![Box::new(m.cert_grace_accepted.clone())],
+            _ => Vec::new(),
+        };
+        for c in not_here {
+            let _ = m.registry.unregister(c);
+        }
+        // process_* (CPU, memory, file descriptors, start time), as every
+        // Prometheus client library exports them.
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            m.registry
+                .register(Box::new(pc))
+                .expect("process_* names are unique");
+        }
         m
     }
 
@@ -348,5 +376,72 @@ impl SegmentMetrics {
     pub fn refusal(&self, r: Refusal) -> &IntCounter {
         let i = Refusal::ALL.iter().position(|&x| x == r).unwrap_or(0);
         &self.refused[i]
+    }
+}
+
+/// Rate limit for per-event warnings (a refused flow, an unreachable app):
+/// at most `per_window` lines per `window`; the rest are only counted, and
+/// the next line let through says how many were held back. Floods stay
+/// visible in the metrics, not in the log.
+pub struct LogGate {
+    per_window: u32,
+    window: std::time::Duration,
+    state: std::sync::Mutex<GateState>,
+}
+
+struct GateState {
+    start: Option<std::time::Instant>,
+    used: u32,
+    held: u64,
+}
+
+impl LogGate {
+    pub const fn new(per_window: u32, window: std::time::Duration) -> Self {
+        Self {
+            per_window,
+            window,
+            state: std::sync::Mutex::new(GateState {
+                start: None,
+                used: 0,
+                held: 0,
+            }),
+        }
+    }
+
+    /// `Some(held back since the last line)` if a line may be written now.
+    pub fn allow(&self, now: std::time::Instant) -> Option<u64> {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if s.start.is_none_or(|t| now.duration_since(t) >= self.window) {
+            s.start = Some(now);
+            s.used = 0;
+        }
+        if s.used < self.per_window {
+            s.used += 1;
+            Some(std::mem::take(&mut s.held))
+        } else {
+            s.held += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::LogGate;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn lets_a_few_lines_through_per_window_and_counts_the_rest() {
+        let gate = LogGate::new(2, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(gate.allow(t0), Some(0));
+        assert_eq!(gate.allow(t0), Some(0));
+        assert_eq!(gate.allow(t0 + Duration::from_secs(1)), None);
+        assert_eq!(gate.allow(t0 + Duration::from_secs(9)), None);
+        assert_eq!(gate.allow(t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(gate.allow(t0 + Duration::from_secs(10)), Some(0));
     }
 }

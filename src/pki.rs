@@ -222,6 +222,22 @@ pub fn issue(opts: &IssueOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((cert_path, key_path))
 }
 
+/// For `lifeboat pki issue` without `--force`: an error naming the file if
+/// `dir/<name>.pem` or `dir/<name>.key` exists ([`issue`] itself replaces
+/// them, which is how a renewal is done).
+pub fn refuse_overwrite(dir: &Path, name: &str) -> anyhow::Result<()> {
+    for ext in ["pem", "key"] {
+        let p = dir.join(format!("{name}.{ext}"));
+        if p.exists() {
+            bail!(
+                "{} exists: pass --force to replace the certificate and key (renewal)",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Adds the certificate in `cert` to `dir/ca.crl`, keeping every entry already
 /// there, with the CRL number incremented and a fresh 30-day nextUpdate.
 /// Revoking an already revoked certificate just re-signs the CRL.

@@ -11,9 +11,12 @@ use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::client::Client;
-use crate::config::{self, ClientConfig, ConnectorConfig, EdgeConfig, RestartNeeded};
+use crate::config::{
+    self, ClientConfig, ConfigError, ConnectorConfig, EdgeConfig, RestartNeeded, RoleConfig,
+    Validity,
+};
 use crate::connector::Connector;
-use crate::edge::Edge;
+use crate::edge::{Edge, ReloadOutcome};
 use crate::metrics::Metrics;
 use crate::trust::Role;
 
@@ -24,9 +27,21 @@ fn signals() -> anyhow::Result<(CancellationToken, mpsc::Receiver<()>)> {
     Ok((drain, rx))
 }
 
+/// Reads and validates `file`, then loads every file it names as
+/// `lifeboat check` does, so what would stop the role is a [`ConfigError`]
+/// naming file, key and line (exit 2) before anything is bound. A
+/// certificate outside its validity period is only warned about here.
+fn load_role<T: RoleConfig>(file: &Path) -> Result<(T, String), ConfigError> {
+    let (cfg, text) = config::load_with_text::<T>(file)?;
+    for w in config::check_files(&cfg.files(), file, &text, Validity::Warn)? {
+        warn!("{w}");
+    }
+    Ok((cfg, text))
+}
+
 /// `lifeboat edge -c FILE`.
 pub async fn edge(file: &Path) -> anyhow::Result<()> {
-    let (cfg, text) = config::load_with_text::<EdgeConfig>(file)?;
+    let (cfg, text) = load_role::<EdgeConfig>(file)?;
     let (drain, mut reload) = signals()?;
     let metrics = Arc::new(Metrics::new("edge"));
     let mode = crate::dr::trigger::start_for(
@@ -59,7 +74,12 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
             // the runtime's workers.
             let (state, file) = (Arc::clone(&state), file.clone());
             match tokio::task::spawn_blocking(move || state.reload(&file)).await {
-                Ok(Ok(outcome)) => info!(?outcome, "reload done"),
+                Ok(Ok(ReloadOutcome::Applied)) => info!("reload done: applied"),
+                Ok(Ok(ReloadOutcome::PolicyRefused)) => {
+                    info!(
+                        "reload done: certificates re-read, policy changes refused while DR is on"
+                    );
+                }
                 Ok(Err(e)) => error!("{e:#}"),
                 Err(e) => error!("reload task failed: {e}"),
             }
@@ -82,7 +102,7 @@ fn unless_draining(ready: admin::Readiness, drain: CancellationToken) -> admin::
 
 /// `lifeboat connector -c FILE`.
 pub async fn connector(file: &Path) -> anyhow::Result<()> {
-    let cfg = config::load::<ConnectorConfig>(file)?;
+    let (cfg, _) = load_role::<ConnectorConfig>(file)?;
     let running = cfg.clone();
     let (drain, mut reload) = signals()?;
     let metrics = Arc::new(Metrics::new("connector"));
@@ -110,7 +130,7 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
 
 /// `lifeboat client -c FILE`.
 pub async fn client(file: &Path) -> anyhow::Result<()> {
-    let cfg = config::load::<ClientConfig>(file)?;
+    let (cfg, _) = load_role::<ClientConfig>(file)?;
     let running = cfg.clone();
     let (drain, mut reload) = signals()?;
     let metrics = Arc::new(Metrics::new("client"));
@@ -156,10 +176,7 @@ fn reload_trust(trust: &crate::trust::Trust, m: &Metrics) -> anyhow::Result<()> 
 /// fixed at start-up, so a valid change is only reported as needing a
 /// restart (`running` then follows the file, so each change is reported
 /// once); a bad file is the error.
-fn check_config<T: config::RoleConfig + RestartNeeded>(
-    file: &Path,
-    running: &mut T,
-) -> anyhow::Result<()> {
+fn check_config<T: RoleConfig + RestartNeeded>(file: &Path, running: &mut T) -> anyhow::Result<()> {
     let new = config::load::<T>(file)?;
     let restart = running.restart_needed(&new);
     if !restart.is_empty() {

@@ -2,8 +2,14 @@
 //! (2), key and line; a valid config's table, unreachable segments and
 //! warnings (exit 0); `--match`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common_proc;
+
+use common_proc::pki;
+use lifeboat::pki::IssueOptions;
+use lifeboat::trust::Role;
 
 const HEAD: &str = r#"trust_domain = "dr.example.com"
 [tls]
@@ -74,14 +80,21 @@ impl Run {
 
 fn check(text: &str, args: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    run_in(dir, "check", text, args)
+}
+
+/// `lifeboat <cmd> -c DIR/edge.toml ARGS` with `text` as the config.
+fn run_in(dir: tempfile::TempDir, cmd: &str, text: &str, args: &[&str]) -> Run {
     let path: PathBuf = dir.path().join("edge.toml");
     std::fs::write(&path, text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-        .arg("check")
+        .arg(cmd)
         .arg("-c")
         .arg(&path)
         .args(args)
         .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     Run {
@@ -535,13 +548,13 @@ fn unreadable_or_unknown_role_is_exit_2() {
 #[test]
 fn connector_and_client_configs_check() {
     let r = check(
-        "trust_domain = \"x.example\"\nedges = [\"edge.example:443\"]\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n",
+        "trust_domain = \"dr.example.com\"\nedges = [\"edge.example:443\"]\n[tls]\nca = \"ca.pem\"\ncert = \"dc1-a.pem\"\nkey = \"dc1-a.key\"\n",
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("valid connector config"), "{}", r.stdout);
     let r = check(
-        "trust_domain = \"x.example\"\nedges = [\"edge.example:443\"]\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[listen]\nsocks = \"127.0.0.1:1080\"\n[[forward]]\nlisten = \"127.0.0.1:2222\"\nto = \"git:22\"\n",
+        "trust_domain = \"dr.example.com\"\nedges = [\"edge.example:443\"]\n[tls]\nca = \"ca.pem\"\ncert = \"alice.pem\"\nkey = \"alice.key\"\n[listen]\nsocks = \"127.0.0.1:1080\"\n[[forward]]\nlisten = \"127.0.0.1:2222\"\nto = \"git:22\"\n",
         &[],
     );
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -552,7 +565,7 @@ fn connector_and_client_configs_check() {
         r.stdout
     );
     let r = check(
-        "trust_domain = \"x.example\"\nedges = []\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[listen]\nsocks = \"127.0.0.1:1080\"\n",
+        "trust_domain = \"dr.example.com\"\nedges = []\n[tls]\nca = \"ca.pem\"\ncert = \"alice.pem\"\nkey = \"alice.key\"\n[listen]\nsocks = \"127.0.0.1:1080\"\n",
         &[],
     );
     assert_eq!(r.code, 2, "{}", r.stderr);
@@ -614,4 +627,190 @@ fn out_of_range_durations_and_sizes_exit_2_naming_key_and_line() {
         r.line("poll_interval =", 0),
         "out of range: 1s to 1day",
     );
+}
+
+/// What stops a role, found by `check` and by the role itself, both exit 2
+/// naming the key and its line (the cause once).
+#[test]
+fn files_that_stop_a_role_are_refused_by_check_and_by_the_role() {
+    let base = edge("").replace(
+        "key = \"edge1.key\"\n",
+        "key = \"edge1.key\"\ncrl = \"ca.crl\"\n",
+    );
+    // (what, config edit, file edit in the dir, key, message)
+    type Edit = fn(&Path);
+    let cases: [(&str, String, Edit, &str, &str); 6] = [
+        (
+            "missing certificate",
+            base.replace("edge1.pem", "nope.pem"),
+            |_| {},
+            "tls.cert",
+            "nope.pem: cannot read: No such file or directory (os error 2)",
+        ),
+        (
+            "missing CRL",
+            base.replace("ca.crl", "gone.crl"),
+            |_| {},
+            "tls.crl",
+            "gone.crl: cannot read: No such file or directory",
+        ),
+        (
+            "missing CA",
+            base.clone(),
+            |d| std::fs::remove_file(d.join("ca.pem")).unwrap(),
+            "tls.ca",
+            "ca.pem: cannot read: No such file or directory",
+        ),
+        (
+            "key of another certificate",
+            base.replace("edge1.key", "alice.key"),
+            |_| {},
+            "tls.key",
+            "alice.key: private key does not match the certificate",
+        ),
+        (
+            "client certificate for the edge",
+            base.replace("edge1.pem", "alice.pem")
+                .replace("edge1.key", "alice.key"),
+            |_| {},
+            "tls.cert",
+            "alice.pem: is a client certificate (spiffe://dr.example.com/client/alice); \
+             an edge needs an edge certificate",
+        ),
+        (
+            "key readable by others",
+            base.clone(),
+            |d| {
+                use std::os::unix::fs::PermissionsExt as _;
+                let p = std::fs::Permissions::from_mode(0o644);
+                std::fs::set_permissions(d.join("edge1.key"), p).unwrap();
+            },
+            "tls.key",
+            "private key is accessible by others (mode 0644): run `chmod 600",
+        ),
+    ];
+    for (what, text, edit, key, msg) in cases {
+        let needle = format!("{} =", key.trim_start_matches("tls."));
+        for cmd in ["check", "edge"] {
+            let dir = tempfile::tempdir().unwrap();
+            pki(dir.path());
+            edit(dir.path());
+            let r = run_in(dir, cmd, &text, &[]);
+            let line = r.line(&needle, 0);
+            let want = format!("edge.toml:{line}: key `{key}`: ");
+            assert_eq!(r.code, 2, "{what}: lifeboat {cmd}: {}", r.stderr);
+            assert!(
+                r.stderr.contains(&want) && r.stderr.contains(msg),
+                "{what}: lifeboat {cmd}: want {want:?} and {msg:?} in: {}",
+                r.stderr
+            );
+            assert_eq!(
+                r.stderr.matches("No such file").count(),
+                usize::from(msg.contains("No such file")),
+                "{what}: the cause once: {}",
+                r.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn expired_certificate_is_refused_by_check_and_one_expiring_soon_warned() {
+    let day = time::Duration::days(1);
+    let now = time::OffsetDateTime::now_utc();
+    for (not_after, code, msg) in [
+        (now - day, 2, "certificate expired at"),
+        (now + 10 * day, 0, "certificate expires at"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let mut o = IssueOptions::new(dir.path(), Role::Edge, "edge1");
+        o.not_before = Some(now - 30 * day);
+        o.not_after = Some(not_after);
+        lifeboat::pki::issue(&o).unwrap();
+        let r = run_in(dir, "check", &edge(""), &[]);
+        assert_eq!(r.code, code, "{}{}", r.stdout, r.stderr);
+        let line = r.line("cert =", 0);
+        let out = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            out.contains(&format!("edge.toml:{line}: key `tls.cert`: ")) && out.contains(msg),
+            "want {msg:?} at line {line}: {out}"
+        );
+    }
+}
+
+#[test]
+fn two_listeners_on_one_address_are_refused() {
+    let client = "trust_domain = \"dr.example.com\"\nedges = [\"edge.example:443\"]\n[tls]\n\
+                  ca = \"ca.pem\"\ncert = \"alice.pem\"\nkey = \"alice.key\"\n[listen]\n\
+                  socks = \"127.0.0.1:1080\"\nhttp = \"127.0.0.1:1080\"\n";
+    for cmd in ["check", "client"] {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let r = run_in(dir, cmd, client, &[]);
+        assert_eq!(r.code, 2, "lifeboat {cmd}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(":9: key `listen.http`: `127.0.0.1:1080` clashes with `listen.socks = \"127.0.0.1:1080\"` (line 8)"),
+            "lifeboat {cmd}: {}",
+            r.stderr
+        );
+    }
+    // TCP and UDP may share a port; an unspecified address clashes with any.
+    let r = check(
+        &edge("").replace(
+            "quic = \"127.0.0.1:0\"\n",
+            "quic = \"127.0.0.1:4433\"\ntls = \"127.0.0.1:4433\"\nadmin = \"0.0.0.0:4433\"\n",
+        ),
+        &[],
+    );
+    r.error(
+        "listen.admin",
+        r.line("admin =", 0),
+        "`0.0.0.0:4433` clashes with `listen.tls = \"127.0.0.1:4433\"`",
+    );
+}
+
+#[test]
+fn a_more_specific_segment_hiding_ports_of_a_broader_one_is_warned() {
+    let r = check(
+        &edge(
+            r#"
+[[segment]]
+name = "payroll-db"
+dr = true
+domains = ["db.hr.corp.example"]
+cidrs = ["10.20.5.0/24"]
+tcp_ports = ["443"]
+server_groups = ["dc1"]
+[[segment]]
+name = "payroll-api"
+dr = true
+cidrs = ["10.20.6.0/24"]
+tcp_ports = ["443", "8000-8080"]
+server_groups = ["dc1"]
+"#,
+        ),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let payroll = r.line("\"10.20.0.0/16\"", 0);
+    let wild = r.line("\"*.hr.corp.example\"", 0);
+    let cidr = r.line("\"10.20.5.0/24\"", 0);
+    let name = r.line("\"db.hr.corp.example\"", 0);
+    for want in [
+        format!(
+            "edge.toml:{cidr}: key `segment[1].cidrs[0]`: 10.20.5.0/24 of DR segment \
+             `payroll-db` hides port(s) 8000-8080 that DR segment `payroll` serves for \
+             10.20.0.0/16 at line {payroll}"
+        ),
+        format!(
+            "edge.toml:{name}: key `segment[1].domains[0]`: db.hr.corp.example of DR \
+             segment `payroll-db` hides port(s) 8000-8080 that DR segment `payroll` serves for \
+             *.hr.corp.example at line {wild}"
+        ),
+    ] {
+        assert!(r.stdout.contains(&want), "want {want:?} in:\n{}", r.stdout);
+    }
+    // 10.20.6.0/24 serves every port its parent does: nothing hidden.
+    assert!(!r.stdout.contains("10.20.6.0/24 of DR"), "{}", r.stdout);
 }

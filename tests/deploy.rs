@@ -14,6 +14,8 @@ use std::process::{Command, Output, Stdio};
 use lifeboat::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
 use lifeboat::demo::{self, Topology};
 use lifeboat::metrics::Metrics;
+use lifeboat::pki::IssueOptions;
+use lifeboat::trust::Role;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,13 +61,71 @@ fn tool(name: &str, require: &str) -> Option<PathBuf> {
     found
 }
 
-/// `lifeboat check -c path`, which must accept it, and its report.
+/// `lifeboat check -c path`, which must accept it, and its report. `check`
+/// loads the certificate files a config names, so the config is checked
+/// as a copy in a scratch folder next to a fresh PKI holding them (the
+/// Kubernetes mount point `/etc/lifeboat/pki/` becomes `pki/` there), with
+/// a certificate of the role the file is for.
 fn check_accepts(path: &Path) -> String {
-    let o = lifeboat(&["check", "-c", path.to_str().expect("utf-8 path")]);
+    let config = std::fs::read_to_string(path).expect("read config");
+    let config = config.replace("\"/etc/lifeboat/pki/", "\"pki/");
+    let table: toml::Table = config.parse().expect("TOML");
+    let tls = table["tls"].as_table().expect("[tls]");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir(&pki).expect("mkdir");
+    lifeboat::pki::init(
+        &pki,
+        table["trust_domain"].as_str().expect("trust_domain"),
+        30,
+    )
+    .expect("pki init");
+    let file = |k: &str| {
+        let rel = tls[k].as_str().expect("a path");
+        assert!(
+            rel.starts_with("pki/"),
+            "{}: [tls] {k} = {rel}",
+            path.display()
+        );
+        dir.path().join(rel)
+    };
+    let (cert, key) = (file("cert"), file("key"));
+    let name = cert.file_stem().and_then(|s| s.to_str()).expect("name");
+    let mut o = if table.contains_key("segment") || table.contains_key("connector_group") {
+        IssueOptions::new(&pki, Role::Edge, name)
+    } else if table
+        .get("listen")
+        .and_then(|l| l.get("socks").or_else(|| l.get("http")))
+        .is_some()
+        || path
+            .file_name()
+            .is_some_and(|n| n == "drill.toml" || n == "client.toml")
+    {
+        IssueOptions::new(&pki, Role::Client, name)
+    } else {
+        let mut o = IssueOptions::new(&pki, Role::Connector, name);
+        o.group = Some("dc1-dr".into());
+        o
+    };
+    o.days = 365;
+    let (issued_cert, issued_key) = lifeboat::pki::issue(&o).expect("pki issue");
+    assert_eq!(
+        (issued_cert, issued_key),
+        (cert, key),
+        "cert and key names pair up"
+    );
+    assert_eq!(file("ca"), pki.join("ca.pem"));
+    if tls.contains_key("crl") {
+        assert_eq!(file("crl"), pki.join("ca.crl"));
+    }
+    let copy = dir.path().join(path.file_name().expect("file name"));
+    std::fs::write(&copy, config).expect("write copy");
+    let o = lifeboat(&["check", "-c", copy.to_str().expect("utf-8 path")]);
     assert!(
         o.status.success(),
-        "lifeboat check -c {}:\n{}",
+        "lifeboat check -c {} (as {}):\n{}",
         path.display(),
+        copy.display(),
         text(&o)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -160,7 +220,12 @@ fn yaml_blocks(yaml: &str, key: &str) -> Vec<String> {
 fn kubernetes_manifests_carry_valid_configs_and_expose_udp_and_tcp_443() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kustomization = read("deploy/kubernetes/kustomization.yaml");
-    for f in ["namespace.yaml", "edge.yaml", "connector.yaml"] {
+    for f in [
+        "namespace.yaml",
+        "edge.yaml",
+        "connector.yaml",
+        "drill-cronjob.yaml",
+    ] {
         assert!(
             kustomization.contains(&format!("- {f}")),
             "kustomization lists {f}"
@@ -170,6 +235,7 @@ fn kubernetes_manifests_carry_valid_configs_and_expose_udp_and_tcp_443() {
     for (file, key) in [
         ("edge.yaml", "edge.toml"),
         ("connector.yaml", "connector.toml"),
+        ("drill-cronjob.yaml", "drill.toml"),
     ] {
         let yaml = read(&format!("deploy/kubernetes/{file}"));
         let blocks = yaml_blocks(&yaml, key);
@@ -197,10 +263,13 @@ fn kubernetes_manifests_carry_valid_configs_and_expose_udp_and_tcp_443() {
                 );
             }
         }
+        // Long-running roles are probed; the drill is a Job that exits.
+        let probed = yaml.contains("kind: Deployment");
         assert!(
-            yaml.contains("path: /readyz") && yaml.contains("path: /healthz"),
+            !probed || (yaml.contains("path: /readyz") && yaml.contains("path: /healthz")),
             "{file} probes"
         );
+        assert!(probed || yaml.contains("kind: CronJob"), "{file}");
         assert!(
             yaml.contains("runAsNonRoot: true") && yaml.contains("readOnlyRootFilesystem: true")
         );
@@ -444,6 +513,50 @@ fn systemd_units_are_hardened_and_pass_systemd_analyze_verify() {
         directive(&timer, "OnCalendar").is_some()
             && directive(&timer, "Persistent") == Some("true")
     );
+    // The client runs as a user service on the user's machine.
+    let client = directives(&read("deploy/systemd/lifeboat-client.service"));
+    let config = "%h/.config/lifeboat/client.toml";
+    for (k, v) in [
+        (
+            "ExecStart",
+            format!("/usr/local/bin/lifeboat client -c {config}"),
+        ),
+        (
+            "ExecStartPre",
+            format!("/usr/local/bin/lifeboat check -c {config}"),
+        ),
+        ("RestartPreventExitStatus", "2".into()),
+        ("Restart", "on-failure".into()),
+        ("WantedBy", "default.target".into()),
+    ] {
+        assert_eq!(directive(&client, k), Some(v.as_str()), "client unit: {k}");
+    }
+    assert_eq!(
+        directive(&client, "User"),
+        None,
+        "a user unit runs as its user"
+    );
+    // Every unit's Documentation= is a file the runbook's install steps
+    // (or the image) put there.
+    let runbook = read("docs/runbook.md");
+    let dockerfile = read("Dockerfile");
+    for f in std::fs::read_dir(root().join("deploy/systemd")).expect("deploy/systemd") {
+        let path = f.expect("entry").path();
+        let unit = std::fs::read_to_string(&path).expect("unit");
+        if !unit.contains("[Unit]") {
+            continue;
+        }
+        let d = directives(&unit);
+        let doc = directive(&d, "Documentation").expect("Documentation=");
+        let file = doc.strip_prefix("file://").expect("a file:// URL");
+        let src = "docs/runbook.md";
+        assert!(
+            runbook.contains(&format!("install -D -m 0644 {src} {file}"))
+                && dockerfile.contains(&format!("COPY {src} {file}")),
+            "{}: {doc} is installed by the runbook and the image",
+            path.display()
+        );
+    }
     let sysusers = read("deploy/systemd/lifeboat.sysusers.conf");
     assert!(sysusers.lines().any(|l| l.starts_with("u lifeboat ")));
 
@@ -470,7 +583,11 @@ fn systemd_units_are_hardened_and_pass_systemd_analyze_verify() {
         std::fs::write(&out, unit).expect("write unit");
         units.push(out);
     }
-    assert_eq!(units.len(), 4, "edge, connector, drill service and timer");
+    assert_eq!(
+        units.len(),
+        5,
+        "edge, connector, client (user), drill service and timer"
+    );
     let o = Command::new(analyze)
         .arg("verify")
         .arg("--man=no")
@@ -485,6 +602,69 @@ fn systemd_units_are_hardened_and_pass_systemd_analyze_verify() {
         "systemd-analyze verify:\n{}",
         text(&o)
     );
+}
+
+// -------------------------------------------------------------- packaging
+
+/// The image: built in two stages, the binary as the entrypoint on a
+/// runtime image without a compiler, as the UID the manifests run it as.
+#[test]
+fn dockerfile_builds_the_binary_and_runs_it_non_root() {
+    let dockerfile = read("Dockerfile");
+    let lines: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
+    assert!(froms[0].ends_with(" AS build"), "{froms:?}");
+    assert!(
+        lines.contains(&"COPY --from=build /src/target/release/lifeboat /usr/local/bin/lifeboat")
+    );
+    assert!(lines.contains(&"ENTRYPOINT [\"/usr/local/bin/lifeboat\"]"));
+    // What the build stage copies is what `cargo build` needs: the
+    // manifest, the lock file and every target path Cargo.toml names.
+    let cargo: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml");
+    for bench in cargo["bench"].as_array().expect("[[bench]]") {
+        let name = bench["name"].as_str().expect("bench name");
+        assert!(root().join("benches").join(format!("{name}.rs")).is_file());
+    }
+    for need in [
+        "COPY Cargo.toml Cargo.lock ./",
+        "COPY src ./src",
+        "COPY benches ./benches",
+    ] {
+        assert!(lines.contains(&need), "Dockerfile lacks `{need}`");
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("RUN cargo build --release --locked")));
+    // The runtime user is the one the manifests run as, not root.
+    let user = lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER");
+    assert_eq!(user, "65532:65532");
+    for f in ["edge.yaml", "connector.yaml", "drill-cronjob.yaml"] {
+        let yaml = read(&format!("deploy/kubernetes/{f}"));
+        assert!(
+            yaml.contains("runAsUser: 65532") && yaml.contains("runAsGroup: 65532"),
+            "{f}"
+        );
+        assert!(
+            yaml.contains("image: registry.example.com/lifeboat:0.1.0"),
+            "{f}"
+        );
+    }
+    assert!(dockerfile.contains("docker build -t registry.example.com/lifeboat:0.1.0 ."));
+    assert!(read("LICENSE").contains("Apache License") && read("LICENSE").contains("Version 2.0"));
+    assert_eq!(cargo["package"]["license"].as_str(), Some("Apache-2.0"));
 }
 
 // -------------------------------------------------------------------- DNS
@@ -769,7 +949,7 @@ fn drill_unit_command_line_runs_against_the_shipped_configs() {
     let d = dir.path();
     let pki = d.join("pki");
     lifeboat::pki::init(&pki, "dr.example.com", 2).expect("CA");
-    let mut o = lifeboat::pki::IssueOptions::new(&pki, lifeboat::trust::Role::Client, "drill");
+    let mut o = IssueOptions::new(&pki, Role::Client, "drill");
     o.days = 1;
     lifeboat::pki::issue(&o).expect("issue");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");

@@ -409,11 +409,43 @@ async fn all_roles_metrics_after_real_traffic_pass_promtool_count_and_carry_no_u
         let (status, text) = http_get(addr, "/metrics").await;
         assert_eq!(status, 200, "{role} /metrics");
         let fams = families(&text);
-        for m in DESIGN_METRICS {
-            let edge_only = ["lifeboat_connectors_connected", "lifeboat_segment_ready"];
-            if role == "edge" || !edge_only.contains(m) {
-                assert!(fams.contains(*m), "{role} /metrics lacks {m}:\n{text}");
-            }
+        // Each role exports what means something for it: a connector has no
+        // DR mode; only the edge has connector groups, segments and grace.
+        let edge_only = [
+            "lifeboat_connectors_connected",
+            "lifeboat_segment_ready",
+            "lifeboat_cert_grace_accepted_total",
+        ];
+        let not_connector = [
+            "lifeboat_dr_mode",
+            "lifeboat_dr_trigger_lookups_total",
+            "lifeboat_dr_transitions_total",
+            "lifeboat_dr_mode_known",
+            "lifeboat_dr_trigger_last_success_timestamp_seconds",
+        ];
+        let meaningful = |m: &str| {
+            (role == "edge" || !edge_only.contains(&m))
+                && (role != "connector" || !not_connector.contains(&m))
+        };
+        for m in DESIGN_METRICS
+            .iter()
+            .chain(&edge_only)
+            .chain(&not_connector)
+        {
+            assert_eq!(
+                fams.contains(*m),
+                meaningful(m),
+                "{role} /metrics: {m} exported only where it means something:\n{text}"
+            );
+        }
+        for m in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(fams.contains(m), "{role} /metrics lacks {m}:\n{text}");
         }
         let samples = parse_samples(&text);
         assert_label_hygiene(role, &samples, &forbidden);

@@ -275,6 +275,11 @@ async fn pki_usage_errors_exit_2() {
         "a connector without --group is a usage error: {}",
         text(&out)
     );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Usage: lifeboat pki issue "),
+        "pki issue's own usage: {}",
+        text(&out)
+    );
 }
 
 /// A minimal edge config around `extra` (certificates from the CA in `ca/`).
@@ -554,4 +559,133 @@ async fn edge_logs_its_listeners_serves_and_drains_on_sigterm() {
     .await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), client_task).await;
+}
+
+/// `pki issue` replaces a certificate only with `--force`; `--role` lists
+/// its values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_issue_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let init = ["pki", "init", "--dir", "ca", "--trust-domain", TD];
+    assert!(run(&init, d).await.status.success());
+    let issue = [
+        "pki", "issue", "--dir", "ca", "--role", "client", "--name", "alice",
+    ];
+    assert!(run(&issue, d).await.status.success());
+    let (pem, key) = (
+        std::fs::read(d.join("ca/alice.pem")).expect("pem"),
+        std::fs::read(d.join("ca/alice.key")).expect("key"),
+    );
+    let out = run(&issue, d).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("ca/alice.pem exists: pass --force to replace"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read(d.join("ca/alice.pem")).expect("pem"), pem);
+    assert_eq!(std::fs::read(d.join("ca/alice.key")).expect("key"), key);
+    let forced = [&issue[..], &["--force"]].concat();
+    let out = run(&forced, d).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(std::fs::read(d.join("ca/alice.pem")).expect("pem"), pem);
+    assert_ne!(std::fs::read(d.join("ca/alice.key")).expect("key"), key);
+
+    let out = run(&["pki", "issue", "--help"], d).await;
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("[possible values: edge, connector, client]"),
+        "{help}"
+    );
+}
+
+/// Every option of every subcommand says what it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_option_has_help_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let commands: &[&[&str]] = &[
+        &[],
+        &["edge"],
+        &["connector"],
+        &["client"],
+        &["check"],
+        &["pki", "init"],
+        &["pki", "issue"],
+        &["pki", "revoke"],
+        &["dns-record"],
+        &["dns-record", "keygen"],
+        &["drill"],
+        &["loadgen"],
+        &["demo"],
+    ];
+    let mut options = 0;
+    for cmd in commands {
+        let args = [*cmd, &["--help"]].concat();
+        let out = run(&args, dir.path()).await;
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let section = help.split("Options:\n").nth(1).expect("an Options section");
+        for line in section.lines().take_while(|l| !l.is_empty()) {
+            let trimmed = line.trim_start();
+            if !trimmed.starts_with('-') {
+                continue; // a wrapped description
+            }
+            options += 1;
+            let described = trimmed
+                .split_once("  ")
+                .is_some_and(|(_, d)| !d.trim().is_empty());
+            assert!(
+                described,
+                "lifeboat {cmd:?}: no help for `{trimmed}`\n{help}"
+            );
+        }
+    }
+    assert!(options > 40, "saw only {options} options");
+}
+
+/// `dns-record --txt` prints just the record text, which `lifeboat check`
+/// and the `file:` trigger take as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_record_txt_prints_only_the_record_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(
+        &[
+            "dns-record",
+            "--name",
+            "_dr.example.com",
+            "--mode",
+            "test",
+            "--kind",
+            "all",
+            "--txt",
+        ],
+        dir.path(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v=1; b=test; k=all\n");
+    let out = run(
+        &[
+            "dns-record",
+            "--name",
+            "_dr.example.com",
+            "--mode",
+            "on",
+            "--txt",
+            "--edge-name",
+            "e.example.com",
+            "--edge",
+            "192.0.2.1",
+        ],
+        dir.path(),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--txt is the trigger text alone: {}",
+        text(&out)
+    );
 }

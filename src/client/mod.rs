@@ -19,7 +19,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{ClientConfig, Limits};
 use crate::dr::DrMode;
-use crate::metrics::{Metrics, NO_SEGMENT};
+use crate::metrics::{LogGate, Metrics, NO_SEGMENT};
 use crate::preamble::Dest;
 use crate::refusal::Refusal;
 use crate::splice::{self, RecvHalf, SendHalf, Side};
@@ -216,6 +216,39 @@ async fn accept_loop(
     }
 }
 
+/// Refused flows logged at warn: a few per 10 s; the rest are in
+/// `lifeboat_flows_total{result}` and counted into the next line.
+static REFUSAL_LOG: LogGate = LogGate::new(10, std::time::Duration::from_secs(10));
+
+/// The result word of a flow that did not open (DESIGN's vocabulary).
+pub(crate) fn refusal_word(e: &OpenError) -> &'static str {
+    match e {
+        OpenError::Refused {
+            refusal: Some(r), ..
+        } => r.word(),
+        OpenError::Refused { refusal: None, .. } => "upstream-failed",
+        OpenError::NoTunnel(_) | OpenError::Broken(_) => "unreachable",
+    }
+}
+
+/// One warning for a flow `listener` could not open (rate-limited).
+pub(crate) fn log_refused(listener: &'static str, dest: &Dest, e: &OpenError) {
+    let Some(held_back) = REFUSAL_LOG.allow(Instant::now()) else {
+        return;
+    };
+    let reason = match e {
+        OpenError::Refused { reason, .. } if !reason.is_empty() => format!("{e}: {reason}"),
+        _ => e.to_string(),
+    };
+    warn!(
+        listener,
+        %dest,
+        result = refusal_word(e),
+        held_back,
+        "flow refused: {reason}"
+    );
+}
+
 /// Open a flow through the tunnel, honouring the client's own view of DR mode.
 pub(crate) async fn open(
     state: &ClientState,
@@ -302,7 +335,7 @@ async fn socks_flow(state: &ClientState, mut sock: TcpStream) {
                 OpenError::Refused { refusal, .. } => socks5::reply_for(*refusal),
                 OpenError::NoTunnel(_) | OpenError::Broken(_) => socks5::rep::NETWORK_UNREACHABLE,
             };
-            debug!(%dest, "flow refused: {e}");
+            log_refused("socks", &dest, &e);
             let _ = socks5::reply(&mut sock, code).await;
         }
     }
@@ -311,6 +344,6 @@ async fn socks_flow(state: &ClientState, mut sock: TcpStream) {
 async fn forward_flow(state: &ClientState, sock: TcpStream, dest: Dest) {
     match open(state, &dest).await {
         Ok((edge, early)) => carry(state, sock, edge, early).await,
-        Err(e) => warn!(%dest, "forward refused: {e}"),
+        Err(e) => log_refused("forward", &dest, &e),
     }
 }

@@ -3,9 +3,11 @@
 //! error to a [`ConfigError`] naming file, key and line. It does not compile
 //! segments (that is `segments`) nor touch sockets.
 
+mod files;
 mod limits;
 mod locate;
 mod reload;
+mod shadow;
 mod validate;
 mod warnings;
 
@@ -18,6 +20,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+pub use files::{check_files, RoleFiles, Validity, EXPIRY_WARNING};
 pub use limits::Limits;
 pub use reload::RestartNeeded;
 pub use validate::compile_segments;
@@ -71,6 +74,17 @@ pub enum TransportChoice {
     Auto,
     Quic,
     Tls,
+}
+
+impl TransportChoice {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Quic => "quic",
+            Self::Tls => "tls",
+        }
+    }
 }
 
 /// `[tls]`: the pinned CA, our certificate and key, an optional CRL.
@@ -296,9 +310,19 @@ pub trait RoleConfig: DeserializeOwned {
     fn resolve_paths(&mut self, base: &Path);
     /// Semantic checks that serde cannot express.
     fn validate(&self, file: &Path, text: &str) -> Result<(), ConfigError>;
+    /// The files the role loads, for [`check_files`].
+    fn files(&self) -> RoleFiles<'_>;
 }
 
 impl RoleConfig for EdgeConfig {
+    fn files(&self) -> RoleFiles<'_> {
+        RoleFiles {
+            role: crate::trust::Role::Edge,
+            trust_domain: &self.trust_domain,
+            tls: &self.tls,
+            dr: &self.dr,
+        }
+    }
     fn resolve_paths(&mut self, base: &Path) {
         self.tls.resolve(base);
         self.dr.resolve(base);
@@ -309,6 +333,14 @@ impl RoleConfig for EdgeConfig {
 }
 
 impl RoleConfig for ConnectorConfig {
+    fn files(&self) -> RoleFiles<'_> {
+        RoleFiles {
+            role: crate::trust::Role::Connector,
+            trust_domain: &self.trust_domain,
+            tls: &self.tls,
+            dr: &self.dr,
+        }
+    }
     fn resolve_paths(&mut self, base: &Path) {
         self.tls.resolve(base);
         self.dr.resolve(base);
@@ -319,12 +351,36 @@ impl RoleConfig for ConnectorConfig {
 }
 
 impl RoleConfig for ClientConfig {
+    fn files(&self) -> RoleFiles<'_> {
+        RoleFiles {
+            role: crate::trust::Role::Client,
+            trust_domain: &self.trust_domain,
+            tls: &self.tls,
+            dr: &self.dr,
+        }
+    }
     fn resolve_paths(&mut self, base: &Path) {
         self.tls.resolve(base);
         self.dr.resolve(base);
     }
     fn validate(&self, file: &Path, text: &str) -> Result<(), ConfigError> {
         validate::agent(&self.edges, &self.limits, &self.dr, file, text)?;
+        let l = &self.listen;
+        let named = [
+            ("listen.socks", l.socks),
+            ("listen.http", l.http),
+            ("listen.admin", l.admin),
+        ];
+        let listeners = named
+            .into_iter()
+            .filter_map(|(k, a)| Some((k.to_owned(), a?)))
+            .chain(
+                self.forwards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (format!("forward[{i}].listen"), f.listen)),
+            );
+        validate::distinct_listeners(listeners, file, text)?;
         for (i, f) in self.forwards.iter().enumerate() {
             if let Err(e) = crate::preamble::Dest::parse(&f.to) {
                 return Err(validate::at(

@@ -2,6 +2,7 @@
 //! error names the key and, best effort, the line it stands on.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -49,6 +50,38 @@ pub(super) fn agent(
     }
     check_limits(limits, file, text)?;
     check_dr(dr, file, text)
+}
+
+/// TCP listeners (key, address) must not share an address: the second bind
+/// would fail at start. Port 0 is a fresh port each time; an unspecified
+/// address (`0.0.0.0`, `[::]`) takes its port on every address.
+pub(super) fn distinct_listeners(
+    listeners: impl IntoIterator<Item = (String, SocketAddr)>,
+    file: &Path,
+    text: &str,
+) -> Result<(), ConfigError> {
+    let mut seen: Vec<(String, SocketAddr)> = Vec::new();
+    for (key, addr) in listeners {
+        let clash = seen.iter().find(|(_, a)| {
+            a.port() != 0
+                && a.port() == addr.port()
+                && (a.ip() == addr.ip() || a.ip().is_unspecified() || addr.ip().is_unspecified())
+        });
+        if let Some((first, a)) = clash {
+            let line = Locator::new(text).line(first);
+            return Err(at(
+                file,
+                text,
+                key,
+                format!(
+                    "`{addr}` clashes with `{first} = \"{a}\"`{}: two listeners cannot share an address",
+                    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+                ),
+            ));
+        }
+        seen.push((key, addr));
+    }
+    Ok(())
 }
 
 fn check_limits(limits: &Limits, file: &Path, text: &str) -> Result<(), ConfigError> {
@@ -101,6 +134,16 @@ pub(super) fn edge(cfg: &EdgeConfig, file: &Path, text: &str) -> Result<(), Conf
             "an edge needs a DR trigger (`dns:NAME`, `file:PATH` or `static:on|test|off`)".into(),
         ));
     }
+    let tcp = [
+        ("listen.tls", cfg.listen.tls),
+        ("listen.admin", cfg.listen.admin),
+    ];
+    distinct_listeners(
+        tcp.iter()
+            .filter_map(|(k, a)| Some(((*k).to_owned(), (*a)?))),
+        file,
+        text,
+    )?;
     check_limits(&cfg.limits, file, text)?;
     check_dr(&cfg.dr, file, text)?;
     compile_segments(cfg, file, text).map(|_| ())

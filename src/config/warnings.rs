@@ -45,6 +45,9 @@ pub enum WarningKind {
     /// Entries of a non-DR segment are reachable in DR anyway, through a
     /// broader DR segment.
     ReachableAnyway,
+    /// A more specific DR key refuses ports that a broader DR segment
+    /// serves for the same addresses (most specific wins).
+    HidesPorts,
 }
 
 impl fmt::Display for ConfigWarning {
@@ -176,6 +179,27 @@ pub fn edge_warnings(
                 );
             }
         }
+    }
+    let index: std::collections::HashMap<&str, usize> = cfg
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let hidden = super::shadow::hidden_ports(
+        matcher,
+        |name| index.get(name).copied(),
+        |key| locator.line(key),
+    );
+    for h in hidden {
+        out.push(ConfigWarning {
+            file: file.to_path_buf(),
+            line: locator.line(&h.key),
+            key: h.key,
+            segment: h.segment,
+            kind: WarningKind::HidesPorts,
+            message: h.message,
+        });
     }
     out
 }

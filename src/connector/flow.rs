@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::ConnectorState;
-use crate::metrics::NO_SEGMENT;
+use crate::metrics::{LogGate, NO_SEGMENT};
 use crate::preamble::Host;
 use crate::splice::{self, RecvHalf, SendHalf, Side};
 use crate::transport::stream_code;
@@ -47,21 +47,16 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side) {
     let tcp = match connected {
         Ok(Ok(s)) => s,
         Ok(Err((kind, message))) => {
-            fail(&state, &mut edge.send, kind, message).await;
-            debug!(flow = header.flow_id, dest = %header.dest, client = %header.client, "app unreachable");
+            fail(&state, &header, &mut edge.send, kind, message).await;
             return;
         }
         Err(_) => {
-            fail(
-                &state,
-                &mut edge.send,
-                FailKind::Timeout,
-                format!(
-                    "no answer from {} within {:?}",
-                    header.dest, state.limits.connect_timeout
-                ),
-            )
-            .await;
+            let message = format!(
+                "no answer from {} within {}",
+                header.dest,
+                humantime::format_duration(state.limits.connect_timeout)
+            );
+            fail(&state, &header, &mut edge.send, FailKind::Timeout, message).await;
             return;
         }
     };
@@ -92,12 +87,33 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side) {
     }
 }
 
-async fn fail(state: &ConnectorState, send: &mut SendHalf, kind: FailKind, message: String) {
+/// Apps this connector cannot reach, logged at warn: a few per 10 s; the
+/// rest are in `lifeboat_flows_total{result}` and counted into the next line.
+static UPSTREAM_LOG: LogGate = LogGate::new(10, std::time::Duration::from_secs(10));
+
+async fn fail(
+    state: &ConnectorState,
+    header: &FlowHeader,
+    send: &mut SendHalf,
+    kind: FailKind,
+    message: String,
+) {
     let word = if kind == FailKind::Timeout {
         "upstream-timeout"
     } else {
         "upstream-failed"
     };
+    if let Some(held_back) = UPSTREAM_LOG.allow(Instant::now()) {
+        warn!(
+            flow = header.flow_id,
+            dest = %header.dest,
+            segment = %header.segment,
+            client = %header.client,
+            result = word,
+            held_back,
+            "cannot reach the app: {message}"
+        );
+    }
     state
         .metrics
         .flows_total

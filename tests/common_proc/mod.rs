@@ -16,6 +16,23 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
 
+/// A CA for `dr.example.com` in `dir` (ten years) with `edge1` (edge),
+/// `dc1-a` (connector of `dc1-dr`) and `alice` (client).
+pub fn pki(dir: &Path) {
+    use lifeboat::pki::IssueOptions;
+    use lifeboat::trust::Role;
+    lifeboat::pki::init(dir, "dr.example.com", 3650).expect("pki init");
+    let mut connector = IssueOptions::new(dir, Role::Connector, "dc1-a");
+    connector.group = Some("dc1-dr".into());
+    for o in [
+        IssueOptions::new(dir, Role::Edge, "edge1"),
+        connector,
+        IssueOptions::new(dir, Role::Client, "alice"),
+    ] {
+        lifeboat::pki::issue(&o).expect("pki issue");
+    }
+}
+
 /// A running `lifeboat` process.
 pub struct Proc {
     pub child: tokio::process::Child,
