@@ -34,11 +34,14 @@ pub enum Refusal {
     GoingAway,
     /// 429 `quota`: this identity has `max_flows_per_identity` flows open.
     Quota,
+    /// 403 `wrong-role`: a certificate of another role (a connector's) on a
+    /// client connection.
+    WrongRole,
 }
 
 impl Refusal {
     /// Every refusal, in table order (for metrics pre-registration and tests).
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::BadRequest,
         Self::Method,
         Self::TooLarge,
@@ -50,6 +53,7 @@ impl Refusal {
         Self::UpstreamTimeout,
         Self::GoingAway,
         Self::Quota,
+        Self::WrongRole,
     ];
 
     /// The HTTP status code.
@@ -58,7 +62,7 @@ impl Refusal {
             Self::BadRequest => 400,
             Self::Method => 405,
             Self::TooLarge => 431,
-            Self::NotDrSegment | Self::NotAllowed => 403,
+            Self::NotDrSegment | Self::NotAllowed | Self::WrongRole => 403,
             Self::DrInactive | Self::NoConnector | Self::GoingAway => 503,
             Self::UpstreamFailed => 502,
             Self::UpstreamTimeout => 504,
@@ -80,6 +84,7 @@ impl Refusal {
             Self::UpstreamTimeout => "upstream-timeout",
             Self::GoingAway => "going-away",
             Self::Quota => "quota",
+            Self::WrongRole => "wrong-role",
         }
     }
 
@@ -117,6 +122,7 @@ impl Refusal {
             Self::UpstreamTimeout => "the application did not answer in time",
             Self::GoingAway => "the edge is going away; open the flow through another edge",
             Self::Quota => "this identity has as many flows open as the edge allows one identity",
+            Self::WrongRole => "this certificate is not a client certificate",
         }
     }
 
@@ -203,7 +209,10 @@ mod tests {
     #[test]
     fn statuses_match_design_table() {
         let got: Vec<u16> = Refusal::ALL.iter().map(|r| r.status()).collect();
-        assert_eq!(got, [400, 405, 431, 403, 403, 503, 503, 502, 504, 503, 429]);
+        assert_eq!(
+            got,
+            [400, 405, 431, 403, 403, 503, 503, 502, 504, 503, 429, 403]
+        );
     }
 
     #[test]

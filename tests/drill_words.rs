@@ -129,11 +129,9 @@ async fn drill_words_for_revoked_wrong_role_and_unreachable_over_quic_and_tls() 
     t.shutdown().await.expect("shutdown");
 }
 
-/// Over TLS the edge resets a connection whose certificate role does not
-/// fit its ALPN without a word (src/edge/accept.rs), so the drill can only
-/// say `broken`. Un-ignore when the edge answers it `wrong-role`.
+/// Over TLS the edge answers a client connection whose certificate is not
+/// a client's `403 wrong-role`, so the drill says `wrong-role` as over QUIC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs src/edge/accept.rs to answer a wrong-role TLS client with its word"]
 async fn drill_says_wrong_role_over_tls() {
     let (t, d, target) = setup().await;
     expect_words(&d, &target, &[("c9.toml", "tls", "wrong-role")]).await;

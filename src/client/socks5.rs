@@ -42,7 +42,9 @@ pub enum SocksError {
 /// The reply code for an edge refusal.
 pub fn reply_for(r: Option<Refusal>) -> u8 {
     match r {
-        Some(Refusal::NotDrSegment | Refusal::NotAllowed | Refusal::Quota) => rep::NOT_ALLOWED,
+        Some(Refusal::NotDrSegment | Refusal::NotAllowed | Refusal::Quota | Refusal::WrongRole) => {
+            rep::NOT_ALLOWED
+        }
         Some(Refusal::DrInactive | Refusal::NoConnector | Refusal::GoingAway) => {
             rep::NETWORK_UNREACHABLE
         }

@@ -42,6 +42,17 @@ impl DrMode {
             Self::On => true,
         }
     }
+
+    /// The refusal of a flow this mode does not serve (`dr-inactive` when
+    /// off, `not-allowed` in test mode for a user not in the test group).
+    pub fn refusal(self, is_test_user: bool) -> Option<crate::refusal::Refusal> {
+        use crate::refusal::Refusal;
+        match self {
+            _ if self.allows(is_test_user) => None,
+            Self::Off => Some(Refusal::DrInactive),
+            Self::Test | Self::On => Some(Refusal::NotAllowed),
+        }
+    }
 }
 
 impl fmt::Display for DrMode {

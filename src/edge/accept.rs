@@ -591,6 +591,14 @@ async fn tls_conn(
         Ok(p) => {
             count(&state, claimed, t, "wrong-role");
             warn!(peer = %p, "refused: a {} certificate on a {} tunnel", p.role.as_str(), claimed.as_str());
+            if claimed == Role::Client {
+                // A client connection speaks HTTP: it gets the word.
+                let mut stream = stream;
+                let body = Refusal::WrongRole.encode_response("");
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &body).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                state.metrics.refused_unmatched(Refusal::WrongRole).inc();
+            }
             return;
         }
         Err(e) => {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, Span};
+use tracing::{debug, info, warn, Span};
 
 use super::quota::QuotaGuard;
 use super::registry::{ActiveGuard, ConnectorTunnel, Link};
@@ -85,17 +85,21 @@ pub(super) async fn serve(
     Span::current().record("dest", tracing::field::display(&dest));
 
     let is_test_user = policy.test_users.contains(&peer.name);
-    let mode = *state.mode.borrow();
-    if !mode.allows(is_test_user) {
-        let r = if mode == crate::dr::DrMode::Off {
-            Refusal::DrInactive
-        } else {
-            Refusal::NotAllowed
-        };
-        refuse(&state, &mut client, r, None, started).await;
+    let lookup = policy.matcher.lookup(&dest);
+    // The mode's word comes first; a flow to a known segment is counted
+    // under that segment.
+    let refused = state.mode.borrow().refusal(is_test_user);
+    if let Some(r) = refused {
+        match lookup {
+            Lookup::Hit(s) => {
+                policy.segment_metrics[s.index].refusal(r).inc();
+                answer_refusal(&state, &mut client, r, None, started).await;
+            }
+            _ => refuse(&state, &mut client, r, None, started).await,
+        }
         return;
     }
-    let segment = match policy.matcher.lookup(&dest) {
+    let segment = match lookup {
         Lookup::Hit(s) => s,
         Lookup::WrongPort(_) => {
             refuse(
@@ -217,6 +221,14 @@ pub(super) async fn serve(
     .await;
     let reason = outcome.end.reason();
     m.flows_closed.with_label_values(&[reason]).inc();
+    if outcome.end == splice::End::Stopped(stream_code::DR_NARROWED) {
+        if let Some(held_back) = NARROWED_LOG.allow(Instant::now()) {
+            warn!(
+                client = %peer, segment = %segment.name, %dest, result = reason, held_back,
+                "flow closed: the DR mode no longer serves it"
+            );
+        }
+    }
     m.flows_active.dec();
     if policy.access_log {
         info!(
@@ -234,6 +246,12 @@ pub(super) async fn serve(
         );
     }
 }
+
+/// Flows closed by a narrowing DR mode, logged at warn: a few per 10 s (a
+/// mode change can close thousands); all are counted in
+/// `lifeboat_flows_closed_total{reason="dr-narrowed"}`.
+static NARROWED_LOG: crate::metrics::LogGate =
+    crate::metrics::LogGate::new(10, Duration::from_secs(10));
 
 /// Read until a whole preamble is in; returns the request and any bytes after it.
 /// `Ok(None)` when the stream ends first.
