@@ -140,7 +140,9 @@ async fn dr_off_refuses_503_dr_inactive_but_keeps_connectors_warm() {
         "dr-inactive",
     )
     .await;
-    assert_eq!(t.edge_flows("-", "dr-inactive"), 4);
+    // Counted under the segment the flows were for (DR_HOST is payroll's).
+    assert_eq!(t.edge_flows("payroll", "dr-inactive"), 4);
+    assert_eq!(t.edge_flows("-", "dr-inactive"), 0);
     assert_eq!(t.edge_flows("payroll", "ok"), 0);
     t.shutdown().await;
 }
@@ -232,7 +234,8 @@ async fn dr_test_mode_serves_only_test_users() {
         .expect("alice served in test mode");
     assert_eq!((status, body.as_slice()), (200, &b"hello\n"[..]));
     assert_refused(&bob, DR_HOST, port, NOT_ALLOWED, 403, "not-allowed").await;
-    assert_eq!(t.edge_flows("-", "not-allowed"), 4);
+    assert_eq!(t.edge_flows("payroll", "not-allowed"), 4);
+    assert_eq!(t.edge_flows("-", "not-allowed"), 0);
 
     // Widening to `on` serves bob too.
     t.set_dr("v=1;b=on;k=zpa");
