@@ -30,9 +30,9 @@ fn edge_config(
     drain: &str,
 ) -> std::path::PathBuf {
     let listen = if tls {
-        format!("quic = \"{ip}:{port}\"\ntls = \"{ip}:{port}\"")
+        format!("quic = \"{ip}:{port}\"\ntls = \"{ip}:{port}\"\nadmin = \"127.0.0.1:0\"")
     } else {
-        format!("quic = \"{ip}:{port}\"")
+        format!("quic = \"{ip}:{port}\"\nadmin = \"127.0.0.1:0\"")
     };
     let text = rig.edge_toml(&listen, "static:on", "").replace(
         "drain_timeout = \"2s\"",
@@ -122,8 +122,8 @@ async fn sigterm_with_tunnels_but_no_flows_exits_at_once_and_restart_is_served()
         conn,
         client,
     } = served_through_an_edge_process().await;
-    // A client connected for a while (its backoff long reset).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A client and a connector connected for a minute.
+    tokio::time::sleep(Duration::from_secs(60)).await;
 
     edge.signal("-TERM");
     let term = Instant::now();
@@ -168,10 +168,10 @@ async fn a_client_failing_for_a_while_is_served_soon_after_the_edge_returns() {
     } = served_through_an_edge_process().await;
     edge.signal("-TERM");
     edge.exited(Duration::from_secs(5)).await;
-    // Down for 20 s: every background backoff is at its ceiling by then,
+    // Down for a minute: every background backoff is long at its ceiling,
     // and a user keeps trying.
     let down = Instant::now();
-    while down.elapsed() < Duration::from_secs(20) {
+    while down.elapsed() < Duration::from_secs(60) {
         assert!(fetch_via(client.http, rig.app.port(), "/bytes/10")
             .await
             .is_err());
@@ -182,7 +182,7 @@ async fn a_client_failing_for_a_while_is_served_soon_after_the_edge_returns() {
     let started = Instant::now();
     let served = first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
     println!(
-        "client and connector failing for 20 s: first flow {:?} after the edge's start",
+        "client and connector failing for a minute: first flow {:?} after the edge's start",
         served - started
     );
     assert!(connected(&conn));
@@ -276,8 +276,23 @@ async fn going_away_finishes_running_flows_and_moves_new_ones_to_the_other_edge(
         (r, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin_a = edge_a.listening("admin").await;
+    assert!(admin_get(admin_a, "/readyz")
+        .await
+        .starts_with("HTTP/1.1 200"));
     edge_a.signal("-TERM");
     let term = Instant::now();
+    // Going away: not ready (load balancers take it out) while the flow runs.
+    eventually_async(
+        "edge A's /readyz answers 503 while it drains",
+        Duration::from_secs(3),
+        || async move {
+            admin_get(admin_a, "/readyz")
+                .await
+                .starts_with("HTTP/1.1 503")
+        },
+    )
+    .await;
 
     // New flows meanwhile: every one served (through B), none refused.
     for i in 0..10 {
@@ -561,4 +576,67 @@ async fn the_edge_warns_when_the_kernel_caps_its_udp_buffers() {
         "capped by the kernel: {capped}\n{}",
         edge.log()
     );
+}
+
+/// A client that exits closes its tunnel (CONNECTION_CLOSE): the edge stops
+/// counting it at once, not after `idle_timeout` (30 s here). `loadgen`
+/// exits the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_exit_close_their_tunnels_at_once() {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
+    let quic = edge.quic.expect("quic");
+    let _conn = rig.start_connector(0, quic, "quic", "");
+    let bob = rig.user(BOB);
+    let client_cfg = rig.dir.path().join("client.toml");
+    std::fs::write(
+        &client_cfg,
+        format!(
+            "trust_domain = \"{TD}\"\nedges = [\"{quic}\"]\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n[listen]\nsocks = \"127.0.0.1:0\"\n",
+            toml_path(&rig.ca.pem()),
+            toml_path(&bob.cert),
+            toml_path(&bob.key)
+        ),
+    )
+    .expect("write client config");
+    let m = std::sync::Arc::clone(&edge.metrics);
+    let clients = move || tunnels_of(&m, "client", "quic");
+    let mut client = Proc::role("client", &client_cfg);
+    eventually("the client's tunnel is up", Duration::from_secs(10), || {
+        clients() == 1
+    })
+    .await;
+    client.signal("-TERM");
+    let exited = Instant::now();
+    assert!(client.exited(Duration::from_secs(10)).await.success());
+    eventually(
+        "the edge stopped counting it",
+        Duration::from_secs(1),
+        || clients() == 0,
+    )
+    .await;
+    println!(
+        "client exit: the edge's count dropped within {:?}",
+        exited.elapsed()
+    );
+
+    let target = format!("{DR_HOST}:{}", rig.app.port());
+    let out = tokio::process::Command::new(BIN)
+        .args(["loadgen", "-c"])
+        .arg(&client_cfg)
+        .args(["--target", &target, "--flows", "20"])
+        .output()
+        .await
+        .expect("run loadgen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "loadgen's tunnel is not counted after it exited",
+        Duration::from_secs(1),
+        || clients() == 0,
+    )
+    .await;
 }

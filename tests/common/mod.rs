@@ -13,7 +13,7 @@
 #[path = "../common_proc/mod.rs"]
 mod proc;
 #[allow(unused_imports)] // not every test binary spawns processes
-pub use proc::{Proc, BIN};
+pub use proc::{get as admin_get, Proc, BIN};
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -51,6 +51,22 @@ pub const GROUP: &str = "dc1-dr";
 /// Test users the default edge config lists in `[dr] test_users`.
 pub const ALICE: &str = "alice";
 pub const BOB: &str = "bob";
+
+/// [`eventually`] for a condition that has to await (a request).
+pub async fn eventually_async<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within {within:?}: {what}");
+}
 
 /// Poll `cond` every 10 ms until it holds; panic naming `what` after `within`.
 pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
