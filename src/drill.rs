@@ -433,14 +433,7 @@ fn dial_word(e: &TunnelError) -> String {
         TunnelError::Connection(C::ConnectionClosed(c)) => (None, &c.reason),
         _ => return word_of(e.reason()),
     };
-    let by_code = match code {
-        Some(code::WRONG_ROLE) => Some("wrong-role"),
-        Some(code::OVERLOADED) => Some("shed"),
-        Some(code::DRAINING | code::GOING_AWAY) => Some("going-away"),
-        Some(code::GRACE_OVER) => Some("expired"),
-        Some(code::CERT_REFUSED) => Some("cert-refused"),
-        _ => None,
-    };
+    let by_code = code.and_then(|c| code::word(c.into()));
     const WORDS: [&str; 4] = ["wrong-role", "shed", "going-away", "quota"];
     let by_reason = std::str::from_utf8(reason)
         .ok()

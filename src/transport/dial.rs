@@ -93,7 +93,7 @@ impl Dialer {
         };
         let mut b = [0u8; 512];
         match tokio::time::timeout(grace, stream.get_mut().read(&mut b)).await {
-            Err(_) if edge_speaks_first => Err(TunnelError::Identity(
+            Err(_) if edge_speaks_first => Err(TunnelError::ClosedEarly(
                 "the edge said nothing after the handshake".into(),
             )),
             Err(_) => Ok(()),
@@ -102,7 +102,7 @@ impl Dialer {
                 stream.unread(&b[..n]);
                 Ok(())
             }
-            Ok(Ok(_)) => Err(TunnelError::Identity(
+            Ok(Ok(_)) => Err(TunnelError::ClosedEarly(
                 "the edge closed or spoke before any request".into(),
             )),
         }

@@ -36,6 +36,19 @@ pub mod close_code {
     pub const GOING_AWAY: u32 = 0x15;
     /// The peer's identity holds `max_tunnels_per_identity` tunnels already.
     pub const QUOTA: u32 = 0x16;
+
+    /// The result word of a close by the edge (DESIGN's vocabulary).
+    pub fn word(code: u64) -> Option<&'static str> {
+        Some(match u32::try_from(code).ok()? {
+            WRONG_ROLE => "wrong-role",
+            OVERLOADED => "shed",
+            DRAINING | GOING_AWAY => "going-away",
+            GRACE_OVER => "expired",
+            CERT_REFUSED => "cert-refused",
+            QUOTA => "quota",
+            _ => return None,
+        })
+    }
 }
 
 /// Stream error codes (QUIC RESET_STREAM / STOP_SENDING).
@@ -86,8 +99,20 @@ pub enum TunnelError {
     Connection(#[from] quinn::ConnectionError),
     #[error("handshake did not finish within {0:?}")]
     Timeout(std::time::Duration),
+    /// The QUIC handshake finished but the edge sent no welcome (it refused
+    /// us after checking our certificate, or is not a lifeboat edge).
+    #[error("the edge sent no welcome: {0}")]
+    NoWelcome(String),
+    /// Over TLS the edge closed, or spoke when it should not have, before
+    /// any request: a refusal that came without an alert.
+    #[error("the edge closed the connection before any request: {0}")]
+    ClosedEarly(String),
+    /// Our own TLS configuration cannot be used (a bug or a bad key type).
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    /// The peer's certificate names no usable identity.
     #[error("peer identity: {0}")]
-    Identity(String),
+    PeerIdentity(String),
     #[error("no address for edge `{0}`")]
     NoAddress(String),
     #[error("TLS: {0}")]
@@ -104,9 +129,15 @@ impl TunnelError {
     /// The word for `lifeboat_handshakes_total{result}`.
     pub fn reason(&self) -> &'static str {
         match self {
+            Self::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
+                close_code::word(c.error_code.into_inner()).unwrap_or("other")
+            }
             Self::Connection(e) => crate::trust::classify_quic(e),
             Self::Timeout(_) => "timeout",
-            Self::Identity(_) => "wrong-role",
+            Self::NoWelcome(_) => "no-welcome",
+            Self::ClosedEarly(_) => "closed-early",
+            Self::Config(_) => "config",
+            Self::PeerIdentity(_) => "no-identity",
             Self::Tls(e) => crate::trust::classify_io(e),
             Self::Unreachable(_) | Self::Io(_) => "unreachable",
             Self::Connect(_) | Self::NoAddress(_) => "other",

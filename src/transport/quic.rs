@@ -117,7 +117,7 @@ pub fn server_endpoint(
         &[super::ALPN_CLIENT, super::ALPN_CONNECTOR],
     );
     let crypto = QuicServerConfig::try_from(Arc::new(tls))
-        .map_err(|e| TunnelError::Identity(format!("TLS config unusable for QUIC: {e}")))?;
+        .map_err(|e| TunnelError::Config(format!("unusable for QUIC: {e}")))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(
         limits,
@@ -145,7 +145,7 @@ pub fn client_endpoint(
 ) -> Result<Endpoint, TunnelError> {
     let tls = trust.client_config(&[alpn]);
     let crypto = QuicClientConfig::try_from(Arc::new(tls))
-        .map_err(|e| TunnelError::Identity(format!("TLS config unusable for QUIC: {e}")))?;
+        .map_err(|e| TunnelError::Config(format!("unusable for QUIC: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = transport_config(limits, incoming_bidi);
     // The edge's welcome (see `connect`) and its going-away notice.
@@ -209,7 +209,7 @@ pub async fn connect(
             Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
                 Err(e.into())
             }
-            _ => Err(TunnelError::Identity("the edge sent no welcome".into())),
+            _ => Err(TunnelError::NoWelcome("no welcome stream".into())),
         }
     };
     match tokio::time::timeout(timeout, welcomed).await {
@@ -231,9 +231,9 @@ pub fn peer_id(conn: &quinn::Connection) -> Result<SpiffeId, TunnelError> {
     let certs = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| TunnelError::Identity("peer presented no certificate".into()))?;
+        .ok_or_else(|| TunnelError::PeerIdentity("peer presented no certificate".into()))?;
     let leaf = certs
         .first()
-        .ok_or_else(|| TunnelError::Identity("peer presented no certificate".into()))?;
-    spiffe_id_of(leaf).map_err(|e| TunnelError::Identity(e.to_string()))
+        .ok_or_else(|| TunnelError::PeerIdentity("peer presented no certificate".into()))?;
+    spiffe_id_of(leaf).map_err(|e| TunnelError::PeerIdentity(e.to_string()))
 }

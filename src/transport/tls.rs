@@ -79,8 +79,8 @@ pub fn peer_id(conn: &rustls::CommonState) -> Result<SpiffeId, TunnelError> {
     let leaf = conn
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or_else(|| TunnelError::Identity("peer presented no certificate".into()))?;
-    spiffe_id_of(leaf).map_err(|e| TunnelError::Identity(e.to_string()))
+        .ok_or_else(|| TunnelError::PeerIdentity("peer presented no certificate".into()))?;
+    spiffe_id_of(leaf).map_err(|e| TunnelError::PeerIdentity(e.to_string()))
 }
 
 /// A stream with bytes already read from it put back in front: what the

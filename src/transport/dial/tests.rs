@@ -43,7 +43,7 @@ fn result(o: Outcome, tag: &'static str) -> Result<&'static str, TunnelError> {
             std::io::ErrorKind::ConnectionRefused.into(),
         )),
         Outcome::Timeout => Err(TunnelError::Timeout(Duration::from_secs(5))),
-        Outcome::Identity => Err(TunnelError::Identity("no welcome".into())),
+        Outcome::Identity => Err(TunnelError::NoWelcome("no welcome".into())),
         Outcome::Alert => Err(TunnelError::Tls(std::io::Error::other("alert"))),
     }
 }
@@ -115,7 +115,7 @@ fn every_order_of_every_outcome() {
                                 }
                                 TunnelError::Io(_) => Outcome::Refused,
                                 TunnelError::Timeout(_) => Outcome::Timeout,
-                                TunnelError::Identity(_) => Outcome::Identity,
+                                TunnelError::NoWelcome(_) => Outcome::Identity,
                                 TunnelError::Tls(_) => Outcome::Alert,
                                 other => panic!("{case}: unexpected error {other}"),
                             };
