@@ -345,8 +345,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{report}");
             }
-            if report.flows_ok == 0 {
-                // Every flow failed (or no edge was reachable): a failed run.
+            if report.flows_ok == 0 || report.flows_failed > 0 {
+                // A flow failed, or no edge was reachable: a failed run.
                 return Ok(ExitCode::from(1));
             }
         }

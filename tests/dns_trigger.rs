@@ -559,3 +559,34 @@ async fn a_state_file_with_an_absurd_end_restores_and_still_follows_dns() {
     dns.publish(OFF);
     w.wait_mode(DrMode::Off, Duration::from_secs(5)).await;
 }
+
+/// The `file:` trigger takes what `lifeboat dns-record` prints: the record
+/// text alone (`--txt`), or the zone line pasted as it is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_trigger_takes_dns_record_output_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (args, want) in [
+        (
+            &["--name", "_dr.example.com", "--mode", "test", "--txt"][..],
+            DrMode::Test,
+        ),
+        (
+            &["--name", "_dr.example.com", "--mode", "on"][..],
+            DrMode::On,
+        ),
+    ] {
+        let out = dns_record_cli(args);
+        let path = dir.path().join("dr.txt");
+        std::fs::write(&path, &out).expect("write trigger file");
+        let metrics = std::sync::Arc::new(lifeboat::metrics::Metrics::new("edge"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mode = lifeboat::dr::trigger::start(
+            Some(&lifeboat::dr::Trigger::File(path)),
+            metrics,
+            stop.clone(),
+        )
+        .expect("file trigger");
+        assert_eq!(*mode.borrow(), want, "from {out:?}");
+        stop.cancel();
+    }
+}

@@ -357,3 +357,89 @@ mod tests {
         );
     }
 }
+
+/// The record text of a pasted zone-file line (`NAME [TTL] [IN] TXT "..."
+/// "..."`, as `lifeboat dns-record` prints it): its character-strings
+/// joined, `\"`, `\\` and `\DDD` unescaped. `None` when `line` is not a
+/// TXT zone line (then it is taken as the record text itself).
+pub fn from_zone_line(text: &str) -> Option<String> {
+    // A pasted zone snippet may hold other records (the edges' A records).
+    text.lines().find_map(txt_line)
+}
+
+fn txt_line(line: &str) -> Option<String> {
+    let mut rest = line.trim();
+    // TXT within the first four words: name, TTL, class, type.
+    for _ in 0..4 {
+        let end = rest.find(|c: char| c.is_ascii_whitespace())?;
+        let (word, tail) = rest.split_at(end);
+        rest = tail.trim_start();
+        if word.eq_ignore_ascii_case("TXT") {
+            return character_strings(rest);
+        }
+    }
+    None
+}
+
+/// `"a" "b"` → `ab`, unescaping as zone files do.
+fn character_strings(text: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let mut bytes = text.bytes();
+    let mut any = false;
+    while let Some(b) = bytes.next() {
+        match b {
+            b if b.is_ascii_whitespace() => continue,
+            b'"' => any = true,
+            _ => return None,
+        }
+        loop {
+            match bytes.next()? {
+                b'"' => break,
+                b'\\' => {
+                    let c = bytes.next()?;
+                    if c.is_ascii_digit() {
+                        let digits = [c, bytes.next()?, bytes.next()?];
+                        let n = digits.iter().try_fold(0u16, |n, d| {
+                            d.is_ascii_digit().then(|| n * 10 + u16::from(d - b'0'))
+                        })?;
+                        out.push(u8::try_from(n).ok()?);
+                    } else {
+                        out.push(c);
+                    }
+                }
+                b => out.push(b),
+            }
+        }
+    }
+    if !any {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod zone_line_tests {
+    use super::from_zone_line;
+
+    #[test]
+    fn a_pasted_zone_line_gives_its_record_text() {
+        let line =
+            "_lifeboat-dr.example.com. 60 IN TXT \"v=1; b=on; \" \"k=zpa; s=\\\"x\\\\\\059\"\n";
+        assert_eq!(
+            from_zone_line(line).as_deref(),
+            Some("v=1; b=on; k=zpa; s=\"x\\;")
+        );
+        assert_eq!(
+            from_zone_line("name TXT \"v=1; b=off; k=zpa\"").as_deref(),
+            Some("v=1; b=off; k=zpa")
+        );
+    }
+
+    #[test]
+    fn record_text_and_broken_lines_are_not_zone_lines() {
+        assert_eq!(from_zone_line("v=1; b=on; k=zpa"), None);
+        assert_eq!(from_zone_line("name 60 IN TXT unquoted"), None);
+        assert_eq!(from_zone_line("name 60 IN TXT \"open"), None);
+        assert_eq!(from_zone_line("name 60 IN A 192.0.2.1"), None);
+    }
+}

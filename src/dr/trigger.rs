@@ -281,8 +281,11 @@ fn lookup_error(e: &ResolveError) -> Lookup {
 fn read_file(path: &Path) -> Lookup {
     match std::fs::read_to_string(path) {
         Err(e) => Lookup::Failed(format!("{}: {e}", path.display())),
+        // The record text (`lifeboat dns-record --txt`), or a zone line pasted
+        // as it is published (`lifeboat dns-record`).
         Ok(text) => Lookup::Found {
-            texts: vec![text.trim_end_matches(['\r', '\n']).to_string()],
+            texts: vec![crate::dr::record::from_zone_line(&text)
+                .unwrap_or_else(|| text.trim_end_matches(['\r', '\n']).to_string())],
             ttl: None,
         },
     }
