@@ -606,6 +606,25 @@ fn systemd_units_are_hardened_and_pass_systemd_analyze_verify() {
 
 // -------------------------------------------------------------- packaging
 
+/// The Dockerfile passes hadolint (no container builder or base image can
+/// be fetched here, so it is linted instead of built).
+#[test]
+fn dockerfile_passes_hadolint() {
+    let Some(hadolint) = tool("hadolint", "LIFEBOAT_REQUIRE_HADOLINT") else {
+        return;
+    };
+    let out = Command::new(hadolint)
+        .arg(root().join("Dockerfile"))
+        .output()
+        .expect("run hadolint");
+    assert!(
+        out.status.success(),
+        "hadolint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The image: built in two stages, the binary as the entrypoint on a
 /// runtime image without a compiler, as the UID the manifests run it as.
 #[test]
