@@ -256,3 +256,62 @@ async fn flows_into_an_app_that_never_reads_do_not_stall_the_others() {
     pushers.abort_all();
     held.abort();
 }
+
+/// One host (127.0.0.2) opens 20 TLS handshakes and stalls each right after
+/// its ClientHello, with 8 TLS handshake slots: it gets at most its share
+/// (a quarter, at least 4) and is shed beyond it, and a user from another address is
+/// served at once. Their handshakes would otherwise hold every slot for
+/// `handshake_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_cannot_take_every_handshake_slot() {
+    use tokio::io::AsyncWriteExt;
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml(
+        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
+        "static:on",
+        "max_handshakes_inflight = 8\n",
+    ));
+    let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
+    let _conn = rig.start_connector(0, quic, "quic", "");
+    let mallory = rig.user("mallory");
+    let trust = lifeboat::trust::Trust::load(
+        lifeboat::trust::TlsFiles {
+            ca: rig.ca.pem(),
+            cert: mallory.cert.clone(),
+            key: mallory.key.clone(),
+            crl: None,
+        },
+        TD,
+    )
+    .expect("trust");
+    let config = std::sync::Arc::new(trust.client_config(&[b"lifeboat/1"]));
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind 127.0.0.2");
+        let mut tcp = sock.connect(tls).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut hello = rustls::ClientConnection::new(std::sync::Arc::clone(&config), name)
+            .expect("client connection");
+        let mut first = Vec::new();
+        hello.write_tls(&mut first).expect("ClientHello");
+        tcp.write_all(&first).await.expect("send ClientHello");
+        stalled.push(tcp);
+    }
+    let m = std::sync::Arc::clone(&edge.metrics);
+    eventually(
+        "the host's handshakes beyond its share are shed",
+        Duration::from_secs(5),
+        || handshakes_of(&m, "client", "tls", "shed") >= 20 - 4,
+    )
+    .await;
+    let started = Instant::now();
+    let user = rig.start_client(&rig.user(BOB), tls, "tls", "").await;
+    first_flow_after(user.http, rig.app.port(), Duration::from_secs(10)).await;
+    println!(
+        "with one host stalling 20 TLS handshakes: another user served within {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}

@@ -25,12 +25,86 @@ use crate::trust::{Role, SpiffeId};
 /// The permits bounding tunnels and handshakes in progress.
 #[derive(Clone)]
 pub(super) struct Gates {
-    pub handshakes: Arc<Semaphore>,
+    /// Handshakes in progress, a pool per transport (a flood of one does
+    /// not shut the other).
+    pub quic_handshakes: Arc<Semaphore>,
+    pub tls_handshakes: Arc<Semaphore>,
     /// `max_handshakes_inflight`: above half of it in use, QUIC asks for Retry.
     pub handshake_slots: usize,
-    pub tunnels: Arc<Semaphore>,
+    /// Handshakes in progress per source address.
+    pub per_source: Arc<PerSource>,
+    /// Client tunnels (`max_tunnels`) and connector tunnels
+    /// ([`CONNECTOR_TUNNELS`]): clients cannot take the connectors' pool.
+    pub client_tunnels: Arc<Semaphore>,
+    pub connector_tunnels: Arc<Semaphore>,
     /// TLS connections waiting for their ClientHello.
     pub hellos: Arc<Hellos>,
+}
+
+/// Connector tunnels an edge holds, apart from `max_tunnels` (a deployment
+/// has a few connectors per DR connector group, one tunnel per edge
+/// address each).
+pub(super) const CONNECTOR_TUNNELS: usize = 1024;
+
+impl Gates {
+    /// The pool of `role`'s tunnels.
+    fn tunnels(&self, role: Role) -> &Arc<Semaphore> {
+        match role {
+            Role::Connector => &self.connector_tunnels,
+            _ => &self.client_tunnels,
+        }
+    }
+}
+
+/// Handshakes in progress per source IP address: at most a quarter of a
+/// transport's pool each (at least 4), so that one host cannot take it all;
+/// generous enough for a NAT with many users arriving at once.
+pub(super) struct PerSource {
+    max: usize,
+    held: dashmap::DashMap<std::net::IpAddr, usize>,
+}
+
+/// One handshake of a source, given back on drop.
+pub(super) struct SourceSlot {
+    of: Arc<PerSource>,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    pub fn new(handshake_slots: usize) -> Self {
+        Self {
+            max: (handshake_slots / 4).max(4),
+            held: Default::default(),
+        }
+    }
+
+    fn is_full(&self, ip: std::net::IpAddr) -> bool {
+        self.held.get(&ip).is_some_and(|n| *n >= self.max)
+    }
+
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let mut n = self.held.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            of: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let empty = self.of.held.get_mut(&self.ip).is_some_and(|mut n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+        if empty {
+            self.of.held.remove_if(&self.ip, |_, n| *n == 0);
+        }
+    }
 }
 
 /// TLS connections waiting for their ClientHello: at most `max`
@@ -120,28 +194,33 @@ pub(super) async fn quic_loop(
         // Handshakes piling up (a DR stampede, or Initials from spoofed
         // addresses): ask unvalidated peers for a Retry round trip first, so
         // only peers that can receive at their address take a slot.
-        let busy = gates.handshakes.available_permits() < gates.handshake_slots / 2;
+        // A source over its share is asked for a Retry too: an address that
+        // was spoofed (to use up a NAT's share) never answers it.
+        let remote = incoming.remote_address();
+        let busy = gates.quic_handshakes.available_permits() < gates.handshake_slots / 2
+            || gates.per_source.is_full(remote.ip());
         if busy && !incoming.remote_address_validated() && incoming.may_retry() {
             let _ = incoming.retry();
             continue;
         }
-        // Shed before any crypto: refusing costs one stateless packet.
-        let (Ok(hs), Ok(tunnel)) = (
-            Arc::clone(&gates.handshakes).try_acquire_owned(),
-            Arc::clone(&gates.tunnels).try_acquire_owned(),
+        // Shed before any crypto: refusing costs one stateless packet. The
+        // role is not known yet (it is in the encrypted ClientHello): a shed
+        // QUIC handshake is counted under `client`.
+        let (Ok(hs), Some(source)) = (
+            Arc::clone(&gates.quic_handshakes).try_acquire_owned(),
+            gates.per_source.take(remote.ip()),
         ) else {
             count(&state, Role::Client, TransportKind::Quic, "shed");
             incoming.refuse();
             continue;
         };
-        let remote = incoming.remote_address();
         let span = tracing::info_span!("tunnel", transport = "quic", %remote);
         tracker.spawn(
             quic_conn(
                 Arc::clone(&state),
                 incoming,
-                hs,
-                tunnel,
+                (hs, source),
+                gates.clone(),
                 tracker.clone(),
                 drain.clone(),
             )
@@ -153,8 +232,8 @@ pub(super) async fn quic_loop(
 async fn quic_conn(
     state: Arc<EdgeState>,
     incoming: quinn::Incoming,
-    hs: OwnedSemaphorePermit,
-    _tunnel: OwnedSemaphorePermit,
+    hs: (OwnedSemaphorePermit, SourceSlot),
+    gates: Gates,
     tracker: TaskTracker,
     drain: CancellationToken,
 ) {
@@ -226,6 +305,11 @@ async fn quic_conn(
         conn.close(close_code::CERT_REFUSED.into(), reason.as_bytes());
         return;
     }
+    let Ok(_tunnel) = Arc::clone(gates.tunnels(claimed)).try_acquire_owned() else {
+        count(&state, claimed, q, "shed");
+        conn.close(close_code::OVERLOADED.into(), b"shed");
+        return;
+    };
     let max = state.policy.load().limits.max_tunnels_per_identity;
     let Some(_quota) = state.quotas.take(&peer.uri().into(), Kind::Tunnel, max) else {
         count(&state, claimed, q, "quota");
@@ -559,9 +643,10 @@ async fn tls_conn(
     } else {
         Role::Client
     };
-    let (Ok(hs), Ok(_tunnel)) = (
-        Arc::clone(&gates.handshakes).try_acquire_owned(),
-        Arc::clone(&gates.tunnels).try_acquire_owned(),
+    let (Ok(hs), Some(source), Ok(_tunnel)) = (
+        Arc::clone(&gates.tls_handshakes).try_acquire_owned(),
+        gates.per_source.take(remote.ip()),
+        Arc::clone(gates.tunnels(asked)).try_acquire_owned(),
     ) else {
         count(&state, asked, t, "shed");
         return;
@@ -583,7 +668,7 @@ async fn tls_conn(
             return;
         }
     };
-    drop(hs);
+    drop((hs, source));
     let (_, conn) = stream.get_ref();
     let claimed = claimed_role(conn.alpn_protocol());
     let peer = match tls::peer_id(conn) {

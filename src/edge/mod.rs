@@ -243,9 +243,12 @@ impl Edge {
             quic,
             tls,
             gates: accept::Gates {
-                handshakes: Arc::new(Semaphore::new(limits.max_handshakes_inflight)),
+                quic_handshakes: Arc::new(Semaphore::new(limits.max_handshakes_inflight)),
+                tls_handshakes: Arc::new(Semaphore::new(limits.max_handshakes_inflight)),
                 handshake_slots: limits.max_handshakes_inflight,
-                tunnels: Arc::new(Semaphore::new(limits.max_tunnels)),
+                per_source: Arc::new(accept::PerSource::new(limits.max_handshakes_inflight)),
+                client_tunnels: Arc::new(Semaphore::new(limits.max_tunnels)),
+                connector_tunnels: Arc::new(Semaphore::new(accept::CONNECTOR_TUNNELS)),
                 hellos: Arc::new(accept::Hellos::new(
                     limits.max_handshakes_inflight * accept::HELLOS_PER_HANDSHAKE,
                 )),
