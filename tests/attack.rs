@@ -315,3 +315,39 @@ async fn one_host_cannot_take_every_handshake_slot() {
     );
     drop(stalled);
 }
+
+/// An older CRL put back (a restored backup, a stale copy) would un-revoke
+/// certificates: the edge refuses it at the reload and the newer one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_crl_is_refused_and_the_newer_one_stays() {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
+    let quic = edge.quic.expect("quic");
+    let _conn = rig.start_connector(0, quic, "quic", "");
+    let old_crl = std::fs::read(rig.ca.crl()).expect("read CRL");
+    let carol = rig.user("carol");
+    rig.ca.revoke(&carol);
+    let m = std::sync::Arc::clone(&edge.metrics);
+    let client = rig.start_client(&carol, quic, "quic", "").await;
+    eventually("carol refused as revoked", Duration::from_secs(10), || {
+        handshakes_of(&m, "client", "quic", "revoked") >= 1
+    })
+    .await;
+    // The CRL from before carol's revocation, written back over the newer.
+    std::fs::write(rig.ca.crl(), &old_crl).expect("write the old CRL");
+    let err = edge
+        .state
+        .trust
+        .reload()
+        .expect_err("an older CRL is refused");
+    assert!(err.to_string().contains("older than"), "{err}");
+    // Still revoked: the newer CRL stays in force.
+    let before = handshakes_of(&m, "client", "quic", "revoked");
+    eventually(
+        "carol still refused as revoked",
+        Duration::from_secs(10),
+        || handshakes_of(&m, "client", "quic", "revoked") > before,
+    )
+    .await;
+    assert_eq!(tunnels_of(&client.metrics, "edge", "quic"), 0);
+}

@@ -179,8 +179,8 @@ pub fn check_chain_for_test(
     let provider = super::provider();
     let anchors =
         super::state::anchors(trusted, Path::new("<trusted>")).map_err(ChainError::Load)?;
-    let (crls, _) = if crls.is_empty() {
-        (Vec::new(), None)
+    let (crls, _, _) = if crls.is_empty() {
+        (Vec::new(), None, Vec::new())
     } else {
         super::crl::parse(
             crls,

@@ -25,25 +25,47 @@ pub(crate) fn load(
     roots: &[TrustAnchor<'_>],
     ca_subjects: &[Vec<u8>],
     provider: &CryptoProvider,
-) -> Result<(Vec<CertRevocationList<'static>>, Option<i64>), TrustError> {
+) -> Result<Loaded, TrustError> {
     parse(&read_crls(path)?, path, roots, ca_subjects, provider)
 }
 
 /// The CRLs read from `path` (named in errors), each checked to be issued
 /// and signed by one of `roots` (whose raw subjects are `ca_subjects`).
+/// The CRLs, the earliest nextUpdate, and each CRL's (issuer, number).
+pub(crate) type Loaded = (
+    Vec<CertRevocationList<'static>>,
+    Option<i64>,
+    Vec<(Vec<u8>, Vec<u8>)>,
+);
+
+/// The first CRL of `new` whose number is below the one `old` had for the
+/// same issuer, as (old, new) in decimal.
+pub(crate) fn rolled_back(
+    old: &[(Vec<u8>, Vec<u8>)],
+    new: &[(Vec<u8>, Vec<u8>)],
+) -> Option<(String, String)> {
+    use x509_parser::num_bigint::BigUint;
+    new.iter().find_map(|(issuer, n)| {
+        let (_, o) = old.iter().find(|(i, _)| i == issuer)?;
+        let (o, n) = (BigUint::from_bytes_be(o), BigUint::from_bytes_be(n));
+        (n < o).then(|| (o.to_string(), n.to_string()))
+    })
+}
+
 pub(crate) fn parse(
     ders: &[CertificateRevocationListDer<'_>],
     path: &Path,
     roots: &[TrustAnchor<'_>],
     ca_subjects: &[Vec<u8>],
     provider: &CryptoProvider,
-) -> Result<(Vec<CertRevocationList<'static>>, Option<i64>), TrustError> {
+) -> Result<Loaded, TrustError> {
     let bad = |source| TrustError::BadCrl {
         path: path.to_owned(),
         source,
     };
     let mut crls = Vec::new();
     let mut next_update: Option<i64> = None;
+    let mut numbers = Vec::new();
     for der in ders {
         let crl = OwnedCertRevocationList::from_der(der).map_err(bad)?;
         let (_, parsed) =
@@ -59,13 +81,16 @@ pub(crate) fn parse(
                 path: path.to_owned(),
             });
         }
+        if let Some(n) = parsed.crl_number() {
+            numbers.push((issuer.to_vec(), n.to_bytes_be()));
+        }
         if let Some(next) = parsed.next_update() {
             let next = next.timestamp();
             next_update = Some(next_update.map_or(next, |n| n.min(next)));
         }
         crls.push(CertRevocationList::from(crl));
     }
-    Ok((crls, next_update))
+    Ok((crls, next_update, numbers))
 }
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TrustError> {

@@ -90,6 +90,12 @@ pub enum TrustError {
     },
     #[error("{}: CRL is not issued by a pinned CA", path.display())]
     ForeignCrl { path: PathBuf },
+    #[error("{}: CRL number {new} is older than the {old} in force (a CRL from before a revocation?); the newer one stays", path.display())]
+    CrlRolledBack {
+        path: PathBuf,
+        old: String,
+        new: String,
+    },
     #[error("{}: certificate does not chain to the pinned CA: {source}", path.display())]
     NotTrusted {
         path: PathBuf,
@@ -180,7 +186,20 @@ impl Trust {
 
     fn reload_locked(&self, failed: &mut Option<Vec<Stamp>>) -> Result<(), TrustError> {
         let epoch = self.state.load().epoch.wrapping_add(1);
-        match state::load(&self.files, &self.trust_domain, &self.provider, epoch) {
+        let loaded =
+            state::load(&self.files, &self.trust_domain, &self.provider, epoch).and_then(|new| {
+                // A CRL must not go back: an older file (a restored backup,
+                // a stale copy) would un-revoke certificates.
+                match crl::rolled_back(&self.state.load().crl_numbers, &new.crl_numbers) {
+                    Some((old, newer)) => Err(TrustError::CrlRolledBack {
+                        path: self.files.crl.clone().unwrap_or_default(),
+                        old,
+                        new: newer,
+                    }),
+                    None => Ok(new),
+                }
+            });
+        match loaded {
             Ok(state) => {
                 warn_expired_crl(&self.files, &state);
                 tracing::info!(local_id = %state.local_id, epoch, "trust reloaded");

@@ -36,6 +36,9 @@ pub(crate) struct State {
     pub(crate) ca_not_after: i64,
     /// Earliest `nextUpdate` among the CRLs, unix seconds.
     pub(crate) crl_next_update: Option<i64>,
+    /// Each CRL's (issuer, CRL number as big-endian bytes), to refuse a
+    /// reload that goes back.
+    pub(crate) crl_numbers: Vec<(Vec<u8>, Vec<u8>)>,
     /// mtime/len of each file as seen *before* it was read.
     pub(crate) stamps: Vec<Stamp>,
     /// Bumped on every successful reload; session tickets and cached client
@@ -173,9 +176,9 @@ pub(crate) fn load(
         not_after: ca_not_after,
     } = anchors(&read_certs(&files.ca)?, &files.ca)?;
 
-    let (crls, crl_next_update) = match &files.crl {
+    let (crls, crl_next_update, crl_numbers) = match &files.crl {
         Some(path) => super::crl::load(path, &roots, &ca_subjects, provider)?,
-        None => (Vec::new(), None),
+        None => (Vec::new(), None, Vec::new()),
     };
 
     let chain = read_certs(&files.cert)?;
@@ -232,6 +235,7 @@ pub(crate) fn load(
         local_not_after,
         ca_not_after,
         crl_next_update,
+        crl_numbers,
         stamps,
         epoch,
     })
