@@ -814,3 +814,30 @@ server_groups = ["dc1"]
     // 10.20.6.0/24 serves every port its parent does: nothing hidden.
     assert!(!r.stdout.contains("10.20.6.0/24 of DR"), "{}", r.stdout);
 }
+
+/// A DNS trigger without `signing_key` is legal but a warning: one forged
+/// DNS answer could switch DR.
+#[test]
+fn an_unsigned_dns_trigger_is_a_warning() {
+    let text = edge("").replace(
+        "trigger = \"static:on\"",
+        "trigger = \"dns:_lifeboat-dr.example.com\"",
+    );
+    let r = check(&text, &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains("key `dr.trigger`"))
+        .unwrap_or_else(|| panic!("no warning for dr.trigger:\n{}", r.stdout));
+    assert!(
+        line.starts_with("warning: ") && line.contains("not signed"),
+        "{line}"
+    );
+    let signed = check(&edge(""), &[]);
+    assert!(
+        !signed.stdout.contains("key `dr.trigger`"),
+        "{}",
+        signed.stdout
+    );
+}

@@ -48,6 +48,9 @@ pub enum WarningKind {
     /// A more specific DR key refuses ports that a broader DR segment
     /// serves for the same addresses (most specific wins).
     HidesPorts,
+    /// `[dr] trigger = "dns:..."` without `signing_key`: whoever can forge
+    /// one DNS answer can switch DR on or off.
+    UnsignedTrigger,
 }
 
 impl fmt::Display for ConfigWarning {
@@ -98,6 +101,16 @@ pub fn edge_warnings(
             message,
         });
     };
+    if matches!(cfg.dr.trigger, Some(crate::dr::Trigger::Dns(_))) && cfg.dr.signing_key.is_none() {
+        warn(
+            "dr.trigger".into(),
+            "-",
+            WarningKind::UnsignedTrigger,
+            "the DNS trigger is not signed: whoever can forge one DNS answer for its name \
+             can switch DR on or off here; set `[dr] signing_key` (lifeboat dns-record keygen)"
+                .into(),
+        );
+    }
     for (i, seg) in cfg.segments.iter().enumerate() {
         if seg.dr {
             if seg.domains.is_empty() && seg.cidrs.is_empty() {
