@@ -505,3 +505,49 @@ fn a_restored_record_not_yet_started_is_scheduled_not_the_replay_floor() {
     assert_eq!(o.transition, tr(DrMode::Off, DrMode::On));
     assert_eq!(o.persist.as_deref(), Some(ahead.as_str()));
 }
+
+/// A thousand lookups that fail, are malformed, badly signed or replayed
+/// never move a signed machine off the mode it accepted.
+#[test]
+fn a_thousand_bad_lookups_never_move_the_mode() {
+    let k = key(7);
+    let other = key(8);
+    let mut now = start();
+    let mut m = Machine::new(settings(Some(&k)), now);
+    let good = signed(&k, DrMode::On, T0, None);
+    m.handle_lookup(now, found(&good, 30));
+    assert_eq!(m.mode(), DrMode::On);
+    let older = signed(&k, DrMode::Off, T0 - 60, None);
+    let forged = signed(&other, DrMode::Off, T0 + 5, None);
+    let mut tampered = signed(&k, DrMode::On, T0 + 5, None).into_bytes();
+    // `b=on` -> `b=of` with the signature left as it was.
+    if let Some(i) = tampered.windows(4).position(|w| w == b"b=on") {
+        tampered[i + 3] = b'f';
+    }
+    let tampered = String::from_utf8(tampered).expect("ASCII");
+    let bad: Vec<Lookup> = vec![
+        Lookup::Timeout,
+        Lookup::ServFail,
+        Lookup::NxDomain,
+        Lookup::NoData,
+        Lookup::Failed("refused".into()),
+        found("v=1; b=off; k=zpa", 30),
+        found("v=2; b=off; k=zpa", 30),
+        found("v=1; b=off; k=zia", 30),
+        found("not a record at all", 30),
+        found(&older, 30),
+        found(&forged, 30),
+        found(&tampered, 30),
+        found(&format!("{good}; b=off"), 30),
+        Lookup::Found {
+            texts: vec![],
+            ttl: Some(S),
+        },
+    ];
+    for i in 0..1000 {
+        now = now.after(S);
+        let out = m.handle_lookup(now, bad[i % bad.len()].clone());
+        assert_eq!(out.transition, None, "lookup {i}: {:?}", bad[i % bad.len()]);
+        assert_eq!(m.mode(), DrMode::On, "lookup {i}: {:?}", bad[i % bad.len()]);
+    }
+}
