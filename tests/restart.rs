@@ -643,3 +643,74 @@ async fn clients_that_exit_close_their_tunnels_at_once() {
     )
     .await;
 }
+
+/// Ten SIGHUPs under load, alternating a good and a broken config file:
+/// every flow running or started meanwhile is served, the broken files are
+/// refused (the good config stays) and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_sighups_under_load_fail_no_flow() {
+    let rig = Rig::new().await;
+    let port = free_port();
+    let edge_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = edge_config(&rig, "edge", "127.0.0.1", port, true, "20s");
+    let good = std::fs::read_to_string(&config).expect("read config");
+    let edge = Proc::role("edge", &config);
+    edge.listening("quic").await;
+    let admin = edge.listening("admin").await;
+    let _conn = rig.start_connector(0, edge_addr, AUTO, "");
+    let client = rig.start_client(&rig.user(BOB), edge_addr, AUTO, "").await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+
+    let (http, app_port) = (client.http, rig.app.port());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let stop = std::sync::Arc::clone(&stop);
+        load.spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                match fetch_via(http, app_port, "/bytes/262144").await {
+                    Ok(app) if split_http(&app).1.len() == 262_144 => ok += 1,
+                    Ok(app) => failed
+                        .push(String::from_utf8_lossy(&app[..app.len().min(100)]).into_owned()),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    for i in 0..10 {
+        let text = if i % 2 == 0 {
+            good.replace("[limits]\n", "[limits]\nmax_flows_per_identity = 5000\n")
+        } else {
+            format!("{good}\nmax_flows = \"many\"\n")
+        };
+        std::fs::write(&config, text).expect("write config");
+        edge.signal("-HUP");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut served, mut failed) = (0u32, Vec::new());
+    while let Some(r) = load.join_next().await {
+        let (ok, f) = r.expect("load task");
+        served += ok;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} flows failed during the reloads: {failed:?}",
+        failed.len()
+    );
+    assert!(served >= 4, "the load ran ({served} flows)");
+    let metrics = admin_get(admin, "/metrics").await;
+    let count = |result: &str| -> u64 {
+        let series = format!("lifeboat_config_reloads_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    println!("10 SIGHUPs under load: {served} flows served, none failed");
+    assert_eq!((count("ok"), count("error")), (5, 5), "{}", edge.log());
+}
