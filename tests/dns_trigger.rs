@@ -590,3 +590,30 @@ async fn the_file_trigger_takes_dns_record_output_both_ways() {
         stop.cancel();
     }
 }
+
+/// Nothing outside: the DNS server goes silent and a trust file becomes
+/// unreadable while DR is on. The edge stays on, keeps the trust it had,
+/// and serves the running flow and new ones (nobody scrapes it, either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_outside_an_edge_in_on_keeps_serving() {
+    let dns = DnsServer::start().await;
+    dns.publish(ON);
+    let t = Topology::start(&dns, "").await;
+    t.wait_mode(DrMode::On).await;
+    let port = t.port();
+    let mut running = EchoFlow::open(t.bob.socks, port).await;
+    running.ping(10_000).await.expect("echo before");
+
+    dns.set(Answer::Silent);
+    let ca = t.dir.path().join("pki/ca.pem");
+    std::fs::write(&ca, b"not a certificate").expect("spoil ca.pem");
+    // Several polls (1 s) and trust-file checks (2 s) go by.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(t.mode(), DrMode::On);
+    running
+        .ping(10_000)
+        .await
+        .expect("the running flow goes on");
+    assert_eq!(socks_reply(t.bob.socks, DR_HOST, port).await, SERVED);
+    assert_eq!(socks_reply(t.alice.socks, DR_HOST, port).await, SERVED);
+}
