@@ -351,3 +351,67 @@ async fn an_older_crl_is_refused_and_the_newer_one_stays() {
     .await;
     assert_eq!(tunnels_of(&client.metrics, "edge", "quic"), 0);
 }
+
+/// `memory_budget` bounds what stalled flows hold across the edge: with
+/// 8 MiB and 1 MiB flow windows, at most 4 stalled flows stay open (each
+/// may hold two windows); the ones stalled longest are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_budget_bounds_the_flows_that_stall() {
+    use tokio::io::AsyncWriteExt;
+    let rig = Rig::new().await;
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let sink_port = sink.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = sink.accept().await {
+            conns.push(c);
+        }
+    });
+    let app_port = rig.app.port();
+    let text = rig
+        .edge_toml(
+            "quic = \"127.0.0.1:0\"",
+            "static:on",
+            "memory_budget = 8388608\n",
+        )
+        .replace(
+            &format!("tcp_ports = [\"{app_port}\"]"),
+            "tcp_ports = [\"1-65535\"]",
+        );
+    let edge = rig.start_edge(&text);
+    let quic = edge.quic.expect("quic");
+    let _conn = rig.start_connector(0, quic, "quic", "");
+    let bob = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
+    first_flow_after(bob.http, app_port, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut pushers = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let mut s = open_flow_to(bob.http, sink_port).await;
+        pushers.spawn(async move {
+            let chunk = vec![0xa5u8; 64 * 1024];
+            while Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_secs(2), s.write_all(&chunk)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+    }
+    let m = std::sync::Arc::clone(&edge.metrics);
+    eventually(
+        "stalled flows beyond the budget closed",
+        Duration::from_secs(15),
+        || m.flows_closed.with_label_values(&["stalled"]).get() >= 12 - 4,
+    )
+    .await;
+    assert!(
+        m.flows_active.get() <= 4,
+        "{} flows still open at the edge",
+        m.flows_active.get()
+    );
+    pushers.abort_all();
+    held.abort();
+}

@@ -51,6 +51,11 @@ pub struct Limits {
     /// On SIGTERM, running flows may finish for this long. Default 30s.
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
+    /// Bytes the edge may hold buffered for flows whose readers stall (a
+    /// stalled flow counts as two `flow_window`s: the window it receives
+    /// into and the one it sends into); beyond it the flows stalled longest
+    /// are closed (`flows_closed{reason="stalled"}`). Default 512 MiB.
+    pub memory_budget: u64,
     /// Per-flow receive window (bytes buffered per direction per flow). Default 1 MiB.
     pub flow_window: u32,
     /// Per-tunnel receive window (bytes buffered for all flows of a tunnel).
@@ -79,6 +84,7 @@ impl Default for Limits {
             flow_idle_timeout: Duration::from_secs(3600),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            memory_budget: 512 * 1024 * 1024,
             flow_window: 1024 * 1024,
             tunnel_window: 16 * 1024 * 1024,
         }
@@ -125,8 +131,14 @@ impl Limits {
     }
 
     /// Every count and size key with its range, as (key, value, least, most).
-    fn sizes(&self) -> [(&'static str, u64, u64, u64); 8] {
+    fn sizes(&self) -> [(&'static str, u64, u64, u64); 9] {
         [
+            (
+                "memory_budget",
+                self.memory_budget,
+                4 * MIB,
+                1024 * 1024 * MIB,
+            ),
             (
                 "max_tunnels_per_identity",
                 self.max_tunnels_per_identity as u64,

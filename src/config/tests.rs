@@ -92,6 +92,13 @@ const RANGES: &[(&str, &str, &str, &str, &[&str])] = &[
     ("limits", "max_flows", "1", "10000000", &["0", "10000001"]),
     (
         "limits",
+        "memory_budget",
+        "4194304",
+        "1099511627776",
+        &["4194303", "1099511627777"],
+    ),
+    (
+        "limits",
         "max_tunnels_per_identity",
         "1",
         "1000000",

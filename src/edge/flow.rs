@@ -182,11 +182,12 @@ pub(super) async fn serve(
         }
     }
 
-    // A stalled flow counts on both tunnels it crosses.
+    // A stalled flow counts on both tunnels it crosses, and against the
+    // edge's `memory_budget`.
     let stalls = FlowStalls::new(
         client_stalls
             .into_iter()
-            .chain([Arc::clone(&tunnel.stalls)])
+            .chain([Arc::clone(&tunnel.stalls), Arc::clone(&state.stalls)])
             .collect(),
     );
     let stalled = stalls.stop.clone();

@@ -82,6 +82,8 @@ pub struct EdgeState {
     pub flows: Arc<Semaphore>,
     /// Tunnels and flows held per identity.
     pub quotas: Arc<quota::Quotas>,
+    /// Stalled flows across the edge, bounded by `memory_budget`.
+    pub stalls: Arc<crate::stall::Stalls>,
     next_id: AtomicU64,
     /// Cancelled when the drain deadline passes: running flows are aborted.
     pub abort: CancellationToken,
@@ -225,6 +227,10 @@ impl Edge {
             registry: Registry::default(),
             flows: Arc::new(Semaphore::new(limits.max_flows)),
             quotas: Default::default(),
+            stalls: Arc::new(crate::stall::Stalls::new(
+                limits.memory_budget,
+                limits.flow_window,
+            )),
             next_id: AtomicU64::new(1),
             abort: CancellationToken::new(),
             trust_changed: watch::channel(()).0,
