@@ -151,7 +151,7 @@ async fn sigterm_with_tunnels_but_no_flows_exits_at_once_and_restart_is_served()
     let started = Instant::now();
     let served = first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
     println!(
-        "edge restarted: first flow {:?} after the new edge's start",
+        "edge restarted under a client and a connector connected for a minute: first flow {:?} after the new edge's start",
         served - started
     );
     drop(edge);
