@@ -415,3 +415,87 @@ async fn memory_budget_bounds_the_flows_that_stall() {
     pushers.abort_all();
     held.abort();
 }
+
+/// A UDP socket that sends but never hears anything: a QUIC client over it
+/// sends its Initial (and retransmits it) and never finishes a handshake,
+/// like a flood of Initials from addresses that do not answer.
+#[derive(Debug)]
+struct Deaf(std::sync::Arc<dyn quinn::AsyncUdpSocket>);
+
+impl quinn::AsyncUdpSocket for Deaf {
+    fn create_io_poller(self: std::sync::Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        std::sync::Arc::clone(&self.0).create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.0.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        _cx: &mut std::task::Context,
+        _bufs: &mut [std::io::IoSliceMut<'_>],
+        _meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Pending
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// 300 QUIC handshakes from one host (127.0.0.2) that never finish, with 8
+/// QUIC handshake slots and `handshake_timeout` 5 s: the host gets its
+/// share of slots, the rest of its Initials are asked for a Retry it never
+/// answers (no slot held), and a QUIC user from another address is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_quic_handshakes_lock_nobody_out() {
+    use quinn::Runtime as _;
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml(
+        "quic = \"127.0.0.1:0\"",
+        "static:on",
+        "max_handshakes_inflight = 8\n",
+    ));
+    let quic = edge.quic.expect("quic");
+    let _conn = rig.start_connector(0, quic, "quic", "");
+    let mallory = rig.user("mallory");
+    let trust = lifeboat::trust::Trust::load(
+        lifeboat::trust::TlsFiles {
+            ca: rig.ca.pem(),
+            cert: mallory.cert.clone(),
+            key: mallory.key.clone(),
+            crl: None,
+        },
+        TD,
+    )
+    .expect("trust");
+    let std_sock = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let inner = quinn::TokioRuntime.wrap_udp_socket(std_sock).expect("wrap");
+    let mut deaf = quinn::Endpoint::new_with_abstract_socket(
+        quinn::EndpointConfig::default(),
+        None,
+        std::sync::Arc::new(Deaf(inner)),
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+    .expect("endpoint");
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(
+        trust.client_config(&[b"lifeboat/1"]),
+    ))
+    .expect("QUIC client config");
+    deaf.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let mut pending = Vec::new();
+    for _ in 0..300 {
+        pending.push(deaf.connect(quic, "localhost").expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let user = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
+    first_flow_after(user.http, rig.app.port(), Duration::from_secs(10)).await;
+    println!(
+        "with 300 unfinished QUIC handshakes from one host: another user served within {:?}",
+        started.elapsed()
+    );
+    drop(pending);
+}
