@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -189,52 +190,21 @@ async fn silent_flows_end_at_flow_idle_timeout_on_both_transports() {
 /// user's flows over the same connector keep going.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_into_an_app_that_never_reads_do_not_stall_the_others() {
-    use tokio::io::AsyncWriteExt;
     let rig = Rig::new().await;
-    // A sink that accepts and never reads.
-    let sink = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sink");
-    let sink_port = sink.local_addr().expect("addr").port();
-    let held = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((c, _)) = sink.accept().await {
-            conns.push(c);
-        }
-    });
-    let app_port = rig.app.port();
-    let text = rig
-        .edge_toml("quic = \"127.0.0.1:0\"", "static:on", "")
-        .replace(
-            &format!("tcp_ports = [\"{app_port}\"]"),
-            "tcp_ports = [\"1-65535\"]",
-        );
-    let edge = rig.start_edge(&text);
+    let (sink_port, held) = sink().await;
+    let edge = rig.start_edge(&any_port_edge(&rig, ""));
     let quic = edge.quic.expect("quic");
     let _conn = rig.start_connector(0, quic, "quic", "");
     let bob = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
     let alice = rig.start_client(&rig.user(ALICE), quic, "quic", "").await;
+    let app_port = rig.app.port();
     first_flow_after(alice.http, app_port, Duration::from_secs(10)).await;
 
-    // Bob's 24 flows push until their writes block (bounded: 30 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut pushers = tokio::task::JoinSet::new();
-    for _ in 0..24 {
-        let mut s = open_flow_to(bob.http, sink_port).await;
-        pushers.spawn(async move {
-            let chunk = vec![0x5au8; 64 * 1024];
-            while Instant::now() < deadline {
-                match tokio::time::timeout(Duration::from_secs(2), s.write_all(&chunk)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return, // closed by the edge
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        });
-    }
-    // They fill every buffer on the way and stall (a write blocked for a
-    // second marks a flow stalled); the edge closes the ones stalled longest
-    // whenever more than 15 of the 16 flow windows would be held.
+    // Bob's 24 flows push until their writes block (bounded: 30 s). They
+    // fill every buffer on the way and stall (a write blocked for a second
+    // marks a flow stalled); the edge closes the ones stalled longest
+    // whenever more than 8 of the 16 flow windows would be held.
+    let mut pushers = push_into(bob.http, sink_port, 24, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     // Alice's flows over the same connector tunnel still go through.
     let started = Instant::now();
@@ -255,6 +225,61 @@ async fn flows_into_an_app_that_never_reads_do_not_stall_the_others() {
     );
     pushers.abort_all();
     held.abort();
+}
+
+/// A TCP server that accepts and never reads (an app with a zero receive
+/// window); its port, and its task.
+async fn sink() -> (u16, tokio::task::JoinHandle<()>) {
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let port = sink.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = sink.accept().await {
+            conns.push(c);
+        }
+    });
+    (port, held)
+}
+
+/// An edge config (QUIC, DR on, `limits` added) whose segments serve every
+/// port of their names, so flows can reach a [`sink`].
+fn any_port_edge(rig: &Rig, limits: &str) -> String {
+    let app_port = rig.app.port();
+    rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", limits)
+        .replace(
+            &format!("tcp_ports = [\"{app_port}\"]"),
+            "tcp_ports = [\"1-65535\"]",
+        )
+}
+
+/// `n` flows through the client's HTTP listener to `port` that push
+/// data until their writes block or the edge closes them; each stops by
+/// itself after `for_`.
+async fn push_into(
+    http: SocketAddr,
+    port: u16,
+    n: usize,
+    for_: Duration,
+) -> tokio::task::JoinSet<()> {
+    use tokio::io::AsyncWriteExt;
+    let deadline = Instant::now() + for_;
+    let mut pushers = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let mut s = open_flow_to(http, port).await;
+        pushers.spawn(async move {
+            let chunk = vec![0x5au8; 64 * 1024];
+            while Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_secs(2), s.write_all(&chunk)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return, // closed by the edge
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+    }
+    pushers
 }
 
 /// One host (127.0.0.2) opens 20 TLS handshakes and stalls each right after
@@ -357,49 +382,14 @@ async fn an_older_crl_is_refused_and_the_newer_one_stays() {
 /// may hold two windows); the ones stalled longest are closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_budget_bounds_the_flows_that_stall() {
-    use tokio::io::AsyncWriteExt;
     let rig = Rig::new().await;
-    let sink = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind sink");
-    let sink_port = sink.local_addr().expect("addr").port();
-    let held = tokio::spawn(async move {
-        let mut conns = Vec::new();
-        while let Ok((c, _)) = sink.accept().await {
-            conns.push(c);
-        }
-    });
-    let app_port = rig.app.port();
-    let text = rig
-        .edge_toml(
-            "quic = \"127.0.0.1:0\"",
-            "static:on",
-            "memory_budget = 8388608\n",
-        )
-        .replace(
-            &format!("tcp_ports = [\"{app_port}\"]"),
-            "tcp_ports = [\"1-65535\"]",
-        );
-    let edge = rig.start_edge(&text);
+    let (sink_port, held) = sink().await;
+    let edge = rig.start_edge(&any_port_edge(&rig, "memory_budget = 8388608\n"));
     let quic = edge.quic.expect("quic");
     let _conn = rig.start_connector(0, quic, "quic", "");
     let bob = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
-    first_flow_after(bob.http, app_port, Duration::from_secs(10)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut pushers = tokio::task::JoinSet::new();
-    for _ in 0..12 {
-        let mut s = open_flow_to(bob.http, sink_port).await;
-        pushers.spawn(async move {
-            let chunk = vec![0xa5u8; 64 * 1024];
-            while Instant::now() < deadline {
-                match tokio::time::timeout(Duration::from_secs(2), s.write_all(&chunk)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        });
-    }
+    first_flow_after(bob.http, rig.app.port(), Duration::from_secs(10)).await;
+    let mut pushers = push_into(bob.http, sink_port, 12, Duration::from_secs(20)).await;
     let m = std::sync::Arc::clone(&edge.metrics);
     eventually(
         "stalled flows beyond the budget closed",
@@ -440,7 +430,7 @@ impl quinn::AsyncUdpSocket for Deaf {
         std::task::Poll::Pending
     }
 
-    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.0.local_addr()
     }
 }
