@@ -73,6 +73,25 @@ async fn served_through_an_edge_process() -> Served {
     }
 }
 
+/// A client config file for bob dialling `edge` (default transport), with
+/// `extra` sections appended: for the client, `drill` and `loadgen` run as
+/// processes.
+fn client_config(rig: &Rig, name: &str, edge: SocketAddr, extra: &str) -> std::path::PathBuf {
+    let bob = rig.user(BOB);
+    let path = rig.dir.path().join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "trust_domain = \"{TD}\"\nedges = [\"{edge}\"]\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n{extra}",
+            toml_path(&rig.ca.pem()),
+            toml_path(&bob.cert),
+            toml_path(&bob.key)
+        ),
+    )
+    .expect("write client config");
+    path
+}
+
 fn connected(m: &Metrics) -> bool {
     tunnels_of(m, "edge", "quic") + tunnels_of(m, "edge", "tls") > 0
 }
@@ -360,18 +379,12 @@ async fn drill_and_loadgen_report_a_dead_edge() {
     let port = free_port();
     let dead: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let edge_cfg = edge_config(&rig, "edge", "127.0.0.1", port, true, "20s");
-    let client = rig.user(BOB);
-    let client_cfg = rig.dir.path().join("drill.toml");
-    std::fs::write(
-        &client_cfg,
-        format!(
-            "trust_domain = \"{TD}\"\nedges = [\"{dead}\"]\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n[limits]\nhandshake_timeout = \"2s\"\n",
-            toml_path(&rig.ca.pem()),
-            toml_path(&client.cert),
-            toml_path(&client.key)
-        ),
-    )
-    .expect("write client config");
+    let client_cfg = client_config(
+        &rig,
+        "drill.toml",
+        dead,
+        "[limits]\nhandshake_timeout = \"2s\"\n",
+    );
     let target = format!("{DR_HOST}:{}", rig.app.port());
     let drill = tokio::process::Command::new(BIN)
         .args(["drill", "-c"])
@@ -590,18 +603,12 @@ async fn clients_that_exit_close_their_tunnels_at_once() {
     let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
     let quic = edge.quic.expect("quic");
     let _conn = rig.start_connector(0, quic, "quic", "");
-    let bob = rig.user(BOB);
-    let client_cfg = rig.dir.path().join("client.toml");
-    std::fs::write(
-        &client_cfg,
-        format!(
-            "trust_domain = \"{TD}\"\nedges = [\"{quic}\"]\n\n[tls]\nca = {}\ncert = {}\nkey = {}\n\n[listen]\nsocks = \"127.0.0.1:0\"\n",
-            toml_path(&rig.ca.pem()),
-            toml_path(&bob.cert),
-            toml_path(&bob.key)
-        ),
-    )
-    .expect("write client config");
+    let client_cfg = client_config(
+        &rig,
+        "client.toml",
+        quic,
+        "[listen]\nsocks = \"127.0.0.1:0\"\n",
+    );
     let m = std::sync::Arc::clone(&edge.metrics);
     let clients = move || tunnels_of(&m, "client", "quic");
     let mut client = Proc::role("client", &client_cfg);
