@@ -298,17 +298,7 @@ async fn one_host_cannot_take_every_handshake_slot() {
     ));
     let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
     let _conn = rig.start_connector(0, quic, "quic", "");
-    let mallory = rig.user("mallory");
-    let trust = lifeboat::trust::Trust::load(
-        lifeboat::trust::TlsFiles {
-            ca: rig.ca.pem(),
-            cert: mallory.cert.clone(),
-            key: mallory.key.clone(),
-            crl: None,
-        },
-        TD,
-    )
-    .expect("trust");
+    let trust = user_trust(&rig, "mallory");
     let config = std::sync::Arc::new(trust.client_config(&[b"lifeboat/1"]));
     let mut stalled = Vec::new();
     for _ in 0..20 {
@@ -450,17 +440,7 @@ async fn unfinished_quic_handshakes_lock_nobody_out() {
     ));
     let quic = edge.quic.expect("quic");
     let _conn = rig.start_connector(0, quic, "quic", "");
-    let mallory = rig.user("mallory");
-    let trust = lifeboat::trust::Trust::load(
-        lifeboat::trust::TlsFiles {
-            ca: rig.ca.pem(),
-            cert: mallory.cert.clone(),
-            key: mallory.key.clone(),
-            crl: None,
-        },
-        TD,
-    )
-    .expect("trust");
+    let trust = user_trust(&rig, "mallory");
     let std_sock = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
     let inner = quinn::TokioRuntime.wrap_udp_socket(std_sock).expect("wrap");
     let mut deaf = quinn::Endpoint::new_with_abstract_socket(
@@ -488,4 +468,19 @@ async fn unfinished_quic_handshakes_lock_nobody_out() {
         started.elapsed()
     );
     drop(pending);
+}
+
+/// The trust of client `user` (CA, certificate, key), for hand-made dials.
+fn user_trust(rig: &Rig, user: &str) -> std::sync::Arc<lifeboat::trust::Trust> {
+    let cert = rig.user(user);
+    lifeboat::trust::Trust::load(
+        lifeboat::trust::TlsFiles {
+            ca: rig.ca.pem(),
+            cert: cert.cert,
+            key: cert.key,
+            crl: None,
+        },
+        TD,
+    )
+    .expect("trust")
 }
