@@ -73,23 +73,28 @@ impl Stalls {
     }
 }
 
-/// One flow's link to the tunnels it crosses.
+/// The most places a flow's stall counts: its client tunnel, its connector
+/// tunnel, the edge's `memory_budget`.
+const PLACES: usize = 3;
+
+/// One flow's link to the tunnels it crosses. Made for every flow: no
+/// allocation, and nothing happens until a write blocks.
 pub struct FlowStalls {
-    tunnels: Vec<Arc<Stalls>>,
+    tunnels: [Option<Arc<Stalls>>; PLACES],
     /// Cancelled when a tunnel closes this flow for stalling.
     pub stop: CancellationToken,
     /// Directions blocked right now (a flow counts once while either is).
     blocked: AtomicUsize,
-    ids: Mutex<Vec<u64>>,
+    ids: Mutex<[u64; PLACES]>,
 }
 
 impl FlowStalls {
-    pub fn new(tunnels: Vec<Arc<Stalls>>) -> Self {
+    pub fn new(tunnels: [Option<Arc<Stalls>>; PLACES]) -> Self {
         Self {
             tunnels,
             stop: CancellationToken::new(),
             blocked: AtomicUsize::new(0),
-            ids: Mutex::new(Vec::new()),
+            ids: Mutex::new([0; PLACES]),
         }
     }
 
@@ -97,12 +102,12 @@ impl FlowStalls {
     /// stalled until the guard drops.
     pub fn stalled(&self) -> StallGuard<'_> {
         if self.blocked.fetch_add(1, Ordering::AcqRel) == 0 {
-            let ids: Vec<u64> = self
-                .tunnels
-                .iter()
-                .map(|t| t.add(self.stop.clone()))
-                .collect();
-            *self.ids.lock().unwrap_or_else(|e| e.into_inner()) = ids;
+            let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+            for (t, id) in self.tunnels.iter().zip(ids.iter_mut()) {
+                if let Some(t) = t {
+                    *id = t.add(self.stop.clone());
+                }
+            }
         }
         StallGuard(self)
     }
@@ -115,9 +120,11 @@ impl Drop for StallGuard<'_> {
     fn drop(&mut self) {
         let f = self.0;
         if f.blocked.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let ids = std::mem::take(&mut *f.ids.lock().unwrap_or_else(|e| e.into_inner()));
-            for (t, id) in f.tunnels.iter().zip(ids) {
-                t.remove(id);
+            let ids = f.ids.lock().unwrap_or_else(|e| e.into_inner());
+            for (t, id) in f.tunnels.iter().zip(ids.iter()) {
+                if let Some(t) = t {
+                    t.remove(*id);
+                }
             }
         }
     }
@@ -132,7 +139,7 @@ mod tests {
         // 6 flow windows per tunnel: 3 stalled flows at most.
         let tunnel = Arc::new(Stalls::new(6 << 20, 1 << 20));
         let flows: Vec<FlowStalls> = (0..4)
-            .map(|_| FlowStalls::new(vec![Arc::clone(&tunnel)]))
+            .map(|_| FlowStalls::new([Some(Arc::clone(&tunnel)), None, None]))
             .collect();
         let g0 = flows[0].stalled();
         let g0b = flows[0].stalled();
@@ -154,7 +161,7 @@ mod tests {
     #[test]
     fn a_flow_that_moves_again_is_no_longer_counted() {
         let tunnel = Arc::new(Stalls::new(16 << 20, 1 << 20));
-        let f = FlowStalls::new(vec![Arc::clone(&tunnel)]);
+        let f = FlowStalls::new([Some(Arc::clone(&tunnel)), None, None]);
         drop(f.stalled());
         assert!(tunnel.is_empty());
     }

@@ -226,9 +226,9 @@ async fn sigkill_and_restart_peers_notice_by_stateless_reset() {
     std::fs::write(&config, text).expect("write");
     let mut edge = Proc::role("edge", &config);
     edge.listening("quic").await;
-    let conn = rig.start_connector(0, edge_addr, "quic", limits);
+    let conn = rig.start_connector(0, edge_addr, AUTO, limits);
     let client = rig
-        .start_client(&rig.user(BOB), edge_addr, "quic", limits)
+        .start_client(&rig.user(BOB), edge_addr, AUTO, limits)
         .await;
     first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
     let handshakes = |m: &Metrics| handshakes_of(m, "edge", "quic", "ok");

@@ -212,7 +212,7 @@ fn first_validity(path: &Path) -> Option<(SystemTime, SystemTime)> {
     let t = |ts: i64| {
         u64::try_from(ts)
             .ok()
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+            .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
     };
     Some((t(v.not_before.timestamp())?, t(v.not_after.timestamp())?))
 }

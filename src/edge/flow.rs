@@ -184,12 +184,11 @@ pub(super) async fn serve(
 
     // A stalled flow counts on both tunnels it crosses, and against the
     // edge's `memory_budget`.
-    let stalls = FlowStalls::new(
-        client_stalls
-            .into_iter()
-            .chain([Arc::clone(&tunnel.stalls), Arc::clone(&state.stalls)])
-            .collect(),
-    );
+    let stalls = FlowStalls::new([
+        client_stalls,
+        Some(Arc::clone(&tunnel.stalls)),
+        Some(Arc::clone(&state.stalls)),
+    ]);
     let stalled = stalls.stop.clone();
     let mut mode_rx = state.mode.clone();
     let abort = state.abort.clone();
