@@ -468,6 +468,7 @@ impl Own {
             cert: self.cert.clone(),
             key: self.key.clone(),
             crl,
+            key_exchange: Default::default(),
         };
         Trust::load(files, TD).map_err(|e| format!("load {e}"))
     }

@@ -297,7 +297,7 @@ pub(crate) async fn carry(
         m.flows_active.dec();
         return;
     }
-    let outcome = splice::splice_counted(&mut local, &mut edge, m, &state.abort).await;
+    let outcome = splice::splice_counted(&mut local, &mut edge, m, &state.abort, None).await;
     let reason = outcome.end.reason();
     m.flows_active.dec();
     debug!(

@@ -448,6 +448,7 @@ async fn connector_tunnel(
                 l.flow_window,
             ))
         },
+        shares: Default::default(),
     });
     let m = &state.metrics;
     let tunnels = m

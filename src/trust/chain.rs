@@ -176,7 +176,7 @@ pub fn check_chain_for_test(
     now: UnixTime,
     usage: webpki::KeyUsage,
 ) -> Result<(), ChainError> {
-    let provider = super::provider();
+    let provider = super::provider(super::KeyExchange::default());
     let anchors =
         super::state::anchors(trusted, Path::new("<trusted>")).map_err(ChainError::Load)?;
     let (crls, _, _) = if crls.is_empty() {

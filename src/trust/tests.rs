@@ -194,6 +194,48 @@ fn client_and_connector_reach_edge() {
     );
 }
 
+/// Hybrid post-quantum key agreement is what two lifeboat peers agree on by
+/// default; a classical peer on either side gets X25519, and in one round
+/// trip (the hybrid client's ClientHello carries an X25519 share as well).
+#[test]
+fn key_exchange_is_hybrid_by_default_and_falls_back_to_x25519() {
+    use rustls::NamedGroup::{X25519, X25519MLKEM768};
+    let dir = ca(TD);
+    let server = |kx| {
+        let edge = trust_with(dir.path(), Role::Edge, "edge-1", kx);
+        Arc::new(edge.server_config(&[Role::Client], ALPN))
+    };
+    let client = |kx| trust_with(dir.path(), Role::Client, "alice", kx).client_config(ALPN);
+    let (hybrid, classical) = (KeyExchange::Hybrid, KeyExchange::Classical);
+    assert_eq!(KeyExchange::default(), hybrid);
+    for (c, s, group) in [
+        (hybrid, hybrid, X25519MLKEM768),
+        (classical, hybrid, X25519),
+        (hybrid, classical, X25519),
+        (classical, classical, X25519),
+    ] {
+        let out = handshake(client(c), server(s));
+        out.assert_ok();
+        let negotiated = |kx: Option<&dyn rustls::crypto::SupportedKxGroup>| kx.map(|g| g.name());
+        let what = format!("client {}, server {}", c.as_str(), s.as_str());
+        assert_eq!(
+            negotiated(out.server.negotiated_key_exchange_group()),
+            Some(group),
+            "{what}"
+        );
+        assert_eq!(
+            negotiated(out.client.negotiated_key_exchange_group()),
+            Some(group),
+            "{what}"
+        );
+        assert_eq!(
+            out.server.handshake_kind(),
+            Some(HandshakeKind::Full),
+            "{what}"
+        );
+    }
+}
+
 #[test]
 fn wrong_roles_are_refused() {
     let dir = ca(TD);
@@ -286,6 +328,7 @@ fn foreign_trust_domain_is_refused_even_under_a_pinned_ca() {
             cert,
             key,
             crl: None,
+            key_exchange: Default::default(),
         },
         TD,
     )
@@ -432,6 +475,7 @@ fn load_errors_name_the_bad_file() {
         cert: cert.to_owned(),
         key: key.to_owned(),
         crl,
+        key_exchange: Default::default(),
     };
 
     let err = Trust::load(files(&cert, &other_key, None), TD).unwrap_err();
@@ -665,6 +709,7 @@ fn cert_grace_accepts_recently_expired_clients_only() {
             cert: ec,
             key: ek,
             crl: None,
+            key_exchange: Default::default(),
         },
         TD,
     )
@@ -731,6 +776,10 @@ fn issued(dir: &Path, role: Role, name: &str) -> (PathBuf, PathBuf) {
 }
 
 fn trust_for(dir: &Path, role: Role, name: &str) -> Arc<Trust> {
+    trust_with(dir, role, name, KeyExchange::default())
+}
+
+fn trust_with(dir: &Path, role: Role, name: &str, key_exchange: KeyExchange) -> Arc<Trust> {
     let (cert, key) = issued(dir, role, name);
     Trust::load(
         TlsFiles {
@@ -738,6 +787,7 @@ fn trust_for(dir: &Path, role: Role, name: &str) -> Arc<Trust> {
             cert,
             key,
             crl: Some(dir.join("ca.crl")),
+            key_exchange,
         },
         TD,
     )
