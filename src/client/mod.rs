@@ -146,10 +146,8 @@ impl Client {
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         // Certificates, CA and CRL are re-read when they change on disk.
-        let m = Arc::clone(&self.state.metrics);
-        crate::trust::watch::spawn(Arc::clone(&self.state.trust), drain.clone(), move |t| {
-            m.observe_trust(t)
-        });
+        let (trust, m) = (&self.state.trust, &self.state.metrics);
+        crate::trust::watch::spawn(Arc::clone(trust), drain.clone(), Arc::clone(m), |_| {});
         for (kind, listener) in self.listeners {
             let state = Arc::clone(&self.state);
             let t = tracker.clone();
