@@ -503,40 +503,106 @@ async fn one_host_cannot_take_every_handshake_slot() {
     drop(stalled);
 }
 
+/// An edge (QUIC, DR on) with a connector, carol revoked and refused: the
+/// CRL from before her revocation, and carol's client.
+struct RevokedCarol {
+    rig: Rig,
+    edge: RigEdge,
+    client: ClientHandle,
+    crl_before: Vec<u8>,
+}
+
+async fn revoked_carol() -> RevokedCarol {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
+    let quic = edge.quic.expect("quic");
+    rig.start_connector(0, quic, "quic", "");
+    let crl_before = std::fs::read(rig.ca.crl()).expect("read CRL");
+    let carol = rig.user("carol");
+    rig.ca.revoke(&carol);
+    let client = rig.start_client(&carol, quic, "quic", "").await;
+    eventually("carol refused as revoked", Duration::from_secs(10), || {
+        handshakes_of(&edge.metrics, "client", "quic", "revoked") >= 1
+    })
+    .await;
+    RevokedCarol {
+        rig,
+        edge,
+        client,
+        crl_before,
+    }
+}
+
+impl RevokedCarol {
+    /// Carol is refused as revoked again, and holds no tunnel.
+    async fn still_refused(&self) {
+        let m = &self.edge.metrics;
+        let before = handshakes_of(m, "client", "quic", "revoked");
+        eventually(
+            "carol still refused as revoked",
+            Duration::from_secs(10),
+            || handshakes_of(m, "client", "quic", "revoked") > before,
+        )
+        .await;
+        assert_eq!(tunnels_of(&self.client.metrics, "edge", "quic"), 0);
+    }
+}
+
 /// An older CRL put back (a restored backup, a stale copy) would un-revoke
 /// certificates: the edge refuses it at the reload and the newer one stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_crl_is_refused_and_the_newer_one_stays() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
-    let quic = edge.quic.expect("quic");
-    let _conn = rig.start_connector(0, quic, "quic", "");
-    let old_crl = std::fs::read(rig.ca.crl()).expect("read CRL");
-    let carol = rig.user("carol");
-    rig.ca.revoke(&carol);
-    let m = std::sync::Arc::clone(&edge.metrics);
-    let client = rig.start_client(&carol, quic, "quic", "").await;
-    eventually("carol refused as revoked", Duration::from_secs(10), || {
-        handshakes_of(&m, "client", "quic", "revoked") >= 1
-    })
-    .await;
+    let t = revoked_carol().await;
     // The CRL from before carol's revocation, written back over the newer.
-    std::fs::write(rig.ca.crl(), &old_crl).expect("write the old CRL");
-    let err = edge
+    std::fs::write(t.rig.ca.crl(), &t.crl_before).expect("write the old CRL");
+    let err = t
+        .edge
         .state
         .trust
         .reload()
         .expect_err("an older CRL is refused");
     assert!(err.to_string().contains("older than"), "{err}");
     // Still revoked: the newer CRL stays in force.
-    let before = handshakes_of(&m, "client", "quic", "revoked");
+    t.still_refused().await;
+}
+
+/// A CRL without a CRL number cannot be ordered against the one in force
+/// (RFC 5280 requires the number): the CRL from before carol's revocation,
+/// re-signed by the real CA without it, is refused when it appears on disk
+/// (logged with the file and the reason, counted as a failed reload) and at
+/// SIGHUP; carol stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_without_a_crl_number_is_refused_and_revoked_users_stay_out() {
+    let t = revoked_carol().await;
+    let failed = || {
+        t.edge
+            .metrics
+            .config_reloads
+            .with_label_values(&["error"])
+            .get()
+    };
+    assert_eq!(failed(), 0);
+    std::fs::write(t.rig.ca.crl(), &t.crl_before).expect("write the old CRL");
+    lifeboat::pki::write_flawed_crl(&t.rig.ca.dir, lifeboat::trust::CrlFlaw::NoNumber)
+        .expect("a CRL without a number");
     eventually(
-        "carol still refused as revoked",
+        "the file watcher refuses it (counted)",
         Duration::from_secs(10),
-        || handshakes_of(&m, "client", "quic", "revoked") > before,
+        || failed() == 1,
     )
     .await;
-    assert_eq!(tunnels_of(&client.metrics, "edge", "quic"), 0);
+    let err = t
+        .edge
+        .state
+        .reload(&t.edge.config)
+        .expect_err("a reload refuses it");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("ca.crl: CRL refused: it has no CRL number extension"),
+        "{err}"
+    );
+    assert_eq!(failed(), 2);
+    t.still_refused().await;
 }
 
 /// `memory_budget` bounds what stalled flows hold across the edge: with

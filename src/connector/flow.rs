@@ -175,6 +175,16 @@ async fn connect(state: &ConnectorState, h: &FlowHeader) -> Result<TcpStream, (F
     for a in &addrs {
         match TcpStream::connect(a).await {
             Ok(s) => return Ok(s),
+            // Our fault, not the app's, and the same for every address.
+            Err(e) if crate::accept::out_of_descriptors(&e) => {
+                return Err((
+                    FailKind::Other,
+                    format!(
+                        "the connector is out of file descriptors ({e}); {} was not tried (raise its LimitNOFILE= or `ulimit -n`)",
+                        h.dest
+                    ),
+                ));
+            }
             Err(e) => last = Some(e),
         }
     }

@@ -116,10 +116,8 @@ impl Connector {
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         // Certificates, CA and CRL are re-read when they change on disk.
-        let m = Arc::clone(&self.state.metrics);
-        crate::trust::watch::spawn(Arc::clone(&self.state.trust), drain.clone(), move |t| {
-            m.observe_trust(t)
-        });
+        let (trust, m) = (&self.state.trust, &self.state.metrics);
+        crate::trust::watch::spawn(Arc::clone(trust), drain.clone(), Arc::clone(m), |_| {});
         let ipv6 = self.dialer.choice == TransportChoice::Tls
             || self.dialer.quic.local_addr().is_ok_and(|a| a.is_ipv6());
         let edges = EdgeWatch::start(&self.edges, &self.dns, ipv6);

@@ -15,7 +15,7 @@
 
 mod chain;
 mod classify;
-mod crl;
+pub(crate) mod crl;
 mod grace;
 mod spiffe;
 mod state;
@@ -40,6 +40,7 @@ pub use classify::{classify, classify_io, classify_quic, WORDS};
 pub(crate) use spiffe::valid_segment;
 pub use spiffe::{check_trust_domain, spiffe_id_of, IdentityError, Role, SpiffeId};
 
+pub(crate) use state::may_sign_crls;
 use state::{Stamp, State};
 use verify::{ClientVerifier, EpochSessions, EpochTickets, LocalCert, ServerVerifier};
 
@@ -119,6 +120,8 @@ pub enum TrustError {
     },
     #[error("{}: CRL is not issued by a pinned CA", path.display())]
     ForeignCrl { path: PathBuf },
+    #[error("{}: CRL refused: {flaw}; the CRL in force stays", path.display())]
+    UnsoundCrl { path: PathBuf, flaw: CrlFlaw },
     #[error("{}: CRL number {new} is older than the {old} in force (a CRL from before a revocation?); the newer one stays", path.display())]
     CrlRolledBack {
         path: PathBuf,
@@ -139,6 +142,21 @@ pub enum TrustError {
     TrustDomain(IdentityError),
     #[error(transparent)]
     Tls(#[from] rustls::Error),
+}
+
+/// Why a CRL signed by a pinned CA is still refused (RFC 5280 CRL hygiene).
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlFlaw {
+    /// No CRL number (RFC 5280 5.2.3: MUST be present): without it an older
+    /// CRL could not be told from a newer one.
+    #[error("it has no CRL number extension (RFC 5280 5.2.3 requires one; `lifeboat pki revoke` writes it)")]
+    NoNumber,
+    /// A CRL number marked critical (RFC 5280 5.2.3: MUST be non-critical).
+    #[error("its CRL number extension is marked critical (RFC 5280 5.2.3: it must not be)")]
+    CriticalNumber,
+    /// Signed by a CA whose key usage omits cRLSign (RFC 5280 4.2.1.3).
+    #[error("the CA that signed it has a key usage without cRLSign (RFC 5280 4.2.1.3), so it may not sign CRLs")]
+    IssuerWithoutCrlSign,
 }
 
 /// Pinned-CA trust + our own certificate, shared by every TLS/QUIC config

@@ -544,21 +544,96 @@ fn look_alike_ca_is_unknown_and_its_crl_refused() {
     out.assert_refused_by_server("unknown-ca");
 
     // A CRL under our CA's name but not signed by it: refused at reload.
-    let now = OffsetDateTime::now_utc();
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: now,
-        next_update: now + Duration::days(1),
-        crl_number: rcgen::SerialNumber::from(7u64),
-        issuing_distribution_point: None,
-        revoked_certs: Vec::new(),
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&impostor)
-    .unwrap();
-    fs::write(dir.path().join("ca.crl"), crl.pem().unwrap()).unwrap();
+    fs::write(dir.path().join("ca.crl"), empty_crl(&impostor, 7)).unwrap();
     let err = edge.reload().unwrap_err();
     assert!(matches!(err, TrustError::ForeignCrl { .. }), "{err}");
     handshake(alice.client_config(ALPN), server).assert_ok();
+}
+
+/// A CRL with no CRL number, or a critical one, cannot say whether it is
+/// older than the one in force: refused at reload (the CRL in force stays,
+/// revoked alice stays out) and at load, naming the file. Each flawed CRL
+/// here is the CRL from before alice's revocation, re-signed by the real CA:
+/// accepted, it would readmit her.
+#[test]
+fn a_crl_without_a_sound_crl_number_is_refused_and_the_one_in_force_stays() {
+    let dir = ca(TD);
+    let crl = dir.path().join("ca.crl");
+    let before_revocation = fs::read(&crl).unwrap();
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    pki::revoke(dir.path(), &dir.path().join("alice.pem")).unwrap();
+    edge.reload().unwrap();
+    handshake(alice.client_config(ALPN), server.clone()).assert_refused_by_server("revoked");
+    let (cert, key) = issued(dir.path(), Role::Edge, "edge-2");
+    for flaw in [CrlFlaw::NoNumber, CrlFlaw::CriticalNumber] {
+        fs::write(&crl, &before_revocation).unwrap();
+        pki::write_flawed_crl(dir.path(), flaw).unwrap();
+        let refused = |err: &TrustError| {
+            matches!(err, TrustError::UnsoundCrl { path, flaw: f } if *path == crl && *f == flaw)
+                && err.to_string().contains("ca.crl: CRL refused: ")
+        };
+        let err = edge.reload().unwrap_err();
+        assert!(refused(&err), "{flaw:?}: {err}");
+        handshake(alice.client_config(ALPN), server.clone()).assert_refused_by_server("revoked");
+        let files = TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: cert.clone(),
+            key: key.clone(),
+            crl: Some(crl.clone()),
+        };
+        let err = Trust::load(files, TD).unwrap_err();
+        assert!(refused(&err), "{flaw:?} at load: {err}");
+    }
+    // The same entries with a sound number are taken.
+    fs::write(&crl, &before_revocation).unwrap();
+    pki::revoke(dir.path(), &dir.path().join("alice.pem")).unwrap();
+    edge.reload().unwrap();
+}
+
+/// A CRL signed by a pinned CA whose key usage lacks cRLSign is refused at
+/// load, naming the file; the same CA with cRLSign is fine.
+#[test]
+fn a_crl_of_a_ca_without_crl_sign_is_refused() {
+    use rcgen::KeyUsagePurpose::{CrlSign, KeyCertSign};
+    let dir = ca(TD);
+    let (cert, key) = issued(dir.path(), Role::Edge, "edge-1");
+    let ours = fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    for (usages, flaw) in [
+        (vec![KeyCertSign], Some(CrlFlaw::IssuerWithoutCrlSign)),
+        (vec![KeyCertSign, CrlSign], None),
+    ] {
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "second CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = usages;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let same_key = rcgen::KeyPair::from_pem(&ca_key.serialize_pem()).unwrap();
+        let pinned = params.self_signed(&ca_key).unwrap();
+        // rcgen signs CRLs only as a cRLSign issuer: the same name and key
+        // with cRLSign sign it; the pinned certificate is the one above.
+        params.key_usages = vec![KeyCertSign, CrlSign];
+        let signer = rcgen::Issuer::new(params, same_key);
+        let (ca_path, crl_path) = (dir.path().join("both.pem"), dir.path().join("second.crl"));
+        fs::write(&ca_path, format!("{ours}{}", pinned.pem())).unwrap();
+        fs::write(&crl_path, empty_crl(&signer, 1)).unwrap();
+        let files = TlsFiles {
+            ca: ca_path,
+            cert: cert.clone(),
+            key: key.clone(),
+            crl: Some(crl_path.clone()),
+        };
+        match (Trust::load(files, TD), flaw) {
+            (Ok(_), None) => {}
+            (Err(TrustError::UnsoundCrl { path, flaw: f }), Some(want)) => {
+                assert_eq!((path, f), (crl_path, want));
+            }
+            (other, _) => panic!("{flaw:?}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -791,6 +866,23 @@ fn trust_with(dir: &Path, role: Role, name: &str, key_exchange: KeyExchange) -> 
         },
         TD,
     )
+    .unwrap()
+}
+
+/// An empty CRL numbered `number`, valid for a day, signed by `issuer` (PEM).
+fn empty_crl(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, number: u64) -> String {
+    let now = OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(issuer)
+    .unwrap()
+    .pem()
     .unwrap()
 }
 
