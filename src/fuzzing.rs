@@ -393,6 +393,7 @@ fn limits_documented(l: &config::Limits) {
         (l.max_tunnels as u64, 1, 1_000_000),
         (l.max_flows as u64, 1, 10_000_000),
         (l.max_flows_per_tunnel.into(), 1, 100_000),
+        (l.max_flows_per_connector_tunnel.into(), 1, 1_000_000),
         (l.max_tunnels_per_identity as u64, 1, 1_000_000),
         (l.max_flows_per_identity as u64, 1, 10_000_000),
         (l.max_handshakes_inflight as u64, 1, 100_000),

@@ -582,6 +582,7 @@ fn a_crl_without_a_sound_crl_number_is_refused_and_the_one_in_force_stays() {
             cert: cert.clone(),
             key: key.clone(),
             crl: Some(crl.clone()),
+            key_exchange: KeyExchange::default(),
         };
         let err = Trust::load(files, TD).unwrap_err();
         assert!(refused(&err), "{flaw:?} at load: {err}");
@@ -625,6 +626,7 @@ fn a_crl_of_a_ca_without_crl_sign_is_refused() {
             cert: cert.clone(),
             key: key.clone(),
             crl: Some(crl_path.clone()),
+            key_exchange: KeyExchange::default(),
         };
         match (Trust::load(files, TD), flaw) {
             (Ok(_), None) => {}
