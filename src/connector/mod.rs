@@ -289,6 +289,7 @@ async fn serve_quic(
 ) -> Ended {
     let flows = TaskTracker::new();
     let stalls = tunnel_stalls(&state.limits);
+    let mut credit = quic::StreamCredit::new(state.limits.max_flows_per_connector_tunnel);
     loop {
         tokio::select! {
             r = conn.accept_bi() => match r {
@@ -297,6 +298,7 @@ async fn serve_quic(
                     let flow = flow::serve(Arc::clone(state), side, Arc::clone(&stalls))
                         .instrument(tracing::debug_span!("flow"));
                     tracker.spawn(flows.track_future(flow));
+                    credit.grow_on(conn, flows.len());
                 }
                 Err(e) => return keeper::quic_ended(&e),
             },

@@ -364,6 +364,7 @@ async fn client_tunnel(
     };
     // This tunnel's own flows: a going-away tunnel closes when they are done.
     let mine = TaskTracker::new();
+    let mut credit = quic::StreamCredit::new(state.policy.load().limits.max_flows_per_tunnel);
     let mut going_away = false;
     let why = loop {
         tokio::select! {
@@ -407,6 +408,7 @@ async fn client_tunnel(
                     let from = flow::FromTunnel { cert_refused: cert_refused.clone(), stalls: Some(Arc::clone(&stalls)) };
                     let flow = flow::serve(Arc::clone(&state), Arc::clone(&peer), id, side, permit, from).instrument(span);
                     tracker.spawn(mine.track_future(flow));
+                    credit.grow_on(&conn, mine.len());
                 }
                 Err(e) => break e.to_string(),
             },

@@ -48,6 +48,55 @@ fn endpoint_config(trust: &Trust) -> EndpointConfig {
     c
 }
 
+/// Flows a peer may open at once on a new tunnel; [`StreamCredit`] raises it
+/// as they are used. quinn keeps state for every stream the peer may open
+/// (two map entries each), so granting `max_flows_per_tunnel` (1024) up
+/// front cost about 85 KiB per idle tunnel at the edge, most of its memory.
+const INITIAL_STREAM_CREDIT: u32 = 32;
+
+/// The stream credit of one tunnel: starts at [`INITIAL_STREAM_CREDIT`] (or
+/// `max` if lower) and doubles, up to `max`, whenever the flows open reach
+/// half of it, so a peer opening many flows at once waits a few round trips
+/// at most.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamCredit {
+    granted: u32,
+    max: u32,
+}
+
+impl StreamCredit {
+    pub fn new(max: u32) -> Self {
+        Self {
+            granted: INITIAL_STREAM_CREDIT.min(max),
+            max,
+        }
+    }
+
+    /// What a new tunnel grants (its transport parameter).
+    pub fn initial(max: u32) -> u32 {
+        Self::new(max).granted
+    }
+
+    /// After a flow was accepted with `open` flows running: the new credit
+    /// if it should grow (then tell the peer with
+    /// `set_max_concurrent_bi_streams`).
+    pub fn grow(&mut self, open: usize) -> Option<u32> {
+        let half = usize::try_from(self.granted / 2).unwrap_or(usize::MAX);
+        if self.granted >= self.max || open < half {
+            return None;
+        }
+        self.granted = self.granted.saturating_mul(2).min(self.max);
+        Some(self.granted)
+    }
+
+    /// [`StreamCredit::grow`], told to the peer of `conn`.
+    pub fn grow_on(&mut self, conn: &quinn::Connection, open: usize) {
+        if let Some(n) = self.grow(open) {
+            conn.set_max_concurrent_bi_streams(VarInt::from_u32(n));
+        }
+    }
+}
+
 /// Transport parameters for one side. `incoming_bidi` is how many flows the
 /// peer may open at once towards us (0 where the peer never opens any).
 pub fn transport_config(limits: &Limits, incoming_bidi: u32) -> TransportConfig {
@@ -121,7 +170,7 @@ pub fn server_endpoint(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config(
         limits,
-        limits.max_flows_per_tunnel,
+        StreamCredit::initial(limits.max_flows_per_tunnel),
     )));
     // Address validation costs a round trip; the edge asks for it only when
     // handshakes pile up (see the accept loop), not on every connection.
@@ -135,7 +184,9 @@ pub fn server_endpoint(
     )?)
 }
 
-/// A client-side endpoint (client or connector) with its default config.
+/// A client-side endpoint (client or connector) with its default config;
+/// a connector's tunnels start with the credit [`StreamCredit`] gives
+/// `incoming_bidi`.
 pub fn client_endpoint(
     bind: SocketAddr,
     trust: &Arc<Trust>,
@@ -147,7 +198,7 @@ pub fn client_endpoint(
     let crypto = QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| TunnelError::Config(format!("unusable for QUIC: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = transport_config(limits, incoming_bidi);
+    let mut transport = transport_config(limits, StreamCredit::initial(incoming_bidi));
     // The edge's welcome (see `connect`) and its going-away notice.
     transport.max_concurrent_uni_streams(VarInt::from_u32(2));
     // A dial to an edge that is down (or restarting) retransmits its Initial
@@ -236,4 +287,22 @@ pub fn peer_id(conn: &quinn::Connection) -> Result<SpiffeId, TunnelError> {
         .first()
         .ok_or_else(|| TunnelError::PeerIdentity("peer presented no certificate".into()))?;
     spiffe_id_of(leaf).map_err(|e| TunnelError::PeerIdentity(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamCredit;
+
+    #[test]
+    fn stream_credit_doubles_at_half_use_up_to_the_max() {
+        let mut c = StreamCredit::new(100);
+        assert_eq!(StreamCredit::initial(100), 32);
+        assert_eq!(c.grow(15), None, "under half of 32");
+        assert_eq!(c.grow(16), Some(64));
+        assert_eq!(c.grow(31), None);
+        assert_eq!(c.grow(32), Some(100), "capped at the max");
+        assert_eq!(c.grow(99), None, "at the max");
+        assert_eq!(StreamCredit::initial(8), 8, "a max below the start");
+        assert_eq!(StreamCredit::new(0).grow(0), None);
+    }
 }
