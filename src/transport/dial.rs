@@ -167,7 +167,8 @@ pub enum Won<Q, T> {
 /// is reported unless the TLS one says more (the TLS layer answered: an
 /// identity refusal, an alert), since a refused TCP port says little when
 /// the edge may serve QUIC alone; QUIC silent and TCP refused or failing is
-/// `Unreachable`.
+/// `Unreachable`. QUIC shed within its head start (the edge is up and said
+/// when to come back) ends the race without TLS.
 pub async fn race<Q, T, QF, TF>(
     quic: QF,
     tls: impl FnOnce() -> TF,
@@ -181,6 +182,9 @@ where
     let quic_err = tokio::select! {
         r = &mut quic => match r {
             Ok(c) => return Ok(Won::Quic(c)),
+            // The edge is up and shed us (a stampede): it said when to come
+            // back, and a TLS handshake now would only add to its load.
+            Err(e) if e.retry_after().is_some() => return Err(e),
             Err(e) => Some(e),
         },
         () = tokio::time::sleep(head_start) => None,

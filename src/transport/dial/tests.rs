@@ -157,3 +157,46 @@ async fn tls_refused_while_quic_pending_waits_for_quic() {
     .await;
     assert!(matches!(lost, Err(TunnelError::Unreachable(_))));
 }
+
+/// The edge's stateless `CONNECTION_REFUSED` (its handshake pool is full).
+fn quic_shed() -> TunnelError {
+    TunnelError::Connection(quinn::ConnectionError::ConnectionClosed(
+        quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::CONNECTION_REFUSED,
+            frame_type: None,
+            reason: bytes::Bytes::new(),
+        },
+    ))
+}
+
+/// QUIC shed within its head start: the edge is up and said when to come
+/// back, so TLS is not started (it would add a handshake to a stampede);
+/// shed after the head start, TLS already runs and may still win.
+#[tokio::test(start_paused = true)]
+async fn quic_shed_ends_the_race_without_tls() {
+    let started = Cell::new(false);
+    let shed = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Err::<&str, _>(quic_shed())
+    };
+    let r = race(
+        shed,
+        || {
+            started.set(true);
+            scripted(0, Outcome::Ok, "tls")
+        },
+        HEAD_START,
+    )
+    .await;
+    assert!(!started.get(), "TLS started after a shed");
+    let e = r.err().expect("the shed is the answer");
+    assert_eq!(e.reason(), "shed");
+    assert_eq!(e.retry_after(), Some(crate::transport::shed::DEFAULT));
+
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Err::<&str, _>(quic_shed())
+    };
+    let won = race(late, || scripted(300, Outcome::Ok, "tls"), HEAD_START).await;
+    assert!(matches!(won, Ok(Won::Tls("tls"))));
+}
