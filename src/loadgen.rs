@@ -150,6 +150,13 @@ impl std::fmt::Display for Report {
         for (word, n) in &self.handshakes_refused {
             writeln!(f, "handshake refused {word}: {n}")?;
         }
+        if self.handshakes_refused.contains_key("quota") && self.clients > 1 {
+            writeln!(
+                f,
+                "(every client presents the config's one certificate: for a stampede, raise the \
+                 edge's [limits] max_tunnels_per_identity above --clients)"
+            )?;
+        }
         for (word, n) in &self.retried {
             writeln!(f, "first flow retried {word}: {n}")?;
         }

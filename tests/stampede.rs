@@ -39,7 +39,8 @@ async fn stampede(transport: TransportChoice, word: &str) {
     let edge = rig.start_edge(&rig.edge_toml(
         "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
         "static:on",
-        "max_handshakes_inflight = 4\n",
+        // Every loadgen client presents alice's certificate.
+        "max_handshakes_inflight = 4\nmax_tunnels_per_identity = 1000\n",
     ));
     let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
     let _connector = rig.start_connector(0, quic, "quic", "");
