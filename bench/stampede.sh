@@ -21,9 +21,10 @@ EDGE_LIMITS=${EDGE_LIMITS:-}
 PORT=19443 ADMIN=19444 APP=19080
 W=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] || rm -rf "$W"; }
 trap cleanup EXIT
 cd "$W"
+[ -z "${KEEP:-}" ] || echo "keeping $W" >&2
 ulimit -n 20000 2>/dev/null || true
 
 "$BIN" pki init --dir pki --trust-domain stampede.lifeboat.test --days 2 >/dev/null
@@ -35,7 +36,10 @@ ulimit -n 20000 2>/dev/null || true
 python3 - "$APP" <<'PY' &
 import asyncio, sys
 async def hold(r, w):
-    await r.read()
+    try:
+        await r.read()
+    except OSError:
+        pass
     w.close()
 async def main():
     s = await asyncio.start_server(hold, "127.0.0.1", int(sys.argv[1]), backlog=4096)
@@ -44,6 +48,7 @@ async def main():
 asyncio.run(main())
 PY
 pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$APP") 2>/dev/null && break; sleep 0.1; done
 
 cat > edge.toml <<TOML
 trust_domain = "stampede.lifeboat.test"
@@ -58,6 +63,8 @@ admin = "127.0.0.1:$ADMIN"
 [dr]
 trigger = "static:on"
 [limits]
+# Every loadgen client presents alice's certificate.
+max_tunnels_per_identity = 100000
 $EDGE_LIMITS
 [[connector_group]]
 name = "dc1-dr"
@@ -118,7 +125,7 @@ for transport in $TRANSPORTS; do
     done
     base=$(awk '/VmRSS/ {print $2}' "/proc/$edge/status")
     start=$(date +%s.%N)
-    "$BIN" loadgen -c client.toml --target "app.stampede.test:$APP" --clients "$n" --flows "$n" \
+    timeout 300 "$BIN" loadgen -c client.toml --target "app.stampede.test:$APP" --clients "$n" --flows "$n" \
       --concurrency "$n" --duration "$DURATION" --transport "$transport" --json >report.json 2>loadgen.log || true
     wall=$(echo "$(date +%s.%N) - $start" | bc)
     peak=$(awk '/VmHWM/ {print $2}' "/proc/$edge/status")
@@ -147,7 +154,7 @@ refused = dict(r.get("handshakes_refused", {}))
 print(f"{t:<5} {n:>6} | {allin:<10} {served!s:<8} {g('setup_p50_us', '{:.0f} ms', 1e-3):<9} "
       f"{g('setup_p99_us', '{:.0f} ms', 1e-3):<9} {g('handshakes_per_second'):<8} "
       f"{int(base)//1024} MiB{'':<3} {int(peak)//1024} MiB{'':<3} ok {ok}, shed {shed}, timeout {tmo}; "
-      f"clients saw {refused or '-'}, flows failed {r.get('flows_failed', '-')}")
+      f"clients saw {refused or '-'}, flows failed {r.get('flows_failed', '-')} {r.get('refusals') or ''}")
 PY
     kill "$conn" "$edge" 2>/dev/null || true
     wait "$conn" "$edge" 2>/dev/null || true

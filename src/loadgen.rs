@@ -489,3 +489,39 @@ async fn drain(recv: &mut RecvHalf) -> Result<u64, FlowError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(flows: u64, clients: usize, concurrency: usize) -> Options {
+        Options {
+            target: Dest::parse("app.example:443").expect("literal"),
+            flows,
+            concurrency,
+            clients,
+            duration: Duration::from_secs(1),
+            http_get: None,
+            hold: Duration::ZERO,
+            transport: None,
+        }
+    }
+
+    #[test]
+    fn options_that_cannot_run_say_why() {
+        assert_eq!(opts(10_000, 1, 64).check(), Ok(()));
+        assert_eq!(opts(2000, 2000, 64).check(), Ok(()));
+        let e = opts(100, 2000, 64).check().expect_err("fewer flows than clients");
+        assert!(e.contains("--flows 100") && e.contains("--clients 2000"), "{e}");
+        assert!(opts(10, 0, 64).check().expect_err("no client").contains("--clients"));
+        assert!(opts(10, 1, 0).check().expect_err("no worker").contains("--concurrency"));
+    }
+
+    #[test]
+    fn percentiles_of_sorted_durations() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 0.5), 0.051);
+        assert_eq!(percentile(&v, 1.0), 0.1);
+        assert_eq!(percentile(&[], 0.99), 0.0);
+    }
+}

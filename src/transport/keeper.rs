@@ -244,9 +244,8 @@ impl Keeper {
         timeout: Duration,
     ) -> Result<(Dialed, EdgeAddr), Option<(String, Option<Duration>)>> {
         let mut err = String::from("no edge address resolved");
-        // `Some` while every failure so far was a shed.
-        let mut shed: Option<Duration> = None;
-        let mut tried = 0usize;
+        // The longest hint, while every address tried so far shed us.
+        let (mut hint, mut all_shed, mut tried) = (Duration::ZERO, true, false);
         for edge in role.targets(*lost) {
             let bad = quic_bad.contains(&edge.addr);
             let attempt = tokio::select! {
@@ -256,12 +255,11 @@ impl Keeper {
             match attempt {
                 Ok(d) => return Ok((d, edge)),
                 Err(e) => {
-                    shed = match (tried, shed, e.retry_after()) {
-                        (0, _, Some(h)) => Some(h),
-                        (_, Some(s), Some(h)) => Some(s.max(h)),
-                        _ => None,
-                    };
-                    tried += 1;
+                    tried = true;
+                    match e.retry_after() {
+                        Some(h) => hint = hint.max(h),
+                        None => all_shed = false,
+                    }
                     let kind = self.dialer.failed_kind(bad, &e);
                     self.metrics
                         .handshakes
@@ -273,7 +271,7 @@ impl Keeper {
                 }
             }
         }
-        Err(Some((err, shed)))
+        Err(Some((err, (tried && all_shed).then_some(hint))))
     }
 
     /// Wait until the next attempt may start: the backoff's delay after
