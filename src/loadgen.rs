@@ -127,9 +127,7 @@ impl std::fmt::Display for Report {
                 self.bytes, self.megabits_per_second
             )?;
         }
-        for (word, n) in &self.refusals {
-            writeln!(f, "refused {word}: {n}")?;
-        }
+        words(f, "refused", &self.refusals)?;
         let all = match self.all_served_seconds {
             Some(s) => format!("all served within {s:.2} s"),
             None => format!(
@@ -147,9 +145,7 @@ impl std::fmt::Display for Report {
             "handshakes: {} tunnels up during the arrival ({:.0} /s)",
             self.handshakes_ok, self.handshakes_per_second
         )?;
-        for (word, n) in &self.handshakes_refused {
-            writeln!(f, "handshake refused {word}: {n}")?;
-        }
+        words(f, "handshake refused", &self.handshakes_refused)?;
         if self.handshakes_refused.contains_key("quota") && self.clients > 1 {
             writeln!(
                 f,
@@ -157,11 +153,20 @@ impl std::fmt::Display for Report {
                  edge's [limits] max_tunnels_per_identity above --clients)"
             )?;
         }
-        for (word, n) in &self.retried {
-            writeln!(f, "first flow retried {word}: {n}")?;
-        }
-        Ok(())
+        words(f, "first flow retried", &self.retried)
     }
+}
+
+/// A line `<what> <word>: <n>` per word of `counts`.
+fn words(
+    f: &mut std::fmt::Formatter<'_>,
+    what: &str,
+    counts: &BTreeMap<String, u64>,
+) -> std::fmt::Result {
+    for (word, n) in counts {
+        writeln!(f, "{what} {word}: {n}")?;
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -511,10 +516,21 @@ mod tests {
     fn options_that_cannot_run_say_why() {
         assert_eq!(opts(10_000, 1, 64).check(), Ok(()));
         assert_eq!(opts(2000, 2000, 64).check(), Ok(()));
-        let e = opts(100, 2000, 64).check().expect_err("fewer flows than clients");
-        assert!(e.contains("--flows 100") && e.contains("--clients 2000"), "{e}");
-        assert!(opts(10, 0, 64).check().expect_err("no client").contains("--clients"));
-        assert!(opts(10, 1, 0).check().expect_err("no worker").contains("--concurrency"));
+        let e = opts(100, 2000, 64)
+            .check()
+            .expect_err("fewer flows than clients");
+        assert!(
+            e.contains("--flows 100") && e.contains("--clients 2000"),
+            "{e}"
+        );
+        assert!(opts(10, 0, 64)
+            .check()
+            .expect_err("no client")
+            .contains("--clients"));
+        assert!(opts(10, 1, 0)
+            .check()
+            .expect_err("no worker")
+            .contains("--concurrency"));
     }
 
     #[test]

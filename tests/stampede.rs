@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connectors_connected, eventually, handshakes_of, Rig, DR_HOST, TD};
+use common::{connectors_connected, eventually, handshakes_of, CertFiles, Rig, DR_HOST, TD};
 use lifeboat::client::tunnel::Tunnel;
 use lifeboat::config::{DnsSection, Limits, TransportChoice};
 use lifeboat::loadgen::{self, Options};
@@ -110,33 +110,40 @@ async fn tls_clients_arriving_at_once_are_all_served_after_being_shed() {
     stampede(TransportChoice::Tls, "tls").await;
 }
 
-/// The client's tunnel keeper (as `lifeboat client` and loadgen run it)
-/// dialling `edge` with `choice` and alice's certificate; no flow waits
-/// for it, so only the keeper's own pacing decides when it dials again.
-fn keeper_to(
+/// `cert` with the rig's CA, as a role loads them.
+fn trust_of(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
+    let files = TlsFiles {
+        ca: rig.ca.pem(),
+        cert: cert.cert.clone(),
+        key: cert.key.clone(),
+        crl: None,
+    };
+    Trust::load(files, TD).expect("trust files")
+}
+
+/// An edge that sheds every dial, run against the client's tunnel keeper
+/// (as `lifeboat client` and loadgen run it) dialling it with `choice`:
+/// `shed_one` waits for one dial, sheds it and says when the dial came.
+/// No flow waits for the tunnel, so only the keeper's own pacing decides
+/// when it dials again. Checks that each dial came no sooner after the
+/// one before than half the default hint (its jitter's floor; the backoff
+/// alone would come back after 50-100 ms), and that the client counted
+/// its handshakes `shed`.
+async fn shed_every_dial<F, Fut>(
     rig: &Rig,
     edge: SocketAddr,
     choice: TransportChoice,
-) -> (Arc<Metrics>, CancellationToken) {
-    let alice = rig.user("alice");
-    let files = TlsFiles {
-        ca: rig.ca.pem(),
-        cert: alice.cert,
-        key: alice.key,
-        crl: None,
-    };
-    let trust = Trust::load(files, TD).expect("alice's trust");
+    mut shed_one: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Instant>,
+{
+    let trust = trust_of(rig, &rig.user("alice"));
     let limits = Limits::default();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let dialer = Dialer {
         choice,
-        quic: quic::client_endpoint(
-            "127.0.0.1:0".parse().expect("addr"),
-            &trust,
-            ALPN_CLIENT,
-            &limits,
-            0,
-        )
-        .expect("client endpoint"),
+        quic: quic::client_endpoint(any, &trust, ALPN_CLIENT, &limits, 0).expect("client endpoint"),
         tls: tls::connector(&trust, ALPN_CLIENT),
         timeout: Duration::from_secs(5),
         head_start: HEAD_START,
@@ -151,14 +158,21 @@ fn keeper_to(
         Arc::clone(&metrics),
         stop.clone(),
     );
-    (metrics, stop)
-}
-
-/// Each gap between the dials an edge that sheds everyone saw: the client
-/// came back no sooner than half the default hint (its jitter's floor),
-/// where its own backoff alone would have come back after 50-100 ms.
-fn assert_came_back_after_the_hint(dials: &[Instant], what: &str) {
-    assert!(dials.len() >= 3, "{what}: {} dials", dials.len());
+    let dials = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut dials = Vec::new();
+        while dials.len() < 4 {
+            dials.push(shed_one().await);
+        }
+        dials
+    })
+    .await
+    .expect("four dials within 15 s");
+    stop.cancel();
+    let what = if choice == TransportChoice::Tls {
+        "tls"
+    } else {
+        "quic"
+    };
     for pair in dials.windows(2) {
         let gap = pair[1] - pair[0];
         println!("{what}: dialled again after {gap:?}");
@@ -168,6 +182,12 @@ fn assert_came_back_after_the_hint(dials: &[Instant], what: &str) {
             shed::DEFAULT
         );
     }
+    eventually(
+        "the client counted its sheds",
+        Duration::from_secs(5),
+        || handshakes_of(&metrics, "edge", what, "shed") >= 3,
+    )
+    .await;
 }
 
 /// A QUIC edge whose handshake pool is full refuses before any crypto
@@ -178,39 +198,17 @@ fn assert_came_back_after_the_hint(dials: &[Instant], what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quic_client_shed_comes_back_after_the_hint() {
     let rig = Rig::new().await;
-    let edge_files = TlsFiles {
-        ca: rig.ca.pem(),
-        cert: rig.edge_cert.cert.clone(),
-        key: rig.edge_cert.key.clone(),
-        crl: None,
-    };
-    let edge_trust = Trust::load(edge_files, TD).expect("edge trust");
-    let ep = quic::server_endpoint(
-        "127.0.0.1:0".parse().expect("addr"),
-        &edge_trust,
-        &Limits::default(),
-    )
-    .expect("edge endpoint");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let ep = quic::server_endpoint(any, &trust_of(&rig, &rig.edge_cert), &Limits::default())
+        .expect("edge endpoint");
     let addr = ep.local_addr().expect("edge address");
-    let (metrics, stop) = keeper_to(&rig, addr, TransportChoice::Quic);
-    let dials = tokio::time::timeout(Duration::from_secs(15), async {
-        let mut dials = Vec::new();
-        while dials.len() < 4 {
-            let incoming = ep.accept().await.expect("the endpoint is open");
-            dials.push(Instant::now());
-            incoming.refuse();
-        }
-        dials
+    let ep = &ep;
+    shed_every_dial(&rig, addr, TransportChoice::Quic, move || async move {
+        let incoming = ep.accept().await.expect("the endpoint is open");
+        let at = Instant::now();
+        incoming.refuse();
+        at
     })
-    .await
-    .expect("four dials within 15 s");
-    stop.cancel();
-    assert_came_back_after_the_hint(&dials, "QUIC");
-    eventually(
-        "the client counted its sheds",
-        Duration::from_secs(5),
-        || handshakes_of(&metrics, "edge", "quic", "shed") >= 3,
-    )
     .await;
 }
 
@@ -225,33 +223,21 @@ async fn a_tls_client_shed_comes_back_after_the_hint() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("edge address");
-    let (metrics, stop) = keeper_to(&rig, addr, TransportChoice::Tls);
-    let dials = tokio::time::timeout(Duration::from_secs(15), async {
-        let mut dials = Vec::new();
-        while dials.len() < 4 {
-            let (mut tcp, _) = listener.accept().await.expect("accept");
-            dials.push(Instant::now());
-            let mut hello = [0u8; 2048];
-            let n = tcp.read(&mut hello).await.expect("read the ClientHello");
-            assert_eq!(
-                hello.first(),
-                Some(&22),
-                "a TLS handshake record ({n} bytes)"
-            );
-            tcp.write_all(&shed::TLS_ALERT)
-                .await
-                .expect("send the alert");
-        }
-        dials
+    let listener = &listener;
+    shed_every_dial(&rig, addr, TransportChoice::Tls, move || async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let at = Instant::now();
+        let mut hello = [0u8; 2048];
+        let n = tcp.read(&mut hello).await.expect("read the ClientHello");
+        assert_eq!(
+            hello.first(),
+            Some(&22),
+            "a TLS handshake record ({n} bytes)"
+        );
+        tcp.write_all(&shed::TLS_ALERT)
+            .await
+            .expect("send the alert");
+        at
     })
-    .await
-    .expect("four dials within 15 s");
-    stop.cancel();
-    assert_came_back_after_the_hint(&dials, "TLS");
-    eventually(
-        "the client counted its sheds",
-        Duration::from_secs(5),
-        || handshakes_of(&metrics, "edge", "tls", "shed") >= 3,
-    )
     .await;
 }

@@ -189,7 +189,7 @@ async fn quic_shed_ends_the_race_without_tls() {
     )
     .await;
     assert!(!started.get(), "TLS started after a shed");
-    let e = r.err().expect("the shed is the answer");
+    let e = r.expect_err("the shed is the answer");
     assert_eq!(e.reason(), "shed");
     assert_eq!(e.retry_after(), Some(crate::transport::shed::DEFAULT));
 
