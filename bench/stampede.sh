@@ -8,6 +8,7 @@
 #   usage: bench/stampede.sh [path-to-lifeboat-binary] [clients...]
 #          (default target/release/lifeboat, 250 1000 2000)
 #   env:   TRANSPORTS="quic tls auto"  DURATION=60s  EDGE_LIMITS="max_handshakes_inflight = 256"
+#          PERF=DIR (a perf profile of the edge per run)  KEEP=1 (keep the work folder)
 set -euo pipefail
 BIN=${1:-target/release/lifeboat}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
@@ -61,9 +62,13 @@ for transport in $TRANSPORTS; do
     cpu0=$(awk '{print $14 + $15}' "/proc/$edge/stat")
     drops0=$(awk '/^Udp:/ && $2 ~ /^[0-9]/ {print $6}' /proc/net/snmp)
     start=$(date +%s.%N)
+    if [ -n "${PERF:-}" ]; then # PERF=DIR: a CPU profile of the edge during each run
+      perf record -e cpu-clock -F 499 -g -p "$edge" -o "$PERF/edge-$transport-$n.data" 2>/dev/null & prof=$!
+    fi
     timeout 300 "$BIN" loadgen -c client.toml --target "app.stampede.test:$APP" --clients "$n" --flows "$n" \
       --concurrency "$n" --duration "$DURATION" --transport "$transport" --json >report.json 2>loadgen.log || true
     wall=$(echo "$(date +%s.%N) - $start" | bc)
+    if [ -n "${PERF:-}" ]; then kill -INT "$prof"; wait "$prof" || true; fi
     peak=$(awk '/VmHWM/ {print $2}' "/proc/$edge/status")
     cpu=$(( $(awk '{print $14 + $15}' "/proc/$edge/stat") - cpu0 ))
     drops=$(( $(awk '/^Udp:/ && $2 ~ /^[0-9]/ {print $6}' /proc/net/snmp) - drops0 ))
