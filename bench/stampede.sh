@@ -14,6 +14,7 @@ BIN=${1:-target/release/lifeboat}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 HERE=$(cd "$(dirname "$0")" && pwd)
+[ -z "${PERF:-}" ] || PERF=$(mkdir -p "$PERF" && cd "$PERF" && pwd)
 shift || true
 COUNTS=("$@")
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(250 1000 2000)
@@ -88,10 +89,11 @@ def ms(k):
     return "-" if v is None else "{:.0f} ms".format(v / 1e3)
 # Before the stampede report existed (no `clients_served`): a client whose
 # tunnel did not come up was dropped, so a client was served when a flow
-# succeeded on it (one flow per client here); only the run's wall time
-# bounds when.
+# succeeded on it (one flow per client here, on the clients not dropped);
+# only the run's wall time bounds when.
 new = "clients_served" in r
-served = r.get("clients_served", r.get("flows_ok", 0))
+dropped = (r.get("refusals") or {}).get("unreachable", 0)
+served = r.get("clients_served", min(r.get("flows_ok", 0), n - dropped))
 allin = r.get("all_served_seconds") if new else None
 span = allin if allin else wall
 allin = "{:.2f} s".format(allin) if allin else "-"
