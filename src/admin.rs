@@ -164,10 +164,10 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let conns = Arc::new(Mutex::new(Conns::default()));
+    let mut errors = crate::accept::AcceptErrors::new("admin");
     loop {
-        let (sock, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(e) => { debug!("admin accept: {e}"); continue; } },
-            _ = stop.cancelled() => return,
+        let Some((sock, _)) = errors.accept(&listener, &stop, drop).await else {
+            return;
         };
         let Ok((id, answered, close)) = conns.lock().map(|mut c| c.admit(&stop)) else {
             return; // poisoned: a task panicked while holding it

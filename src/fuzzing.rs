@@ -261,3 +261,164 @@ pub fn dr_machine(data: &[u8]) {
         let _ = m.poll_edge();
     }
 }
+
+/// `limits`: arbitrary `[limits]` and `[dr]` values through the validation
+/// `lifeboat check` and every role run (an edge and a connector config),
+/// then through what the roles build from an accepted config at start (QUIC
+/// transport parameters, semaphores, deadlines, the DR mode machine).
+/// Input: UTF-8; the lines before a line `--` are the body of `[limits]`,
+/// the rest the body of `[dr]` (after the trigger). Nothing may panic, an
+/// error names a line of the text, and an accepted value lies within the
+/// ranges the README documents (stated again here, on purpose: the fuzzer
+/// holds the code to the documentation).
+pub fn limits(data: &[u8]) {
+    let _ = limits_accepted(data);
+}
+
+/// [`limits`], saying how many of the two role configs were accepted (so a
+/// test proves the seeds reach past validation).
+pub fn limits_accepted(data: &[u8]) -> usize {
+    use std::time::{Duration, Instant};
+
+    use crate::dr::machine::{Lookup, Machine, Now, Settings};
+    use crate::trust::Role;
+
+    let Ok(text) = std::str::from_utf8(data) else {
+        return 0;
+    };
+    let (limits, dr) = text.split_once("\n--\n").unwrap_or((text, ""));
+    let tail = format!("[dr]\ntrigger = \"dns:_dr.fuzz.test\"\n{dr}\n[limits]\n{limits}\n");
+    let edge = format!(
+        "trust_domain = \"fuzz.test\"\n[tls]\nca = \"ca.pem\"\ncert = \"e.pem\"\nkey = \"e.key\"\n\
+         [listen]\nquic = \"127.0.0.1:0\"\n{tail}\
+         [[connector_group]]\nname = \"g\"\ndr = true\n\
+         [[server_group]]\nname = \"s\"\nconnector_groups = [\"g\"]\n\
+         [[segment]]\nname = \"a\"\ndr = true\ndomains = [\"a.example\"]\ntcp_ports = [\"443\"]\nserver_groups = [\"s\"]\n"
+    );
+    let connector = format!(
+        "trust_domain = \"fuzz.test\"\nedges = [\"127.0.0.1:443\"]\n\
+         [tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\nkey = \"c.key\"\n{tail}"
+    );
+    let file = Path::new("/fuzz/role.toml");
+    let accepted =
+        |text: &str, e: Result<(config::Limits, config::DrSection), config::ConfigError>| {
+            let lines = text.lines().count() + 1;
+            match e {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    assert!(e.line.is_none_or(|l| (1..=lines).contains(&l)), "{e}");
+                    None
+                }
+            }
+        };
+    let roles = [
+        (
+            Role::Edge,
+            accepted(
+                &edge,
+                config::from_text::<EdgeConfig>(file, &edge).map(|c| (c.limits, c.dr)),
+            ),
+        ),
+        (
+            Role::Connector,
+            accepted(
+                &connector,
+                config::from_text::<ConnectorConfig>(file, &connector).map(|c| (c.limits, c.dr)),
+            ),
+        ),
+    ];
+    let mut accepted = 0;
+    for (role, cfg) in roles {
+        let Some((l, dr)) = cfg else { continue };
+        accepted += 1;
+        limits_documented(&l);
+        let within = |d: Option<Duration>, least: u64, most: u64| {
+            d.is_none_or(|d| (Duration::from_secs(least)..=Duration::from_secs(most)).contains(&d))
+        };
+        assert!(
+            within(dr.poll_interval, 1, 86_400),
+            "{:?}",
+            dr.poll_interval
+        );
+        assert!(within(dr.jitter, 0, 3600), "{:?}", dr.jitter);
+        assert!(within(dr.cert_grace, 0, 30 * 86_400), "{:?}", dr.cert_grace);
+
+        // What the roles build from it.
+        let _ = crate::transport::quic::transport_config(&l, l.max_flows_per_tunnel);
+        assert!(l.keepalive() <= l.idle_timeout.max(Duration::from_millis(100)));
+        assert!(l.effective_tunnel_window() >= u64::from(l.flow_window));
+        for n in [l.max_flows, l.max_tunnels, l.max_handshakes_inflight] {
+            assert!(n <= tokio::sync::Semaphore::MAX_PERMITS);
+        }
+        let now = Instant::now();
+        for d in [
+            l.preamble_timeout,
+            l.handshake_timeout,
+            l.client_hello_timeout,
+            l.idle_timeout,
+            l.flow_idle_timeout,
+            l.connect_timeout,
+            l.drain_timeout,
+        ] {
+            assert!(now.checked_add(d).is_some(), "{d:?} from now");
+        }
+        let poll_interval = dr
+            .poll_interval
+            .unwrap_or_else(|| crate::dr::trigger::default_poll_interval(role));
+        let clock = Now {
+            at: now,
+            unix: Duration::from_secs(1_800_000_000),
+        };
+        let mut m = Machine::new(
+            Settings {
+                poll_interval,
+                key: None,
+            },
+            clock,
+        );
+        for lookup in [Lookup::Timeout, Lookup::NxDomain] {
+            let _ = m.handle_lookup(clock, lookup);
+            assert!(m.poll_timeout() > now);
+        }
+    }
+    accepted
+}
+
+/// An accepted `[limits]` lies within the README's ranges.
+fn limits_documented(l: &config::Limits) {
+    use std::time::Duration;
+    const MIB: u64 = 1 << 20;
+    let ms = Duration::from_millis;
+    let counts = [
+        (l.max_tunnels as u64, 1, 1_000_000),
+        (l.max_flows as u64, 1, 10_000_000),
+        (l.max_flows_per_tunnel.into(), 1, 100_000),
+        (l.max_flows_per_connector_tunnel.into(), 1, 1_000_000),
+        (l.max_tunnels_per_identity as u64, 1, 1_000_000),
+        (l.max_flows_per_identity as u64, 1, 10_000_000),
+        (l.max_handshakes_inflight as u64, 1, 100_000),
+        (l.preamble_bytes as u64, 256, MIB),
+        (l.flow_window.into(), 16_384, 256 * MIB),
+        (l.memory_budget, 4 * MIB, 1 << 40),
+    ];
+    for (v, least, most) in counts {
+        assert!((least..=most).contains(&v), "{l:?}");
+    }
+    let times = [
+        (l.client_hello_timeout, ms(100), ms(600_000)),
+        (l.preamble_timeout, ms(100), ms(600_000)),
+        (l.handshake_timeout, ms(100), ms(600_000)),
+        (l.idle_timeout, ms(300), ms(3_600_000)),
+        (l.flow_idle_timeout, ms(0), ms(7 * 86_400_000)),
+        (l.connect_timeout, ms(100), ms(600_000)),
+        (l.drain_timeout, ms(0), ms(3_600_000)),
+    ];
+    for (v, least, most) in times {
+        assert!((least..=most).contains(&v), "{l:?}");
+    }
+    let tw = u64::from(l.tunnel_window);
+    assert!(
+        tw == 0 || (u64::from(l.flow_window)..=1 << 30).contains(&tw),
+        "{l:?}"
+    );
+}

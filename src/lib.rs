@@ -5,6 +5,7 @@
 //! timers and tasks.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod admin;
 pub mod backoff;
 pub mod check;

@@ -41,6 +41,10 @@ pub const HANDSHAKE_RESULTS: &[&str] = &[
     "cert-refused",
     "shed",
     "quota",
+    // The edge could not accept a TCP connection for want of a file
+    // descriptor (EMFILE/ENFILE; counted under role `client`, the role is
+    // not known before the ClientHello).
+    "fd-limit",
     "other",
 ];
 

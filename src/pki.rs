@@ -243,6 +243,11 @@ pub fn refuse_overwrite(dir: &Path, name: &str) -> anyhow::Result<()> {
 /// Revoking an already revoked certificate just re-signs the CRL.
 pub fn revoke(dir: &Path, cert: &Path) -> anyhow::Result<()> {
     let ca = Ca::load(dir)?;
+    ensure!(
+        crate::trust::may_sign_crls(&ca.der) == Some(true),
+        "{}: the CA's key usage lacks cRLSign, so edges, connectors and clients would refuse its CRL; issue a new CA with `lifeboat pki init`",
+        dir.join("ca.pem").display()
+    );
     let der = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("reading {}", cert.display()))?
         .next()
@@ -476,6 +481,10 @@ fn write_file(
         .map_err(|e| e.error)
         .with_context(|| format!("writing {}", path.display()))
 }
+
+mod flawed;
+#[doc(hidden)]
+pub use flawed::write_flawed_crl;
 
 #[cfg(test)]
 mod tests;

@@ -299,13 +299,15 @@ impl End {
 }
 
 /// Splice an agent-side flow (connector or client): bytes counted without a
-/// segment label, stopped only by the drain deadline `abort`, its end counted
-/// in `lifeboat_flows_closed_total`.
+/// segment label, stopped by the drain deadline `abort` or, with `stalls`,
+/// when its tunnel closes it for stalling; its end counted in
+/// `lifeboat_flows_closed_total`.
 pub async fn splice_counted(
     a: &mut Side,
     b: &mut Side,
     metrics: &crate::metrics::Metrics,
     abort: &tokio_util::sync::CancellationToken,
+    stalls: Option<&FlowStalls>,
 ) -> Outcome {
     let up = metrics
         .flow_bytes
@@ -314,6 +316,7 @@ pub async fn splice_counted(
         .flow_bytes
         .with_label_values(&[crate::metrics::NO_SEGMENT, "down"]);
     let abort = abort.clone();
+    let stalled = stalls.map(|s| s.stop.clone());
     let outcome = splice(
         a,
         b,
@@ -322,11 +325,19 @@ pub async fn splice_counted(
             down: &down,
         },
         async move {
-            abort.cancelled().await;
-            stream_code::SHUTDOWN
+            match stalled {
+                Some(stalled) => tokio::select! {
+                    () = abort.cancelled() => stream_code::SHUTDOWN,
+                    () = stalled.cancelled() => stream_code::STALLED,
+                },
+                None => {
+                    abort.cancelled().await;
+                    stream_code::SHUTDOWN
+                }
+            }
         },
         None,
-        None,
+        stalls,
     )
     .await;
     metrics

@@ -4,10 +4,13 @@
 //! spent, and every other flow on it stops too. A flow whose write has been
 //! blocked for [`STALL_AFTER`] counts as stalled on each tunnel it crosses;
 //! when a tunnel already has as many stalled flows as its window can hold
-//! while leaving one flow window for the others, the one stalled longest is
-//! closed (`lifeboat_flows_closed_total{reason="stalled"}`).
+//! while leaving one flow window for the others, one is closed
+//! (`lifeboat_flows_closed_total{reason="stalled"}`): the one stalled
+//! longest of the client identity with the most stalled flows there, so a
+//! user who stalls hundreds of flows loses his own, not another user's one
+//! flow that was slow for a moment.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,12 +20,15 @@ use tokio_util::sync::CancellationToken;
 /// A write blocked this long marks its flow stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(1);
 
+/// One stalled flow: its number, its client identity, and how to close it.
+type Stalled = (u64, Arc<str>, CancellationToken);
+
 /// The stalled flows of one tunnel, oldest first.
 pub struct Stalls {
-    /// Stalled flows this tunnel holds before the oldest is closed.
+    /// Stalled flows this tunnel holds before one is closed.
     limit: usize,
     next: AtomicU64,
-    flows: Mutex<VecDeque<(u64, CancellationToken)>>,
+    flows: Mutex<VecDeque<Stalled>>,
 }
 
 impl Stalls {
@@ -47,19 +53,21 @@ impl Stalls {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, CancellationToken)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Stalled>> {
         self.flows.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Note a stalled flow (`stop` closes it); the flows stalled longest
-    /// are closed while the tunnel is over its limit.
-    fn add(&self, stop: CancellationToken) -> u64 {
+    /// Note a stalled flow of client `owner` (`stop` closes it); while the
+    /// tunnel is over its limit, the owner with the most stalled flows
+    /// loses the one stalled longest.
+    fn add(&self, owner: &Arc<str>, stop: CancellationToken) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut q = self.lock();
-        q.push_back((id, stop));
+        q.push_back((id, Arc::clone(owner), stop));
         while q.len() > self.limit {
-            if let Some((_, oldest)) = q.pop_front() {
-                oldest.cancel();
+            let i = oldest_of_the_most_stalled(&q);
+            if let Some((_, _, stop)) = q.remove(i) {
+                stop.cancel();
             }
         }
         id
@@ -67,10 +75,23 @@ impl Stalls {
 
     fn remove(&self, id: u64) {
         let mut q = self.lock();
-        if let Some(i) = q.iter().position(|(x, _)| *x == id) {
+        if let Some(i) = q.iter().position(|(x, _, _)| *x == id) {
             q.remove(i);
         }
     }
+}
+
+/// The position in `q` (oldest first, not empty) of the oldest flow of the
+/// owner with the most flows in it; ties go to the owner stalled longest.
+fn oldest_of_the_most_stalled(q: &VecDeque<Stalled>) -> usize {
+    let mut counts: HashMap<&str, usize> = HashMap::with_capacity(q.len());
+    for (_, owner, _) in q {
+        *counts.entry(owner).or_default() += 1;
+    }
+    let most = counts.values().copied().max().unwrap_or(0);
+    q.iter()
+        .position(|(_, owner, _)| counts.get(&**owner) == Some(&most))
+        .unwrap_or(0)
 }
 
 /// The most places a flow's stall counts: its client tunnel, its connector
@@ -81,6 +102,8 @@ const PLACES: usize = 3;
 /// allocation, and nothing happens until a write blocks.
 pub struct FlowStalls {
     tunnels: [Option<Arc<Stalls>>; PLACES],
+    /// The flow's client identity.
+    owner: Arc<str>,
     /// Cancelled when a tunnel closes this flow for stalling.
     pub stop: CancellationToken,
     /// Directions blocked right now (a flow counts once while either is).
@@ -89,9 +112,10 @@ pub struct FlowStalls {
 }
 
 impl FlowStalls {
-    pub fn new(tunnels: [Option<Arc<Stalls>>; PLACES]) -> Self {
+    pub fn new(owner: Arc<str>, tunnels: [Option<Arc<Stalls>>; PLACES]) -> Self {
         Self {
             tunnels,
+            owner,
             stop: CancellationToken::new(),
             blocked: AtomicUsize::new(0),
             ids: Mutex::new([0; PLACES]),
@@ -105,7 +129,7 @@ impl FlowStalls {
             let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
             for (t, id) in self.tunnels.iter().zip(ids.iter_mut()) {
                 if let Some(t) = t {
-                    *id = t.add(self.stop.clone());
+                    *id = t.add(&self.owner, self.stop.clone());
                 }
             }
         }
@@ -139,7 +163,7 @@ mod tests {
         // 6 flow windows per tunnel: 3 stalled flows at most.
         let tunnel = Arc::new(Stalls::new(6 << 20, 1 << 20));
         let flows: Vec<FlowStalls> = (0..4)
-            .map(|_| FlowStalls::new([Some(Arc::clone(&tunnel)), None, None]))
+            .map(|_| FlowStalls::new("bob".into(), [Some(Arc::clone(&tunnel)), None, None]))
             .collect();
         let g0 = flows[0].stalled();
         let g0b = flows[0].stalled();
@@ -159,9 +183,29 @@ mod tests {
     }
 
     #[test]
+    fn the_user_with_the_most_stalled_flows_loses_one_of_his() {
+        // 3 stalled flows at most; alice's one stalled first.
+        let tunnel = Arc::new(Stalls::new(6 << 20, 1 << 20));
+        let place = || [Some(Arc::clone(&tunnel)), None, None];
+        let alice = FlowStalls::new("alice".into(), place());
+        let bob: Vec<FlowStalls> = (0..3)
+            .map(|_| FlowStalls::new("bob".into(), place()))
+            .collect();
+        let _a = alice.stalled();
+        let _b: Vec<_> = bob.iter().map(FlowStalls::stalled).collect();
+        assert!(
+            !alice.stop.is_cancelled(),
+            "alice's flow is not bob's to lose"
+        );
+        assert!(bob[0].stop.is_cancelled(), "bob's oldest goes");
+        assert!(!bob[1].stop.is_cancelled() && !bob[2].stop.is_cancelled());
+        assert_eq!(tunnel.len(), 3);
+    }
+
+    #[test]
     fn a_flow_that_moves_again_is_no_longer_counted() {
         let tunnel = Arc::new(Stalls::new(16 << 20, 1 << 20));
-        let f = FlowStalls::new([Some(Arc::clone(&tunnel)), None, None]);
+        let f = FlowStalls::new("bob".into(), [Some(Arc::clone(&tunnel)), None, None]);
         drop(f.stalled());
         assert!(tunnel.is_empty());
     }

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// 300 TCP connections to the TLS listener that never send a byte (no
 /// certificate needed) while only 4 handshakes may run at once: a TLS
@@ -24,7 +26,7 @@ async fn silent_connections_without_a_certificate_lock_nobody_out() {
     let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
     let mut idle = Vec::new();
     for _ in 0..300 {
-        idle.push(tokio::net::TcpStream::connect(tls).await.expect("connect"));
+        idle.push(TcpStream::connect(tls).await.expect("connect"));
     }
     let started = Instant::now();
     let conn = rig.start_connector(0, tls, "tls", "");
@@ -42,7 +44,7 @@ async fn silent_connections_without_a_certificate_lock_nobody_out() {
     );
     // More silent connections keep arriving: a new client still gets in.
     for _ in 0..300 {
-        idle.push(tokio::net::TcpStream::connect(tls).await.expect("connect"));
+        idle.push(TcpStream::connect(tls).await.expect("connect"));
     }
     let late = rig.start_client(&rig.user("carol"), tls, "tls", "").await;
     first_flow_after(late.http, rig.app.port(), Duration::from_secs(10)).await;
@@ -190,15 +192,8 @@ async fn silent_flows_end_at_flow_idle_timeout_on_both_transports() {
 /// user's flows over the same connector keep going.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_into_an_app_that_never_reads_do_not_stall_the_others() {
-    let rig = Rig::new().await;
-    let (sink_port, held) = sink().await;
-    let edge = rig.start_edge(&any_port_edge(&rig, ""));
-    let quic = edge.quic.expect("quic");
-    let _conn = rig.start_connector(0, quic, "quic", "");
-    let bob = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
-    let alice = rig.start_client(&rig.user(ALICE), quic, "quic", "").await;
-    let app_port = rig.app.port();
-    first_flow_after(alice.http, app_port, Duration::from_secs(10)).await;
+    let t = bob_and_alice_over_one_connector("").await;
+    let (bob, alice, sink_port, app_port) = (&t.bob, &t.alice, t.sink_port, t.rig.app.port());
 
     // Bob's 24 flows push until their writes block (bounded: 30 s). They
     // fill every buffer on the way and stall (a write blocked for a second
@@ -216,15 +211,174 @@ async fn flows_into_an_app_that_never_reads_do_not_stall_the_others() {
         assert_eq!(body.len(), 4 << 20, "alice's flow {i} complete");
     }
     println!(
-        "5 x 4 MiB for alice beside 24 stalled flows: {:?}; stalled flows closed: {}",
+        "5 x 4 MiB for alice beside 24 stalled flows: {:?}; stalled flows closed at the edge {}, at the connector {}",
         started.elapsed(),
-        edge.metrics
-            .flows_closed
-            .with_label_values(&["stalled"])
-            .get()
+        stalled(&t.edge.metrics),
+        stalled(&t.connector),
     );
     pushers.abort_all();
-    held.abort();
+}
+
+/// Flows closed for stalling, as counted by `m`.
+fn stalled(m: &lifeboat::metrics::Metrics) -> u64 {
+    m.flows_closed.with_label_values(&["stalled"]).get()
+}
+
+/// The worst case of one user against another on one connector tunnel:
+/// bob asks for `max_flows_per_tunnel` flows (the default, 1024) at once,
+/// half pushing into an app that never reads, half downloading 1 GiB each
+/// without reading a byte. His flows stall, and his longest stalled are
+/// closed where their bytes wait (uploads at the connector, downloads at
+/// the edge); alice, on another client tunnel over the same connector
+/// tunnel, still uploads and downloads 4 MiB (without the connector's part,
+/// her upload did not finish within 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_flows_per_tunnel_stalled_both_ways_do_not_stall_another_user() {
+    let t = bob_and_alice_over_one_connector("").await;
+    let (bob, alice, sink_port, app_port) = (&t.bob, &t.alice, t.sink_port, t.rig.app.port());
+
+    let max = default_max_flows_per_tunnel();
+    let (uploads, mut refused) = open_many(bob.http, sink_port, max / 2).await;
+    let mut pushers = push(uploads, Duration::from_secs(60));
+    let (mut downloads, more) = open_many(bob.http, app_port, max / 2).await;
+    refused.extend(more);
+    for s in &mut downloads {
+        s.write_all(b"GET /bytes/1073741824 HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .expect("ask for 1 GiB");
+    }
+    assert_all_quota(&refused);
+    // Every buffer on the way fills and bob's flows stall.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let started = Instant::now();
+    let body = vec![0xa5u8; 4 << 20];
+    let echoed = tokio::time::timeout(
+        Duration::from_secs(30),
+        post_via(alice.http, app_port, &body),
+    )
+    .await
+    .expect("alice's 4 MiB upload within 30 s beside bob's stalled flows")
+    .unwrap_or_else(|e| {
+        let closed: Vec<_> = lifeboat::metrics::CLOSE_REASONS
+            .iter()
+            .map(|r| (r, t.edge.metrics.flows_closed.with_label_values(&[r]).get()))
+            .collect();
+        panic!("alice's upload: {e}; edge closed flows: {closed:?}")
+    });
+    assert!(echoed == body, "alice's upload echoed whole");
+    let up = started.elapsed();
+    let app = fetch_via(alice.http, app_port, "/bytes/4194304")
+        .await
+        .expect("alice's download beside bob's stalled flows");
+    let (_, body) = split_http(&app);
+    assert_eq!(body.len(), 4 << 20, "alice's download complete");
+    let (at_edge, at_connector) = (stalled(&t.edge.metrics), stalled(&t.connector));
+    println!(
+        "bob asked for {max} flows ({} refused), stalled both ways: alice's 4 MiB up in {up:?}, \
+         down in {:?}; stalled flows closed at the edge {at_edge}, at the connector {at_connector}",
+        refused.len(),
+        started.elapsed() - up
+    );
+    assert!(
+        at_connector > 0,
+        "bob's uploads were never seen stalled at the connector"
+    );
+    assert!(
+        at_edge > 0,
+        "bob's downloads were never seen stalled at the edge"
+    );
+    pushers.abort_all();
+    drop(downloads);
+}
+
+/// Bob holds `max_flows_per_tunnel` flows (the default, 1024) open and
+/// silent (nothing to send, so never stalled) to the app behind the only
+/// connector; alice's flow over the same connector tunnel is served at once.
+/// (Connector tunnels used to take as many flows as a client tunnel: alice
+/// waited for a stream and got `504 upstream-timeout`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_flows_per_tunnel_idle_flows_do_not_lock_out_another_user() {
+    let t = bob_and_alice_over_one_connector("").await;
+    let max = default_max_flows_per_tunnel();
+    let (idle, refused) = open_many(t.bob.http, t.sink_port, max).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(idle.len(), max);
+    alice_is_served(&t.rig, t.alice.http).await;
+    drop(idle);
+}
+
+/// With connector tunnels of 64 flows (`max_flows_per_connector_tunnel`),
+/// bob asking for 64 gets his share, 32, and is refused `429 quota` beyond
+/// it; alice is served over the same connector tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_gets_half_a_connector_tunnel_and_no_more() {
+    let limits = "max_flows_per_connector_tunnel = 64\n";
+    let t = bob_and_alice_over_one_connector(limits).await;
+    let (idle, refused) = open_many(t.bob.http, t.sink_port, 64).await;
+    assert_eq!(idle.len(), 32, "bob's share of the connector tunnel");
+    assert_eq!(refused.len(), 32);
+    assert_all_quota(&refused);
+    alice_is_served(&t.rig, t.alice.http).await;
+    drop(idle);
+}
+
+/// Bob and alice, each with a client (default transport) to one edge whose
+/// segments take any port of the DR names, over its one connector; both
+/// edge and connector with `limits` added. Alice's first flow is through.
+struct TwoUsers {
+    rig: Rig,
+    edge: RigEdge,
+    connector: std::sync::Arc<lifeboat::metrics::Metrics>,
+    bob: ClientHandle,
+    alice: ClientHandle,
+    /// A port that accepts and never reads ([`sink`]).
+    sink_port: u16,
+}
+
+async fn bob_and_alice_over_one_connector(limits: &str) -> TwoUsers {
+    let rig = Rig::new().await;
+    let (sink_port, held) = sink().await;
+    drop(held); // detached: the sink runs until the test ends
+    let edge = rig.start_edge(&any_port_edge(&rig, limits));
+    let quic = edge.quic.expect("quic");
+    let connector = rig.start_connector(0, quic, "auto", limits);
+    let bob = rig.start_client(&rig.user(BOB), quic, "auto", "").await;
+    let alice = rig.start_client(&rig.user(ALICE), quic, "auto", "").await;
+    first_flow_after(alice.http, rig.app.port(), Duration::from_secs(10)).await;
+    TwoUsers {
+        rig,
+        edge,
+        connector,
+        bob,
+        alice,
+        sink_port,
+    }
+}
+
+async fn alice_is_served(rig: &Rig, http: SocketAddr) {
+    let app = fetch_via(http, rig.app.port(), "/bytes/1000")
+        .await
+        .expect("alice served beside bob's flows");
+    assert!(
+        app.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&app)
+    );
+}
+
+fn default_max_flows_per_tunnel() -> usize {
+    let max = lifeboat::config::Limits::default().max_flows_per_tunnel;
+    usize::try_from(max).expect("fits")
+}
+
+/// Every answer is the edge's `429` with the word `quota`.
+fn assert_all_quota(refused: &[String]) {
+    for answer in refused {
+        assert!(
+            answer.starts_with("HTTP/1.1 429") && answer.contains("Lifeboat-Error: quota"),
+            "{answer}"
+        );
+    }
 }
 
 /// A TCP server that accepts and never reads (an app with a zero receive
@@ -263,11 +417,30 @@ async fn push_into(
     n: usize,
     for_: Duration,
 ) -> tokio::task::JoinSet<()> {
-    use tokio::io::AsyncWriteExt;
+    let (flows, refused) = open_many(http, port, n).await;
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    push(flows, for_)
+}
+
+/// Up to `n` flows through the client's HTTP listener to `port`: those
+/// opened, and the answers of those refused.
+async fn open_many(http: SocketAddr, port: u16, n: usize) -> (Vec<TcpStream>, Vec<String>) {
+    let (mut flows, mut refused) = (Vec::with_capacity(n), Vec::new());
+    for _ in 0..n {
+        match try_open_flow_to(http, port).await {
+            Ok(s) => flows.push(s),
+            Err(answer) => refused.push(answer),
+        }
+    }
+    (flows, refused)
+}
+
+/// Each flow pushes data until its writes block or the edge closes it, and
+/// stops by itself after `for_`.
+fn push(flows: Vec<TcpStream>, for_: Duration) -> tokio::task::JoinSet<()> {
     let deadline = Instant::now() + for_;
     let mut pushers = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let mut s = open_flow_to(http, port).await;
+    for mut s in flows {
         pushers.spawn(async move {
             let chunk = vec![0x5au8; 64 * 1024];
             while Instant::now() < deadline {
@@ -289,7 +462,6 @@ async fn push_into(
 /// `handshake_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_host_cannot_take_every_handshake_slot() {
-    use tokio::io::AsyncWriteExt;
     let rig = Rig::new().await;
     let edge = rig.start_edge(&rig.edge_toml(
         "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
@@ -331,55 +503,130 @@ async fn one_host_cannot_take_every_handshake_slot() {
     drop(stalled);
 }
 
+/// An edge (QUIC, DR on) with a connector, carol revoked and refused: the
+/// CRL from before her revocation, and carol's client.
+struct RevokedCarol {
+    rig: Rig,
+    edge: RigEdge,
+    client: ClientHandle,
+    crl_before: Vec<u8>,
+}
+
+async fn revoked_carol() -> RevokedCarol {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
+    let quic = edge.quic.expect("quic");
+    rig.start_connector(0, quic, "quic", "");
+    let crl_before = std::fs::read(rig.ca.crl()).expect("read CRL");
+    let carol = rig.user("carol");
+    rig.ca.revoke(&carol);
+    let client = rig.start_client(&carol, quic, "quic", "").await;
+    eventually("carol refused as revoked", Duration::from_secs(10), || {
+        handshakes_of(&edge.metrics, "client", "quic", "revoked") >= 1
+    })
+    .await;
+    RevokedCarol {
+        rig,
+        edge,
+        client,
+        crl_before,
+    }
+}
+
+impl RevokedCarol {
+    /// Carol is refused as revoked again, and holds no tunnel.
+    async fn still_refused(&self) {
+        let m = &self.edge.metrics;
+        let before = handshakes_of(m, "client", "quic", "revoked");
+        eventually(
+            "carol still refused as revoked",
+            Duration::from_secs(10),
+            || handshakes_of(m, "client", "quic", "revoked") > before,
+        )
+        .await;
+        assert_eq!(tunnels_of(&self.client.metrics, "edge", "quic"), 0);
+    }
+}
+
 /// An older CRL put back (a restored backup, a stale copy) would un-revoke
 /// certificates: the edge refuses it at the reload and the newer one stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_crl_is_refused_and_the_newer_one_stays() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
-    let quic = edge.quic.expect("quic");
-    let _conn = rig.start_connector(0, quic, "quic", "");
-    let old_crl = std::fs::read(rig.ca.crl()).expect("read CRL");
-    let carol = rig.user("carol");
-    rig.ca.revoke(&carol);
-    let m = std::sync::Arc::clone(&edge.metrics);
-    let client = rig.start_client(&carol, quic, "quic", "").await;
-    eventually("carol refused as revoked", Duration::from_secs(10), || {
-        handshakes_of(&m, "client", "quic", "revoked") >= 1
-    })
-    .await;
+    let t = revoked_carol().await;
     // The CRL from before carol's revocation, written back over the newer.
-    std::fs::write(rig.ca.crl(), &old_crl).expect("write the old CRL");
-    let err = edge
+    std::fs::write(t.rig.ca.crl(), &t.crl_before).expect("write the old CRL");
+    let err = t
+        .edge
         .state
         .trust
         .reload()
         .expect_err("an older CRL is refused");
     assert!(err.to_string().contains("older than"), "{err}");
     // Still revoked: the newer CRL stays in force.
-    let before = handshakes_of(&m, "client", "quic", "revoked");
+    t.still_refused().await;
+}
+
+/// A CRL without a CRL number cannot be ordered against the one in force
+/// (RFC 5280 requires the number): the CRL from before carol's revocation,
+/// re-signed by the real CA without it, is refused when it appears on disk
+/// (logged with the file and the reason, counted as a failed reload) and at
+/// SIGHUP; carol stays out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_without_a_crl_number_is_refused_and_revoked_users_stay_out() {
+    let t = revoked_carol().await;
+    let failed = || {
+        t.edge
+            .metrics
+            .config_reloads
+            .with_label_values(&["error"])
+            .get()
+    };
+    assert_eq!(failed(), 0);
+    std::fs::write(t.rig.ca.crl(), &t.crl_before).expect("write the old CRL");
+    lifeboat::pki::write_flawed_crl(&t.rig.ca.dir, lifeboat::trust::CrlFlaw::NoNumber)
+        .expect("a CRL without a number");
     eventually(
-        "carol still refused as revoked",
+        "the file watcher refuses it (counted)",
         Duration::from_secs(10),
-        || handshakes_of(&m, "client", "quic", "revoked") > before,
+        || failed() == 1,
     )
     .await;
-    assert_eq!(tunnels_of(&client.metrics, "edge", "quic"), 0);
+    let err = t
+        .edge
+        .state
+        .reload(&t.edge.config)
+        .expect_err("a reload refuses it");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("ca.crl: CRL refused: it has no CRL number extension"),
+        "{err}"
+    );
+    assert_eq!(failed(), 2);
+    t.still_refused().await;
 }
 
 /// `memory_budget` bounds what stalled flows hold across the edge: with
 /// 8 MiB and 1 MiB flow windows, at most 4 stalled flows stay open (each
-/// may hold two windows); the ones stalled longest are closed.
+/// may hold two windows); the ones stalled longest are closed. The flows
+/// download and their client never reads, so what they hold is held at the
+/// edge (an app that never reads is the connector's to close, which holds
+/// those bytes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_budget_bounds_the_flows_that_stall() {
     let rig = Rig::new().await;
-    let (sink_port, held) = sink().await;
     let edge = rig.start_edge(&any_port_edge(&rig, "memory_budget = 8388608\n"));
     let quic = edge.quic.expect("quic");
-    let _conn = rig.start_connector(0, quic, "quic", "");
-    let bob = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
-    first_flow_after(bob.http, rig.app.port(), Duration::from_secs(10)).await;
-    let mut pushers = push_into(bob.http, sink_port, 12, Duration::from_secs(20)).await;
+    let _conn = rig.start_connector(0, quic, "auto", "");
+    let bob = rig.start_client(&rig.user(BOB), quic, "auto", "").await;
+    let app_port = rig.app.port();
+    first_flow_after(bob.http, app_port, Duration::from_secs(10)).await;
+    let (mut downloads, refused) = open_many(bob.http, app_port, 12).await;
+    assert!(refused.is_empty(), "{refused:?}");
+    for s in &mut downloads {
+        s.write_all(b"GET /bytes/1073741824 HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .expect("ask for 1 GiB");
+    }
     let m = std::sync::Arc::clone(&edge.metrics);
     eventually(
         "stalled flows beyond the budget closed",
@@ -392,8 +639,7 @@ async fn memory_budget_bounds_the_flows_that_stall() {
         "{} flows still open at the edge",
         m.flows_active.get()
     );
-    pushers.abort_all();
-    held.abort();
+    drop(downloads);
 }
 
 /// A UDP socket that sends but never hears anything: a QUIC client over it
@@ -479,6 +725,7 @@ fn user_trust(rig: &Rig, user: &str) -> std::sync::Arc<lifeboat::trust::Trust> {
             cert: cert.cert,
             key: cert.key,
             crl: None,
+            key_exchange: Default::default(),
         },
         TD,
     )

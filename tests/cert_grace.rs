@@ -57,6 +57,7 @@ fn client_trust(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
             cert: cert.cert.clone(),
             key: cert.key.clone(),
             crl: None,
+            key_exchange: Default::default(),
         },
         TD,
     )

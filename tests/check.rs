@@ -639,7 +639,7 @@ fn files_that_stop_a_role_are_refused_by_check_and_by_the_role() {
     );
     // (what, config edit, file edit in the dir, key, message)
     type Edit = fn(&Path);
-    let cases: [(&str, String, Edit, &str, &str); 6] = [
+    let cases: [(&str, String, Edit, &str, &str); 7] = [
         (
             "missing certificate",
             base.replace("edge1.pem", "nope.pem"),
@@ -653,6 +653,13 @@ fn files_that_stop_a_role_are_refused_by_check_and_by_the_role() {
             |_| {},
             "tls.crl",
             "gone.crl: cannot read: No such file or directory",
+        ),
+        (
+            "CRL without a CRL number",
+            base.clone(),
+            |d| lifeboat::pki::write_flawed_crl(d, lifeboat::trust::CrlFlaw::NoNumber).unwrap(),
+            "tls.crl",
+            "ca.crl: CRL refused: it has no CRL number extension",
         ),
         (
             "missing CA",

@@ -6,13 +6,14 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("preamble", lifeboat::fuzzing::preamble),
     ("wire", lifeboat::fuzzing::wire),
     ("record", lifeboat::fuzzing::record),
     ("config", lifeboat::fuzzing::config),
     ("segments", lifeboat::fuzzing::segments),
     ("dr_machine", lifeboat::fuzzing::dr_machine),
+    ("limits", lifeboat::fuzzing::limits),
 ];
 
 #[test]
@@ -43,4 +44,21 @@ fn every_corpus_file_replays() {
         );
     }
     assert!(failed.is_empty(), "seeds that fail: {failed:#?}");
+}
+
+/// The `limits` target reaches past validation: its in-range seeds are
+/// accepted by both role configs, the absurd ones by neither.
+#[test]
+fn limits_seeds_reach_the_runtime_form() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/limits");
+    for (seed, roles) in [
+        ("typical", 2),
+        ("upper-bounds", 2),
+        ("absurd-durations", 0),
+        ("absurd-sizes", 0),
+        ("below-floor", 0),
+    ] {
+        let data = std::fs::read(root.join(seed)).unwrap();
+        assert_eq!(lifeboat::fuzzing::limits_accepted(&data), roles, "{seed}");
+    }
 }

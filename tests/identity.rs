@@ -112,6 +112,7 @@ fn trust_for(t: &Topology, cert: &CertFiles) -> Arc<Trust> {
             cert: cert.cert.clone(),
             key: cert.key.clone(),
             crl: None,
+            key_exchange: Default::default(),
         },
         TD,
     )

@@ -345,6 +345,7 @@ async fn http2_tunnel_is_dead_within_idle_timeout_of_the_last_frame() {
             cert: rig.edge_cert.cert.clone(),
             key: rig.edge_cert.key.clone(),
             crl: None,
+            key_exchange: Default::default(),
         },
         TD,
     )

@@ -376,28 +376,35 @@ async fn openssl_s_client_connect_by_hand() {
     assert_eq!(edge_tls_handshakes(&edge, "ok"), 4);
 }
 
-/// python3 with aioquic, or why not.
-fn aioquic_python() -> Result<(), String> {
+/// Whether python3 runs `check` (an import of a third-party client's
+/// library); if not, the test is skipped unless `require` is set to 1 in
+/// the environment, and then it fails.
+fn python_has(what: &str, check: &str, require: &str, install: &str) -> bool {
     let out = std::process::Command::new("python3")
-        .args(["-c", "import aioquic; print(aioquic.__version__)"])
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
-    if out.status.success() {
-        eprintln!("aioquic {}", String::from_utf8_lossy(&out.stdout).trim());
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+        .args(["-c", check])
+        .output();
+    let why = match out {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(e) => format!("python3: {e}"),
+    };
+    assert!(
+        std::env::var(require).as_deref() != Ok("1"),
+        "{require}=1 but python3 with {what} is missing: {why}"
+    );
+    eprintln!("SKIPPED: python3 with {what} is missing ({why}); `{install}`");
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aioquic_client_speaks_to_the_quic_edge() {
-    if let Err(why) = aioquic_python() {
-        assert!(
-            std::env::var("LIFEBOAT_REQUIRE_AIOQUIC").as_deref() != Ok("1"),
-            "LIFEBOAT_REQUIRE_AIOQUIC=1 but python3 with aioquic is missing: {why}"
-        );
-        eprintln!("SKIPPED: python3 with aioquic is missing ({why}); `pip install aioquic`");
+    let check = "import aioquic";
+    if !python_has(
+        "aioquic",
+        check,
+        "LIFEBOAT_REQUIRE_AIOQUIC",
+        "pip install aioquic",
+    ) {
         return;
     }
     let (rig, edge) = tls_edge("static:on").await;
@@ -456,6 +463,73 @@ async fn aioquic_client_speaks_to_the_quic_edge() {
     assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 1);
 }
 
+/// Runs tests/tlslite_client.py as alice against the edge's TLS listener.
+async fn tlslite_client(rig: &Rig, edge: &RigEdge, bytes: u64) -> (bool, String) {
+    let alice = rig.user(ALICE);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tlslite_client.py");
+    let tls = edge.tls.expect("tls");
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(["--host", "127.0.0.1", "--port", &tls.port().to_string()])
+        .arg("--cert")
+        .arg(&alice.cert)
+        .arg("--key")
+        .arg(&alice.key)
+        .args(["--dest", &format!("{DR_HOST}:{}", rig.app.port())])
+        .args(["--bytes", &bytes.to_string()])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("tlslite client done within 60 s")
+        .expect("run python3");
+    let text = format!(
+        "{}--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Post-quantum key agreement by default, proven with a third-party client
+/// that offers X25519MLKEM768 and nothing else: the default edge completes
+/// the handshake and carries the flow; an edge configured
+/// `key_exchange = "classical"` cannot, so the check is not vacuous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_party_client_negotiates_x25519mlkem768_with_the_default_edge() {
+    let check =
+        "from tlslite.utils.compat import ML_KEM_AVAILABLE as k; assert k, 'kyber-py missing'";
+    let install = "pip install tlslite-ng kyber-py";
+    if !python_has("tlslite-ng", check, "LIFEBOAT_REQUIRE_TLSLITE", install) {
+        return;
+    }
+    let (rig, edge) = tls_edge("static:on").await;
+    const N: u64 = 100_000;
+    let (ok, out) = tlslite_client(&rig, &edge, N).await;
+    let words: Vec<_> = lifeboat::trust::WORDS
+        .iter()
+        .map(|w| (w, edge_tls_handshakes(&edge, w)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(
+        ok,
+        "tlslite client failed against the default edge ({words:?}):\n{out}"
+    );
+    assert!(out.contains("handshake=ok group=x25519mlkem768"), "{out}");
+    assert!(out.contains("answer=HTTP/1.1 200"), "{out}");
+    assert!(out.contains(&format!("app_body={N} pattern=ok")), "{out}");
+    assert_eq!(edge_tls_handshakes(&edge, "ok"), 1);
+
+    // The same client against a classical edge: no group in common.
+    let toml = rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", "");
+    let classical = toml.replacen("\n[listen]", "key_exchange = \"classical\"\n\n[listen]", 1);
+    assert_ne!(classical, toml);
+    let edge = rig.start_edge(&classical);
+    let (ok, out) = tlslite_client(&rig, &edge, N).await;
+    assert!(!ok && out.contains("handshake=failed"), "{out}");
+    assert_eq!(edge_tls_handshakes(&edge, "ok"), 0);
+}
+
 /// Alice's (or anyone's) trust, as a lifeboat client would load it.
 fn trust_of(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
     Trust::load(
@@ -464,6 +538,7 @@ fn trust_of(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
             cert: cert.cert.clone(),
             key: cert.key.clone(),
             crl: None,
+            key_exchange: Default::default(),
         },
         TD,
     )

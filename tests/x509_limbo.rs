@@ -82,16 +82,6 @@ const NAME_ONLY: &[&str] = &[
 /// layer. None is in a class lifeboat must refuse (checked).
 const WEBPKI_ACCEPTS: &[(&str, &[&str])] = &[
     (
-        "CRL hygiene: webpki does not require CRLNumber nor refuse it critical, and \
-         tracks no key usage for a root that signs a CRL (lifeboat loads only CRLs \
-         signed by a pinned CA, its own operator's)",
-        &[
-            "crl::crlnumber-missing",
-            "crl::crlnumber-critical",
-            "crl::issuer-missing-crlsign",
-        ],
-    ),
-    (
         "max_chain_depth is a verifier option lifeboat does not have (webpki caps \
          sub-CAs at 6 itself; a lifeboat CA is pathlen 0)",
         &[
@@ -220,11 +210,23 @@ const REFUSED_VALID: &[(&str, &[&str])] = &[
 
 /// Cases plain webpki accepts and the chain layer refuses (lifeboat is
 /// stricter there, and limbo agrees with lifeboat).
-const STRICTER_THAN_WEBPKI: &[(&str, &[&str])] = &[(
-    "a pinned root outside its validity period vouches for nothing (webpki \
-     ignores a trust anchor's dates)",
-    &["rfc5280::validity::expired-root"],
-)];
+const STRICTER_THAN_WEBPKI: &[(&str, &[&str])] = &[
+    (
+        "a pinned root outside its validity period vouches for nothing (webpki \
+         ignores a trust anchor's dates)",
+        &["rfc5280::validity::expired-root"],
+    ),
+    (
+        "CRL hygiene (webpki checks none of it): a CRL without a CRL number, or \
+         with a critical one, or signed by a CA whose key usage lacks cRLSign is \
+         refused at load (a config error at start, a refused reload later)",
+        &[
+            "crl::crlnumber-missing",
+            "crl::crlnumber-critical",
+            "crl::issuer-missing-crlsign",
+        ],
+    ),
+];
 
 #[derive(Deserialize)]
 struct Limbo {
@@ -468,6 +470,7 @@ impl Own {
             cert: self.cert.clone(),
             key: self.key.clone(),
             crl,
+            key_exchange: Default::default(),
         };
         Trust::load(files, TD).map_err(|e| format!("load {e}"))
     }

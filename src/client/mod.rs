@@ -146,10 +146,8 @@ impl Client {
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         // Certificates, CA and CRL are re-read when they change on disk.
-        let m = Arc::clone(&self.state.metrics);
-        crate::trust::watch::spawn(Arc::clone(&self.state.trust), drain.clone(), move |t| {
-            m.observe_trust(t)
-        });
+        let (trust, m) = (&self.state.trust, &self.state.metrics);
+        crate::trust::watch::spawn(Arc::clone(trust), drain.clone(), Arc::clone(m), |_| {});
         for (kind, listener) in self.listeners {
             let state = Arc::clone(&self.state);
             let t = tracker.clone();
@@ -180,23 +178,16 @@ async fn accept_loop(
     tracker: TaskTracker,
     drain: CancellationToken,
 ) {
+    let mut errors = crate::accept::AcceptErrors::new(kind.as_str());
     loop {
         // Take a flow permit before accepting: over the bound, connections wait in the backlog.
         let permit = tokio::select! {
             p = Arc::clone(&state.flows).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = drain.cancelled() => return,
         };
-        let (sock, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: survive, back off a little.
-                    warn!("accept on {} listener: {e}", kind.as_str());
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = drain.cancelled() => return,
+        // EMFILE and friends: survived, refused, backed off (accept.rs).
+        let Some((sock, peer)) = errors.accept(&listener, &drain, drop).await else {
+            return;
         };
         let state = Arc::clone(&state);
         let kind = kind.clone();
@@ -297,7 +288,7 @@ pub(crate) async fn carry(
         m.flows_active.dec();
         return;
     }
-    let outcome = splice::splice_counted(&mut local, &mut edge, m, &state.abort).await;
+    let outcome = splice::splice_counted(&mut local, &mut edge, m, &state.abort, None).await;
     let reason = outcome.end.reason();
     m.flows_active.dec();
     debug!(

@@ -163,6 +163,7 @@ fn trust_error_key(e: &TrustError, paths: &[(&'static str, &PathBuf)]) -> &'stat
         | TrustError::NoCrl { path }
         | TrustError::BadCrl { path, .. }
         | TrustError::ForeignCrl { path }
+        | TrustError::UnsoundCrl { path, .. }
         | TrustError::CrlRolledBack { path, .. }
         | TrustError::NotTrusted { path, .. }
         | TrustError::Identity { path, .. } => path,

@@ -21,8 +21,15 @@ pub struct Limits {
     /// Flows one client identity may have at an edge at once (QUIC streams
     /// and TLS flow connections). Default 4096.
     pub max_flows_per_identity: usize,
-    /// Concurrent flows on one tunnel (QUIC stream credit). Default 1024.
+    /// Concurrent flows on one client tunnel (QUIC stream credit). Default 1024.
     pub max_flows_per_tunnel: u32,
+    /// Concurrent flows on one connector tunnel: the stream credit a
+    /// connector gives its edge, and what the edge counts on. Set the same
+    /// on edges and connectors. One client identity may hold at most half of
+    /// a connector tunnel's flows, so one user cannot take a connector from
+    /// the others; larger than `max_flows_per_tunnel`, so one client tunnel
+    /// alone never fills it. Default 4096.
+    pub max_flows_per_connector_tunnel: u32,
     /// Handshakes in progress on an edge; the excess is shed before any crypto. Default 256.
     pub max_handshakes_inflight: usize,
     /// Largest CONNECT preamble. Default 8192.
@@ -75,6 +82,7 @@ impl Default for Limits {
             max_tunnels_per_identity: 8,
             max_flows_per_identity: 4096,
             max_flows_per_tunnel: 1024,
+            max_flows_per_connector_tunnel: 4096,
             max_handshakes_inflight: 256,
             preamble_bytes: 8 * 1024,
             preamble_timeout: Duration::from_secs(10),
@@ -131,7 +139,7 @@ impl Limits {
     }
 
     /// Every count and size key with its range, as (key, value, least, most).
-    fn sizes(&self) -> [(&'static str, u64, u64, u64); 9] {
+    fn sizes(&self) -> [(&'static str, u64, u64, u64); 10] {
         [
             (
                 "memory_budget",
@@ -158,6 +166,12 @@ impl Limits {
                 self.max_flows_per_tunnel.into(),
                 1,
                 100_000,
+            ),
+            (
+                "max_flows_per_connector_tunnel",
+                self.max_flows_per_connector_tunnel.into(),
+                1,
+                1_000_000,
             ),
             (
                 "max_handshakes_inflight",

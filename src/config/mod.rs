@@ -27,7 +27,7 @@ pub use validate::compile_segments;
 pub use warnings::{dr_connector_groups, edge_warnings, ConfigWarning, WarningKind};
 
 use crate::dr::Trigger;
-use crate::trust::TlsFiles;
+use crate::trust::{KeyExchange, TlsFiles};
 
 /// A configuration error: which file, which key, which line, and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +96,8 @@ pub struct TlsSection {
     pub key: PathBuf,
     #[serde(default)]
     pub crl: Option<PathBuf>,
+    #[serde(default)]
+    pub key_exchange: KeyExchange,
 }
 
 impl TlsSection {
@@ -105,6 +107,7 @@ impl TlsSection {
             cert: self.cert.clone(),
             key: self.key.clone(),
             crl: self.crl.clone(),
+            key_exchange: self.key_exchange,
         }
     }
 

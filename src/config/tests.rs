@@ -120,6 +120,13 @@ const RANGES: &[(&str, &str, &str, &str, &[&str])] = &[
     ),
     (
         "limits",
+        "max_flows_per_connector_tunnel",
+        "1",
+        "1000000",
+        &["0", "1000001"],
+    ),
+    (
+        "limits",
         "max_handshakes_inflight",
         "1",
         "100000",

@@ -15,10 +15,13 @@ use super::ConnectorState;
 use crate::metrics::{LogGate, NO_SEGMENT};
 use crate::preamble::Host;
 use crate::splice::{self, RecvHalf, SendHalf, Side};
+use crate::stall::{FlowStalls, Stalls};
 use crate::transport::stream_code;
 use crate::wire::{self, FailKind, FlowHeader, FlowReply};
 
-pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side) {
+/// Serve one flow the edge opened on a tunnel whose stalled flows are
+/// `stalls`.
+pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side, stalls: Arc<Stalls>) {
     let m = &state.metrics;
     let started = Instant::now();
     let header = match tokio::time::timeout(
@@ -78,7 +81,12 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side) {
         m.flows_active.dec();
         return;
     }
-    let outcome = splice::splice_counted(&mut edge, &mut app, m, &state.abort).await;
+    // An app that stops reading holds the tunnel's window with this flow's
+    // unread bytes: a flow stalled here counts on its tunnel, and the user
+    // with the most stalled flows loses his longest stalled one when the
+    // window would be spent (`crate::stall`), as at the edge.
+    let stalls = FlowStalls::new(header.client.as_str().into(), [Some(stalls), None, None]);
+    let outcome = splice::splice_counted(&mut edge, &mut app, m, &state.abort, Some(&stalls)).await;
     let reason = outcome.end.reason();
     m.flows_active.dec();
     if state.access_log {
@@ -167,6 +175,16 @@ async fn connect(state: &ConnectorState, h: &FlowHeader) -> Result<TcpStream, (F
     for a in &addrs {
         match TcpStream::connect(a).await {
             Ok(s) => return Ok(s),
+            // Our fault, not the app's, and the same for every address.
+            Err(e) if crate::accept::out_of_descriptors(&e) => {
+                return Err((
+                    FailKind::Other,
+                    format!(
+                        "the connector is out of file descriptors ({e}); {} was not tried (raise its LimitNOFILE= or `ulimit -n`)",
+                        h.dest
+                    ),
+                ));
+            }
             Err(e) => last = Some(e),
         }
     }

@@ -20,6 +20,7 @@ use crate::backoff::Backoff;
 use crate::config::{ConnectorConfig, DnsSection, Limits, TransportChoice};
 use crate::metrics::Metrics;
 use crate::splice::{RecvHalf, SendHalf, Side};
+use crate::stall::Stalls;
 use crate::transport::dial::{Dialed, Dialer, HEAD_START};
 use crate::transport::keeper::{self, Ended, Keeper, TunnelRole};
 use crate::transport::resolve::EdgeWatch;
@@ -72,7 +73,7 @@ impl Connector {
             &trust,
             ALPN_CONNECTOR,
             &cfg.limits,
-            cfg.limits.max_flows_per_tunnel,
+            cfg.limits.max_flows_per_connector_tunnel,
         )?;
         let hosts = cfg
             .dns
@@ -115,10 +116,8 @@ impl Connector {
     pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         // Certificates, CA and CRL are re-read when they change on disk.
-        let m = Arc::clone(&self.state.metrics);
-        crate::trust::watch::spawn(Arc::clone(&self.state.trust), drain.clone(), move |t| {
-            m.observe_trust(t)
-        });
+        let (trust, m) = (&self.state.trust, &self.state.metrics);
+        crate::trust::watch::spawn(Arc::clone(trust), drain.clone(), Arc::clone(m), |_| {});
         let ipv6 = self.dialer.choice == TransportChoice::Tls
             || self.dialer.quic.local_addr().is_ok_and(|a| a.is_ipv6());
         let edges = EdgeWatch::start(&self.edges, &self.dns, ipv6);
@@ -251,6 +250,15 @@ impl TunnelRole for ConnectorRole {
     }
 }
 
+/// The stalled flows of one tunnel to an edge, bounded as the edge bounds
+/// its own (`crate::stall`).
+fn tunnel_stalls(limits: &Limits) -> Arc<Stalls> {
+    Arc::new(Stalls::new(
+        limits.effective_tunnel_window(),
+        limits.flow_window,
+    ))
+}
+
 /// Serve flows on a TLS tunnel until it ends or `stop` (then gracefully).
 async fn serve_tls(
     state: Arc<ConnectorState>,
@@ -260,8 +268,10 @@ async fn serve_tls(
 ) -> Ended {
     let limits = state.limits.clone();
     let st = Arc::clone(&state);
+    let stalls = tunnel_stalls(&limits);
     mux::connector_side(stream, &limits, stop, move |side| {
-        tracker.spawn(flow::serve(Arc::clone(&st), side).instrument(tracing::debug_span!("flow")));
+        let flow = flow::serve(Arc::clone(&st), side, Arc::clone(&stalls));
+        tracker.spawn(flow.instrument(tracing::debug_span!("flow")));
     })
     .await
 }
@@ -278,12 +288,14 @@ async fn serve_quic(
     stop: &CancellationToken,
 ) -> Ended {
     let flows = TaskTracker::new();
+    let stalls = tunnel_stalls(&state.limits);
     loop {
         tokio::select! {
             r = conn.accept_bi() => match r {
                 Ok((send, recv)) => {
                     let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
-                    let flow = flow::serve(Arc::clone(state), side).instrument(tracing::debug_span!("flow"));
+                    let flow = flow::serve(Arc::clone(state), side, Arc::clone(&stalls))
+                        .instrument(tracing::debug_span!("flow"));
                     tracker.spawn(flows.track_future(flow));
                 }
                 Err(e) => return keeper::quic_ended(&e),

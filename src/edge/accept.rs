@@ -572,17 +572,22 @@ pub(super) async fn tls_loop(
     tracker: TaskTracker,
     drain: CancellationToken,
 ) {
+    let mut errors = crate::accept::AcceptErrors::new("tls");
+    // Out of descriptors: each connection refused (or the attempt) counts.
+    let fd_limit = state
+        .metrics
+        .handshakes
+        .with_label_values(&["client", "tls", "fd-limit"]);
     loop {
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!("tls accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+        let Some((tcp, remote)) = errors
+            .accept(&listener, &drain, |failed| {
+                if let crate::accept::Failed::OutOfDescriptors { refused } = failed {
+                    fd_limit.inc_by(refused.max(1).into());
                 }
-            },
-            _ = drain.cancelled() => return,
+            })
+            .await
+        else {
+            return;
         };
         let hello = gates.hellos.admit();
         let span = tracing::info_span!("tunnel", transport = "tls", %remote);

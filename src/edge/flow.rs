@@ -10,8 +10,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Span};
 
-use super::quota::QuotaGuard;
-use super::registry::{ActiveGuard, ConnectorTunnel, Link};
+use super::quota::{Kind, QuotaGuard};
+use super::registry::{share_of, ActiveGuard, ConnectorTunnel, Link};
 use super::EdgeState;
 use crate::preamble::{self, ConnectRequest};
 use crate::refusal::Refusal;
@@ -39,7 +39,7 @@ pub(super) async fn serve(
     peer: Arc<SpiffeId>,
     id: u64,
     mut client: Side,
-    _slot: (OwnedSemaphorePermit, QuotaGuard),
+    slot: (OwnedSemaphorePermit, QuotaGuard),
     from: FromTunnel,
 ) {
     let FromTunnel {
@@ -129,23 +129,36 @@ pub(super) async fn serve(
     let mut tried: Vec<u64> = Vec::with_capacity(2);
     let mut last = Refusal::NoConnector;
     let mut upstream = None;
+    let capacity = limits.max_flows_per_connector_tunnel;
+    let client_id = slot.1.id();
     while tried.len() < 2 {
-        let Some(tunnel) = state.registry.pick(&segment.connector_groups, &tried) else {
+        let Some(tunnel) = state
+            .registry
+            .pick(&segment.connector_groups, &tried, capacity)
+        else {
             break;
         };
         tried.push(tunnel.id);
+        let Some(share) = tunnel
+            .shares
+            .take(client_id, Kind::Flow, share_of(capacity))
+        else {
+            debug!(connector = %tunnel.peer, "client holds its share of the connector's flows");
+            last = Refusal::Quota;
+            continue;
+        };
         // Counted from the pick, so concurrent flows spread over connectors
         // before any of them answered.
         let guard = ActiveGuard::new(Arc::clone(&tunnel));
         let another = || {
             state
                 .registry
-                .pick(&segment.connector_groups, &tried)
+                .pick(&segment.connector_groups, &tried, capacity)
                 .is_some()
         };
         match open_upstream(&tunnel, &header, reply_timeout, another).await {
             Ok(sides) => {
-                upstream = Some((sides, guard, tunnel));
+                upstream = Some((sides, (guard, share), tunnel));
                 break;
             }
             Err(r) => {
@@ -184,11 +197,14 @@ pub(super) async fn serve(
 
     // A stalled flow counts on both tunnels it crosses, and against the
     // edge's `memory_budget`.
-    let stalls = FlowStalls::new([
-        client_stalls,
-        Some(Arc::clone(&tunnel.stalls)),
-        Some(Arc::clone(&state.stalls)),
-    ]);
+    let stalls = FlowStalls::new(
+        Arc::clone(client_id),
+        [
+            client_stalls,
+            Some(Arc::clone(&tunnel.stalls)),
+            Some(Arc::clone(&state.stalls)),
+        ],
+    );
     let stalled = stalls.stop.clone();
     let mut mode_rx = state.mode.clone();
     let abort = state.abort.clone();

@@ -284,8 +284,8 @@ impl Edge {
         let mut loops = tokio::task::JoinSet::new();
         // Certificates, CA and CRL are re-read when they change on disk.
         let st = Arc::clone(&self.state);
-        crate::trust::watch::spawn(Arc::clone(&self.state.trust), drain.clone(), move |t| {
-            st.metrics.observe_trust(t);
+        let m = Arc::clone(&self.state.metrics);
+        crate::trust::watch::spawn(Arc::clone(&self.state.trust), drain.clone(), m, move |_| {
             st.trust_changed.send_replace(());
         });
         if let Some(grace) = self.cert_grace {
@@ -448,6 +448,7 @@ async fn connector_tunnel(
                 l.flow_window,
             ))
         },
+        shares: Default::default(),
     });
     let m = &state.metrics;
     let tunnels = m

@@ -58,8 +58,16 @@ impl Quotas {
     }
 
     /// Identities holding anything (for tests and debugging).
+    /// (Also used per connector tunnel: a client identity's share of it.)
     pub fn identities(&self) -> usize {
         self.held.len()
+    }
+}
+
+impl QuotaGuard {
+    /// The identity this unit is counted for.
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
     }
 }
 

@@ -73,6 +73,17 @@ pub struct ConnectorTunnel {
     pub suspect_until: AtomicU64,
     /// Its flows whose readers stopped reading (`crate::stall`).
     pub stalls: Arc<crate::stall::Stalls>,
+    /// Its flows by client identity: one identity may hold at most half of
+    /// the tunnel's streams ([`share_of`]), so one user cannot take a
+    /// connector from everyone else.
+    pub shares: Arc<super::quota::Quotas>,
+}
+
+/// How many flows one client identity may hold on one connector tunnel
+/// that carries at most `capacity` (`[limits]
+/// max_flows_per_connector_tunnel`).
+pub fn share_of(capacity: u32) -> usize {
+    usize::try_from(capacity / 2).unwrap_or(usize::MAX).max(1)
 }
 
 /// How long a connector that did not acknowledge a flow ranks last.
@@ -147,8 +158,16 @@ impl Registry {
         self.groups.get(group).map_or(0, |v| v.len())
     }
 
-    /// The least loaded live connector of any of `groups`, skipping `exclude`.
-    pub fn pick(&self, groups: &[String], exclude: &[u64]) -> Option<Arc<ConnectorTunnel>> {
+    /// The least loaded live connector of any of `groups` with fewer than
+    /// `capacity` flows (a full one would keep the flow waiting for a
+    /// stream), skipping `exclude`.
+    pub fn pick(
+        &self,
+        groups: &[String],
+        exclude: &[u64],
+        capacity: u32,
+    ) -> Option<Arc<ConnectorTunnel>> {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         let mut best: Option<(usize, &Arc<ConnectorTunnel>)> = None;
         let mut refs = Vec::with_capacity(groups.len());
         for g in groups {
@@ -158,13 +177,14 @@ impl Registry {
         }
         for v in &refs {
             for t in v.iter() {
-                if exclude.contains(&t.id) || t.link.is_closed() {
+                let active = t.active.load(Ordering::Relaxed);
+                if exclude.contains(&t.id) || active >= capacity || t.link.is_closed() {
                     continue;
                 }
                 // A tunnel that just failed to answer ranks after every
                 // answering one, whatever its load (used only if alone).
                 let penalty = if t.is_suspect() { usize::MAX / 2 } else { 0 };
-                let load = t.active.load(Ordering::Relaxed).saturating_add(penalty);
+                let load = active.saturating_add(penalty);
                 if best.is_none_or(|(l, _)| load < l) {
                     best = Some((load, t));
                 }

@@ -172,3 +172,28 @@ fn revoke_refuses_foreign_certificates() {
     );
     assert!(msg.contains("CA certificate"), "{msg}");
 }
+
+#[test]
+fn revoke_refuses_a_ca_that_may_not_sign_crls() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), "lifeboat.test", 10).unwrap();
+    let (alice, _) = issue(&IssueOptions::new(dir.path(), Role::Client, "alice")).unwrap();
+    // A CA of the same key and trust domain without cRLSign, as an
+    // operator's own CA might be.
+    let key = KeyPair::from_pem(&fs::read_to_string(dir.path().join("ca.key")).unwrap()).unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(
+        Ia5String::try_from("spiffe://lifeboat.test").unwrap(),
+    )];
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let cert = params.self_signed(&key).unwrap();
+    fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+    let crl_before = fs::read(dir.path().join("ca.crl")).unwrap();
+    let msg = format!("{:#}", revoke(dir.path(), &alice).unwrap_err());
+    assert!(
+        msg.contains("ca.pem: the CA's key usage lacks cRLSign"),
+        "{msg}"
+    );
+    assert_eq!(fs::read(dir.path().join("ca.crl")).unwrap(), crl_before);
+}

@@ -144,7 +144,7 @@ where
         .initial_window_size(limits.flow_window)
         .initial_connection_window_size(h2_window(limits))
         .max_frame_size(MAX_FRAME)
-        .max_concurrent_streams(limits.max_flows_per_tunnel)
+        .max_concurrent_streams(limits.max_flows_per_connector_tunnel)
         .handshake::<_, Bytes>(io)
         .await
     {

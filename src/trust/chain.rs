@@ -162,7 +162,8 @@ pub enum ChainError {
 ///
 /// `trusted` is loaded as `Trust::load` loads `[tls] ca` (every certificate
 /// must be a usable trust anchor), `crls` as it loads `[tls] crl` (each must
-/// be issued and signed by a pinned root; none means no CRL configured), and
+/// be issued and signed by a pinned root that may sign CRLs, and carry a
+/// non-critical CRL number; none means no CRL configured), and
 /// the peer is checked as every handshake checks it (the same webpki call,
 /// algorithms, revocation policy and root validity check). Like the verifiers, no host name
 /// is checked. Not for production use: it exists so the test runs exactly
@@ -176,20 +177,14 @@ pub fn check_chain_for_test(
     now: UnixTime,
     usage: webpki::KeyUsage,
 ) -> Result<(), ChainError> {
-    let provider = super::provider();
+    let provider = super::provider(super::KeyExchange::default());
     let anchors =
         super::state::anchors(trusted, Path::new("<trusted>")).map_err(ChainError::Load)?;
     let (crls, _, _) = if crls.is_empty() {
         (Vec::new(), None, Vec::new())
     } else {
-        super::crl::parse(
-            crls,
-            Path::new("<crls>"),
-            &anchors.roots,
-            &anchors.subjects,
-            &provider,
-        )
-        .map_err(ChainError::Load)?
+        super::crl::parse(crls, Path::new("<crls>"), &anchors, &provider)
+            .map_err(ChainError::Load)?
     };
     let cert = EndEntityCert::try_from(end_entity).map_err(ChainError::Verify)?;
     let pinned = Pinned {

@@ -7,6 +7,11 @@
 //! every handshake failing, or as revocation silently not working. Checking
 //! at load turns both into a reload error naming the file, and the previous
 //! state stays in force.
+//!
+//! The same goes for CRL hygiene (RFC 5280 5.2.3, 4.2.1.3): a CRL must carry
+//! a (non-critical) CRL number, which is what lets a reload refuse an older
+//! CRL, and the CA that signed it must be allowed to sign CRLs (cRLSign, when
+//! its certificate has a key usage extension at all). webpki checks neither.
 
 use std::path::Path;
 
@@ -15,22 +20,19 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateRevocationListDer, TrustAnchor};
 use webpki::{CertRevocationList, OwnedCertRevocationList};
 
-use super::state::{is_pem, read};
-use super::TrustError;
+use super::state::{is_pem, read, Anchors};
+use super::{CrlFlaw, TrustError};
 
 /// The CRLs in `path` (PEM blocks, or one DER CRL), and the earliest
 /// nextUpdate among them (unix seconds).
 pub(crate) fn load(
     path: &Path,
-    roots: &[TrustAnchor<'_>],
-    ca_subjects: &[Vec<u8>],
+    anchors: &Anchors,
     provider: &CryptoProvider,
 ) -> Result<Loaded, TrustError> {
-    parse(&read_crls(path)?, path, roots, ca_subjects, provider)
+    parse(&read_crls(path)?, path, anchors, provider)
 }
 
-/// The CRLs read from `path` (named in errors), each checked to be issued
-/// and signed by one of `roots` (whose raw subjects are `ca_subjects`).
 /// The CRLs, the earliest nextUpdate, and each CRL's (issuer, number).
 pub(crate) type Loaded = (
     Vec<CertRevocationList<'static>>,
@@ -52,16 +54,22 @@ pub(crate) fn rolled_back(
     })
 }
 
+/// The CRLs read from `path` (named in errors), each checked to be issued
+/// and signed by one of the pinned `anchors`, to carry a non-critical CRL
+/// number, and to be signed by a CA that may sign CRLs.
 pub(crate) fn parse(
     ders: &[CertificateRevocationListDer<'_>],
     path: &Path,
-    roots: &[TrustAnchor<'_>],
-    ca_subjects: &[Vec<u8>],
+    anchors: &Anchors,
     provider: &CryptoProvider,
 ) -> Result<Loaded, TrustError> {
     let bad = |source| TrustError::BadCrl {
         path: path.to_owned(),
         source,
+    };
+    let flawed = |flaw| TrustError::UnsoundCrl {
+        path: path.to_owned(),
+        flaw,
     };
     let mut crls = Vec::new();
     let mut next_update: Option<i64> = None;
@@ -71,18 +79,32 @@ pub(crate) fn parse(
         let (_, parsed) =
             x509_parser::parse_x509_crl(der).map_err(|_| bad(webpki::Error::BadDer))?;
         let issuer = parsed.issuer().as_raw();
-        let signed = ca_subjects
+        // Whether each pinned CA that signed it may sign CRLs.
+        let signers: Vec<bool> = anchors
+            .subjects
             .iter()
-            .zip(roots)
-            .filter(|(subject, _)| subject.as_slice() == issuer)
-            .any(|(_, anchor)| signed_by(der, anchor, provider));
-        if !signed {
+            .zip(&anchors.roots)
+            .zip(&anchors.crl_sign)
+            .filter(|((subject, _), _)| subject.as_slice() == issuer)
+            .filter(|((_, anchor), _)| signed_by(der, anchor, provider))
+            .map(|(_, may_sign)| *may_sign)
+            .collect();
+        if signers.is_empty() {
             return Err(TrustError::ForeignCrl {
                 path: path.to_owned(),
             });
         }
-        if let Some(n) = parsed.crl_number() {
-            numbers.push((issuer.to_vec(), n.to_bytes_be()));
+        if !signers.contains(&true) {
+            return Err(flawed(CrlFlaw::IssuerWithoutCrlSign));
+        }
+        let number = parsed
+            .extensions()
+            .iter()
+            .find(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_CRL_NUMBER);
+        match (number, parsed.crl_number()) {
+            (Some(ext), Some(_)) if ext.critical => return Err(flawed(CrlFlaw::CriticalNumber)),
+            (Some(_), Some(n)) => numbers.push((issuer.to_vec(), n.to_bytes_be())),
+            _ => return Err(flawed(CrlFlaw::NoNumber)),
         }
         if let Some(next) = parsed.next_update() {
             let next = next.timestamp();
@@ -158,7 +180,7 @@ fn expect(tag: u8, input: &[u8]) -> Option<(&[u8], &[u8])> {
 
 /// Total length (header + contents) of the DER element at the start of
 /// `input` if its tag is `tag`, and what follows it.
-pub(super) fn tlv_len(tag: u8, input: &[u8]) -> Option<(usize, &[u8])> {
+pub(crate) fn tlv_len(tag: u8, input: &[u8]) -> Option<(usize, &[u8])> {
     if *input.first()? != tag {
         return None;
     }

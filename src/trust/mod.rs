@@ -15,7 +15,7 @@
 
 mod chain;
 mod classify;
-mod crl;
+pub(crate) mod crl;
 mod grace;
 mod spiffe;
 mod state;
@@ -40,10 +40,12 @@ pub use classify::{classify, classify_io, classify_quic, WORDS};
 pub(crate) use spiffe::valid_segment;
 pub use spiffe::{check_trust_domain, spiffe_id_of, IdentityError, Role, SpiffeId};
 
+pub(crate) use state::may_sign_crls;
 use state::{Stamp, State};
 use verify::{ClientVerifier, EpochSessions, EpochTickets, LocalCert, ServerVerifier};
 
-/// The files a [`Trust`] is loaded from (and re-read on reload).
+/// What a [`Trust`] is loaded from: the files (re-read on reload) and the
+/// key-exchange policy of every handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// PEM file of the pinned CA certificate(s); the only trust anchors.
@@ -54,6 +56,34 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// Optional CRL file: PEM (one or more `X509 CRL` blocks) or one DER CRL.
     pub crl: Option<PathBuf>,
+    /// `[tls] key_exchange`.
+    pub key_exchange: KeyExchange,
+}
+
+/// `[tls] key_exchange`: the key agreement offered and preferred on every
+/// leg (QUIC and TLS, as client and as server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyExchange {
+    /// X25519MLKEM768 (hybrid ML-KEM, draft-ietf-tls-ecdhe-mlkem) first, as
+    /// cloudflared, browsers, Go and OpenSSL 3.5 negotiate by default;
+    /// X25519 for peers without it. A client sends both key shares in one
+    /// ClientHello, so a classical server costs no extra round trip.
+    #[default]
+    Hybrid,
+    /// X25519 (then P-256, P-384) only: for a middlebox that drops a
+    /// ClientHello larger than one packet, and for side-by-side measurement.
+    Classical,
+}
+
+impl KeyExchange {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hybrid => "hybrid",
+            Self::Classical => "classical",
+        }
+    }
 }
 
 /// A trust file that could not be used. Every variant names the file.
@@ -90,6 +120,8 @@ pub enum TrustError {
     },
     #[error("{}: CRL is not issued by a pinned CA", path.display())]
     ForeignCrl { path: PathBuf },
+    #[error("{}: CRL refused: {flaw}; the CRL in force stays", path.display())]
+    UnsoundCrl { path: PathBuf, flaw: CrlFlaw },
     #[error("{}: CRL number {new} is older than the {old} in force (a CRL from before a revocation?); the newer one stays", path.display())]
     CrlRolledBack {
         path: PathBuf,
@@ -110,6 +142,21 @@ pub enum TrustError {
     TrustDomain(IdentityError),
     #[error(transparent)]
     Tls(#[from] rustls::Error),
+}
+
+/// Why a CRL signed by a pinned CA is still refused (RFC 5280 CRL hygiene).
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrlFlaw {
+    /// No CRL number (RFC 5280 5.2.3: MUST be present): without it an older
+    /// CRL could not be told from a newer one.
+    #[error("it has no CRL number extension (RFC 5280 5.2.3 requires one; `lifeboat pki revoke` writes it)")]
+    NoNumber,
+    /// A CRL number marked critical (RFC 5280 5.2.3: MUST be non-critical).
+    #[error("its CRL number extension is marked critical (RFC 5280 5.2.3: it must not be)")]
+    CriticalNumber,
+    /// Signed by a CA whose key usage omits cRLSign (RFC 5280 4.2.1.3).
+    #[error("the CA that signed it has a key usage without cRLSign (RFC 5280 4.2.1.3), so it may not sign CRLs")]
+    IssuerWithoutCrlSign,
 }
 
 /// Pinned-CA trust + our own certificate, shared by every TLS/QUIC config
@@ -145,7 +192,7 @@ impl Trust {
     /// the CA and names a SPIFFE id in `trust_domain`.
     pub fn load(files: TlsFiles, trust_domain: &str) -> Result<Arc<Self>, TrustError> {
         check_trust_domain(trust_domain).map_err(TrustError::TrustDomain)?;
-        let provider = Arc::new(provider());
+        let provider = Arc::new(provider(files.key_exchange));
         let state = state::load(&files, trust_domain, &provider, 0)?;
         warn_expired_crl(&files, &state);
         Ok(Arc::new(Self {
@@ -367,11 +414,17 @@ fn warn_expired_crl(files: &TlsFiles, state: &State) {
     }
 }
 
-/// The ring provider with AES-128-GCM first: as strong as a deployment of
-/// pinned P-256 keys needs, and the fastest suite on AES-NI machines (the
-/// bulk path encrypts every byte twice).
-fn provider() -> CryptoProvider {
+/// The ring provider with AES-128-GCM first (as strong as a deployment of
+/// pinned P-256 keys needs, and the fastest suite on AES-NI machines: the
+/// bulk path encrypts every byte twice) and, for [`KeyExchange::Hybrid`],
+/// aws-lc-rs's X25519MLKEM768 ahead of ring's classical groups (ring has no
+/// ML-KEM).
+fn provider(kx: KeyExchange) -> CryptoProvider {
     let mut p = rustls::crypto::ring::default_provider();
+    if kx == KeyExchange::Hybrid {
+        p.kx_groups
+            .insert(0, rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768);
+    }
     let rank = |s: &rustls::SupportedCipherSuite| match s.suite() {
         rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
         rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,

@@ -115,6 +115,14 @@ fn raw_subject(cert: &[u8]) -> Option<Vec<u8>> {
     Some(x509.subject().as_raw().to_vec())
 }
 
+/// Whether `cert` may sign CRLs: no key usage extension, or one with
+/// cRLSign. `None` if it does not parse.
+pub(crate) fn may_sign_crls(cert: &[u8]) -> Option<bool> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let ku = x509.key_usage().ok()?;
+    Some(ku.is_none_or(|ku| ku.value.crl_sign()))
+}
+
 /// The pinned CA certificates as trust anchors.
 pub(crate) struct Anchors {
     pub(crate) roots: Vec<TrustAnchor<'static>>,
@@ -122,6 +130,9 @@ pub(crate) struct Anchors {
     pub(crate) subjects: Vec<Vec<u8>>,
     /// Validity of each root, in the same order.
     pub(crate) validity: Vec<Validity>,
+    /// Whether each root may sign CRLs, in the same order: it has no key
+    /// usage extension, or one with cRLSign (RFC 5280 6.3.3 (f)).
+    pub(crate) crl_sign: Vec<bool>,
     /// Earliest `not_after` among them, unix seconds.
     pub(crate) not_after: i64,
 }
@@ -138,6 +149,7 @@ pub(crate) fn anchors(ca_certs: &[CertificateDer<'_>], path: &Path) -> Result<An
         roots: Vec::with_capacity(ca_certs.len()),
         subjects: Vec::with_capacity(ca_certs.len()),
         validity: Vec::with_capacity(ca_certs.len()),
+        crl_sign: Vec::with_capacity(ca_certs.len()),
         not_after: i64::MAX,
     };
     for der in ca_certs {
@@ -151,6 +163,7 @@ pub(crate) fn anchors(ca_certs: &[CertificateDer<'_>], path: &Path) -> Result<An
             source: webpki::Error::BadDer,
         };
         out.subjects.push(raw_subject(der).ok_or_else(bad)?);
+        out.crl_sign.push(may_sign_crls(der).ok_or_else(bad)?);
         let validity = Validity::of(der).ok_or_else(bad)?;
         out.validity.push(validity);
         out.not_after = out.not_after.min(validity.not_after);
@@ -169,17 +182,17 @@ pub(crate) fn load(
     // the next `reload_if_changed`, never as a missed one.
     let stamps = stamps(files);
 
-    let Anchors {
-        roots,
-        subjects: ca_subjects,
-        validity: root_validity,
-        not_after: ca_not_after,
-    } = anchors(&read_certs(&files.ca)?, &files.ca)?;
-
+    let pinned = anchors(&read_certs(&files.ca)?, &files.ca)?;
     let (crls, crl_next_update, crl_numbers) = match &files.crl {
-        Some(path) => super::crl::load(path, &roots, &ca_subjects, provider)?,
+        Some(path) => super::crl::load(path, &pinned, provider)?,
         None => (Vec::new(), None, Vec::new()),
     };
+    let Anchors {
+        roots,
+        validity: root_validity,
+        not_after: ca_not_after,
+        ..
+    } = pinned;
 
     let chain = read_certs(&files.cert)?;
     let key =

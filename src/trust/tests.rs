@@ -194,6 +194,48 @@ fn client_and_connector_reach_edge() {
     );
 }
 
+/// Hybrid post-quantum key agreement is what two lifeboat peers agree on by
+/// default; a classical peer on either side gets X25519, and in one round
+/// trip (the hybrid client's ClientHello carries an X25519 share as well).
+#[test]
+fn key_exchange_is_hybrid_by_default_and_falls_back_to_x25519() {
+    use rustls::NamedGroup::{X25519, X25519MLKEM768};
+    let dir = ca(TD);
+    let server = |kx| {
+        let edge = trust_with(dir.path(), Role::Edge, "edge-1", kx);
+        Arc::new(edge.server_config(&[Role::Client], ALPN))
+    };
+    let client = |kx| trust_with(dir.path(), Role::Client, "alice", kx).client_config(ALPN);
+    let (hybrid, classical) = (KeyExchange::Hybrid, KeyExchange::Classical);
+    assert_eq!(KeyExchange::default(), hybrid);
+    for (c, s, group) in [
+        (hybrid, hybrid, X25519MLKEM768),
+        (classical, hybrid, X25519),
+        (hybrid, classical, X25519),
+        (classical, classical, X25519),
+    ] {
+        let out = handshake(client(c), server(s));
+        out.assert_ok();
+        let negotiated = |kx: Option<&dyn rustls::crypto::SupportedKxGroup>| kx.map(|g| g.name());
+        let what = format!("client {}, server {}", c.as_str(), s.as_str());
+        assert_eq!(
+            negotiated(out.server.negotiated_key_exchange_group()),
+            Some(group),
+            "{what}"
+        );
+        assert_eq!(
+            negotiated(out.client.negotiated_key_exchange_group()),
+            Some(group),
+            "{what}"
+        );
+        assert_eq!(
+            out.server.handshake_kind(),
+            Some(HandshakeKind::Full),
+            "{what}"
+        );
+    }
+}
+
 #[test]
 fn wrong_roles_are_refused() {
     let dir = ca(TD);
@@ -286,6 +328,7 @@ fn foreign_trust_domain_is_refused_even_under_a_pinned_ca() {
             cert,
             key,
             crl: None,
+            key_exchange: Default::default(),
         },
         TD,
     )
@@ -432,6 +475,7 @@ fn load_errors_name_the_bad_file() {
         cert: cert.to_owned(),
         key: key.to_owned(),
         crl,
+        key_exchange: Default::default(),
     };
 
     let err = Trust::load(files(&cert, &other_key, None), TD).unwrap_err();
@@ -500,21 +544,98 @@ fn look_alike_ca_is_unknown_and_its_crl_refused() {
     out.assert_refused_by_server("unknown-ca");
 
     // A CRL under our CA's name but not signed by it: refused at reload.
-    let now = OffsetDateTime::now_utc();
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: now,
-        next_update: now + Duration::days(1),
-        crl_number: rcgen::SerialNumber::from(7u64),
-        issuing_distribution_point: None,
-        revoked_certs: Vec::new(),
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&impostor)
-    .unwrap();
-    fs::write(dir.path().join("ca.crl"), crl.pem().unwrap()).unwrap();
+    fs::write(dir.path().join("ca.crl"), empty_crl(&impostor, 7)).unwrap();
     let err = edge.reload().unwrap_err();
     assert!(matches!(err, TrustError::ForeignCrl { .. }), "{err}");
     handshake(alice.client_config(ALPN), server).assert_ok();
+}
+
+/// A CRL with no CRL number, or a critical one, cannot say whether it is
+/// older than the one in force: refused at reload (the CRL in force stays,
+/// revoked alice stays out) and at load, naming the file. Each flawed CRL
+/// here is the CRL from before alice's revocation, re-signed by the real CA:
+/// accepted, it would readmit her.
+#[test]
+fn a_crl_without_a_sound_crl_number_is_refused_and_the_one_in_force_stays() {
+    let dir = ca(TD);
+    let crl = dir.path().join("ca.crl");
+    let before_revocation = fs::read(&crl).unwrap();
+    let edge = trust_for(dir.path(), Role::Edge, "edge-1");
+    let server = Arc::new(edge.server_config(&[Role::Client], ALPN));
+    let alice = trust_for(dir.path(), Role::Client, "alice");
+    pki::revoke(dir.path(), &dir.path().join("alice.pem")).unwrap();
+    edge.reload().unwrap();
+    handshake(alice.client_config(ALPN), server.clone()).assert_refused_by_server("revoked");
+    let (cert, key) = issued(dir.path(), Role::Edge, "edge-2");
+    for flaw in [CrlFlaw::NoNumber, CrlFlaw::CriticalNumber] {
+        fs::write(&crl, &before_revocation).unwrap();
+        pki::write_flawed_crl(dir.path(), flaw).unwrap();
+        let refused = |err: &TrustError| {
+            matches!(err, TrustError::UnsoundCrl { path, flaw: f } if *path == crl && *f == flaw)
+                && err.to_string().contains("ca.crl: CRL refused: ")
+        };
+        let err = edge.reload().unwrap_err();
+        assert!(refused(&err), "{flaw:?}: {err}");
+        handshake(alice.client_config(ALPN), server.clone()).assert_refused_by_server("revoked");
+        let files = TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: cert.clone(),
+            key: key.clone(),
+            crl: Some(crl.clone()),
+            key_exchange: KeyExchange::default(),
+        };
+        let err = Trust::load(files, TD).unwrap_err();
+        assert!(refused(&err), "{flaw:?} at load: {err}");
+    }
+    // The same entries with a sound number are taken.
+    fs::write(&crl, &before_revocation).unwrap();
+    pki::revoke(dir.path(), &dir.path().join("alice.pem")).unwrap();
+    edge.reload().unwrap();
+}
+
+/// A CRL signed by a pinned CA whose key usage lacks cRLSign is refused at
+/// load, naming the file; the same CA with cRLSign is fine.
+#[test]
+fn a_crl_of_a_ca_without_crl_sign_is_refused() {
+    use rcgen::KeyUsagePurpose::{CrlSign, KeyCertSign};
+    let dir = ca(TD);
+    let (cert, key) = issued(dir.path(), Role::Edge, "edge-1");
+    let ours = fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    for (usages, flaw) in [
+        (vec![KeyCertSign], Some(CrlFlaw::IssuerWithoutCrlSign)),
+        (vec![KeyCertSign, CrlSign], None),
+    ] {
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "second CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.key_usages = usages;
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let same_key = rcgen::KeyPair::from_pem(&ca_key.serialize_pem()).unwrap();
+        let pinned = params.self_signed(&ca_key).unwrap();
+        // rcgen signs CRLs only as a cRLSign issuer: the same name and key
+        // with cRLSign sign it; the pinned certificate is the one above.
+        params.key_usages = vec![KeyCertSign, CrlSign];
+        let signer = rcgen::Issuer::new(params, same_key);
+        let (ca_path, crl_path) = (dir.path().join("both.pem"), dir.path().join("second.crl"));
+        fs::write(&ca_path, format!("{ours}{}", pinned.pem())).unwrap();
+        fs::write(&crl_path, empty_crl(&signer, 1)).unwrap();
+        let files = TlsFiles {
+            ca: ca_path,
+            cert: cert.clone(),
+            key: key.clone(),
+            crl: Some(crl_path.clone()),
+            key_exchange: KeyExchange::default(),
+        };
+        match (Trust::load(files, TD), flaw) {
+            (Ok(_), None) => {}
+            (Err(TrustError::UnsoundCrl { path, flaw: f }), Some(want)) => {
+                assert_eq!((path, f), (crl_path, want));
+            }
+            (other, _) => panic!("{flaw:?}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -665,6 +786,7 @@ fn cert_grace_accepts_recently_expired_clients_only() {
             cert: ec,
             key: ek,
             crl: None,
+            key_exchange: Default::default(),
         },
         TD,
     )
@@ -731,6 +853,10 @@ fn issued(dir: &Path, role: Role, name: &str) -> (PathBuf, PathBuf) {
 }
 
 fn trust_for(dir: &Path, role: Role, name: &str) -> Arc<Trust> {
+    trust_with(dir, role, name, KeyExchange::default())
+}
+
+fn trust_with(dir: &Path, role: Role, name: &str, key_exchange: KeyExchange) -> Arc<Trust> {
     let (cert, key) = issued(dir, role, name);
     Trust::load(
         TlsFiles {
@@ -738,9 +864,27 @@ fn trust_for(dir: &Path, role: Role, name: &str) -> Arc<Trust> {
             cert,
             key,
             crl: Some(dir.join("ca.crl")),
+            key_exchange,
         },
         TD,
     )
+    .unwrap()
+}
+
+/// An empty CRL numbered `number`, valid for a day, signed by `issuer` (PEM).
+fn empty_crl(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, number: u64) -> String {
+    let now = OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(issuer)
+    .unwrap()
+    .pem()
     .unwrap()
 }
 

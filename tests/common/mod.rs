@@ -1286,6 +1286,33 @@ pub async fn fetch_via(http: SocketAddr, app_port: u16, path: &str) -> Result<Ve
         .unwrap_or_else(|_| Err("no answer within 20 s".into()))
 }
 
+/// `POST /echo` of `body` through the client's HTTP CONNECT listener to the
+/// app on `DR_HOST`, written while the answer is read; the body echoed
+/// back, or why not.
+pub async fn post_via(http: SocketAddr, app_port: u16, body: &[u8]) -> Result<Vec<u8>, String> {
+    let s = open_flow_to(http, app_port).await;
+    let (mut rx, mut tx) = s.into_split();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: {DR_HOST}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let body = body.to_vec();
+    let writer = tokio::spawn(async move {
+        tx.write_all(head.as_bytes()).await?;
+        tx.write_all(&body).await
+    });
+    let mut resp = Vec::new();
+    rx.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
+    writer
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("upload: {e}"))?;
+    if !resp.starts_with(b"HTTP/1.1 200") {
+        return Err(String::from_utf8_lossy(&resp[..resp.len().min(200)]).into_owned());
+    }
+    Ok(split_http(&resp).1.to_vec())
+}
+
 /// Try a small flow every 100 ms until one succeeds; when it did. Panics
 /// after `within`, with the last failure.
 pub async fn first_flow_after(http: SocketAddr, app_port: u16, within: Duration) -> Instant {
@@ -1315,16 +1342,22 @@ pub async fn open_flow(http: SocketAddr, app_port: u16) -> TcpStream {
 
 /// [`open_flow`] to any port of `DR_HOST`.
 pub async fn open_flow_to(http: SocketAddr, app_port: u16) -> TcpStream {
+    try_open_flow_to(http, app_port)
+        .await
+        .unwrap_or_else(|answer| panic!("{answer}"))
+}
+
+/// [`open_flow_to`], with the answer of a refused flow as the error.
+pub async fn try_open_flow_to(http: SocketAddr, app_port: u16) -> Result<TcpStream, String> {
     let mut s = TcpStream::connect(http).await.expect("connect");
     let auth = format!("{DR_HOST}:{app_port}");
     let req = format!("CONNECT {auth} HTTP/1.1\r\nHost: {auth}\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write CONNECT");
     let mut buf = [0u8; 128];
     let n = s.read(&mut buf).await.expect("read the answer");
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
-    s
+    if buf[..n].starts_with(b"HTTP/1.1 200") {
+        Ok(s)
+    } else {
+        Err(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
 }
