@@ -117,6 +117,7 @@ fn trust_of(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
         cert: cert.cert.clone(),
         key: cert.key.clone(),
         crl: None,
+        key_exchange: Default::default(),
     };
     Trust::load(files, TD).expect("trust files")
 }
