@@ -9,6 +9,7 @@
 #          (default target/release/lifeboat, 250 1000 2000)
 #   env:   TRANSPORTS="quic tls auto"  DURATION=60s  EDGE_LIMITS="max_handshakes_inflight = 256"
 #          PERF=DIR (a perf profile of the edge per run)  KEEP=1 (keep the work folder)
+#          KEY_EXCHANGE=hybrid|classical (every role's [tls] key_exchange; unset: the default)
 set -euo pipefail
 BIN=${1:-target/release/lifeboat}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }

@@ -36,15 +36,18 @@ PY
 # topology_configs TRUST_DOMAIN EDGE_PORT APP_HOST APP_PORT CLIENT_TRANSPORT [EDGE_LISTEN [EDGE_LIMITS]]:
 # edge.toml (QUIC and TLS on EDGE_PORT, DR on, one segment APP_HOST:APP_PORT;
 # EDGE_LISTEN added to [listen], EDGE_LIMITS as [limits]), connector.toml
-# (QUIC, APP_HOST resolving to 127.0.0.1) and client.toml (alice).
+# (QUIC, APP_HOST resolving to 127.0.0.1) and client.toml (alice); every
+# role's [tls] key_exchange is $KEY_EXCHANGE when set (hybrid, classical).
 topology_configs() {
   local td=$1 port=$2 host=$3 app=$4 transport=$5 listen=${6:-} limits=${7:-}
+  local kx=${KEY_EXCHANGE:+key_exchange = \"$KEY_EXCHANGE\"}
   cat > edge.toml <<TOML
 trust_domain = "$td"
 [tls]
 ca = "pki/ca.pem"
 cert = "pki/edge1.pem"
 key = "pki/edge1.key"
+$kx
 [listen]
 quic = "127.0.0.1:$port"
 tls = "127.0.0.1:$port"
@@ -74,6 +77,7 @@ transport = "quic"
 ca = "pki/ca.pem"
 cert = "pki/c1.pem"
 key = "pki/c1.key"
+$kx
 [dns]
 hosts = { "$host" = "127.0.0.1" }
 TOML
@@ -85,6 +89,7 @@ transport = "$transport"
 ca = "pki/ca.pem"
 cert = "pki/alice.pem"
 key = "pki/alice.key"
+$kx
 [listen]
 socks = "127.0.0.1:0"
 TOML
