@@ -7,77 +7,17 @@ set -euo pipefail
 BIN=${1:-target/release/lifeboat}
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+HERE=$(cd "$(dirname "$0")" && pwd)
 W=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
 trap cleanup EXIT
 cd "$W"
 
-"$BIN" pki init --dir pki --trust-domain bar.lifeboat.test --days 2 >/dev/null
-"$BIN" pki issue --dir pki --role edge --name edge1 --ip 127.0.0.1 --days 2 >/dev/null
-"$BIN" pki issue --dir pki --role connector --name c1 --group dc1-dr --days 2 >/dev/null
-"$BIN" pki issue --dir pki --role client --name alice --days 2 >/dev/null
-
-# An app that accepts connections and answers nothing: flows stay idle.
-python3 - <<'PY' &
-import asyncio
-async def hold(r, w):
-    await r.read()
-    w.close()
-async def main():
-    s = await asyncio.start_server(hold, "127.0.0.1", 18080, backlog=4096)
-    async with s:
-        await asyncio.sleep(600)
-asyncio.run(main())
-PY
-pids+=($!)
-
-cat > edge.toml <<TOML
-trust_domain = "bar.lifeboat.test"
-[tls]
-ca = "pki/ca.pem"
-cert = "pki/edge1.pem"
-key = "pki/edge1.key"
-[listen]
-quic = "127.0.0.1:18443"
-tls = "127.0.0.1:18443"
-[dr]
-trigger = "static:on"
-[[connector_group]]
-name = "dc1-dr"
-dr = true
-[[server_group]]
-name = "dc1"
-connector_groups = ["dc1-dr"]
-[[segment]]
-name = "app"
-dr = true
-domains = ["app.bar.test"]
-tcp_ports = ["18080"]
-server_groups = ["dc1"]
-TOML
-cat > connector.toml <<TOML
-trust_domain = "bar.lifeboat.test"
-edges = ["127.0.0.1:18443"]
-transport = "quic"
-[tls]
-ca = "pki/ca.pem"
-cert = "pki/c1.pem"
-key = "pki/c1.key"
-[dns]
-hosts = { "app.bar.test" = "127.0.0.1" }
-TOML
-cat > client.toml <<TOML
-trust_domain = "bar.lifeboat.test"
-edges = ["127.0.0.1:18443"]
-transport = "quic"
-[tls]
-ca = "pki/ca.pem"
-cert = "pki/alice.pem"
-key = "pki/alice.key"
-[listen]
-socks = "127.0.0.1:0"
-TOML
+. "$HERE/topology.sh"
+topology_pki bar.lifeboat.test
+topology_app 18080
+topology_configs bar.lifeboat.test 18443 app.bar.test 18080 quic
 
 RUST_LOG=warn "$BIN" edge -c edge.toml & pids+=($!); EDGE=$!
 RUST_LOG=warn "$BIN" connector -c connector.toml & pids+=($!)

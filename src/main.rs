@@ -80,13 +80,14 @@ enum Command {
         /// Destination of every flow, HOST:PORT.
         #[arg(long)]
         target: String,
-        /// Flows to open in all.
+        /// Flows to open in all, each client's first flow included (at least --clients).
         #[arg(long, default_value_t = 10_000)]
         flows: u64,
         /// Flows in progress at once.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        /// Separate clients (tunnels) to spread the flows over.
+        /// Separate clients (tunnels) arriving at once: each retries until its
+        /// first flow is served (or --duration), then the flows spread over them.
         #[arg(long, default_value_t = 1)]
         clients: usize,
         /// Stop after this long whatever is left ("30s").
@@ -339,6 +340,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hold,
                 transport,
             };
+            if let Err(e) = opts.check() {
+                Cli::command()
+                    .error(clap::error::ErrorKind::InvalidValue, e)
+                    .exit()
+            }
             let report = runtime()?.block_on(lifeboat::loadgen::run(&config, opts))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

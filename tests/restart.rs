@@ -396,7 +396,8 @@ async fn drill_and_loadgen_report_a_dead_edge() {
     let loadgen = tokio::process::Command::new(BIN)
         .args(["loadgen", "-c"])
         .arg(&client_cfg)
-        .args(["--target", &target, "--flows", "5"])
+        // A client retries until served or its --duration: bounded here.
+        .args(["--target", &target, "--flows", "5", "--duration", "6s"])
         .output();
     let (drill, loadgen) = tokio::join!(drill, loadgen);
     for (name, out) in [

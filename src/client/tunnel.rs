@@ -28,7 +28,7 @@ use crate::transport::{close_code, EdgeAddr};
 
 /// Background retries of a client grow to this: a user waiting for a flow
 /// wakes the keeper anyway (see [`Tunnel::current`]).
-const RETRY_CEILING: Duration = Duration::from_secs(5);
+pub const RETRY_CEILING: Duration = Duration::from_secs(5);
 
 /// What the keeper last knew of the way to an edge.
 #[derive(Clone)]

@@ -19,7 +19,9 @@ use super::registry::Link;
 use super::{connector_tunnel, flow, EdgeState};
 use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
-use crate::transport::{close_code, mux, quic, stream_code, tls, TransportKind, ALPN_CONNECTOR};
+use crate::transport::{
+    close_code, mux, quic, shed, stream_code, tls, TransportKind, ALPN_CONNECTOR,
+};
 use crate::trust::{Role, SpiffeId};
 
 /// The permits bounding tunnels and handshakes in progress.
@@ -307,7 +309,9 @@ async fn quic_conn(
     }
     let Ok(_tunnel) = Arc::clone(gates.tunnels(claimed)).try_acquire_owned() else {
         count(&state, claimed, q, "shed");
-        conn.close(close_code::OVERLOADED.into(), b"shed");
+        // After the handshake the close carries a reason: when to come back.
+        let why = shed::encode(shed::TUNNELS_FULL);
+        conn.close(close_code::OVERLOADED.into(), why.as_bytes());
         return;
     };
     let max = state.policy.load().limits.max_tunnels_per_identity;
@@ -656,6 +660,10 @@ async fn tls_conn(
         Arc::clone(gates.tunnels(asked)).try_acquire_owned(),
     ) else {
         count(&state, asked, t, "shed");
+        // Still before any crypto: a `user_canceled` alert tells the client
+        // it was shed (it comes back after `shed::DEFAULT`, jittered), not
+        // refused. A full socket buffer skips it: the close says enough.
+        let _ = start.io.try_write(&shed::TLS_ALERT);
         return;
     };
     let result = tokio::select! {

@@ -1,6 +1,9 @@
 //! Dialling an edge with the configured transport. `auto` is happy
 //! eyeballs: QUIC first; if it has not finished its handshake within a head
-//! start, TLS races it; the first to finish wins. A caller that saw QUIC lose
+//! start, TLS races it; the first to finish wins. An edge that answered
+//! QUIC within the head start is busy, not blocked (a DR stampede): QUIC
+//! alone goes on, TLS only after it fails; an edge that shed QUIC said when
+//! to come back, and gets no TLS handshake on top. A caller that saw QUIC lose
 //! remembers it per edge (`quic_bad`), goes to TLS at once next time, and
 //! re-probes QUIC in the background so a healed network returns to QUIC.
 
@@ -127,10 +130,25 @@ impl Dialer {
             TransportChoice::Quic => quic().await.map(Dialed::Quic),
             TransportChoice::Tls => tls().await.map(Dialed::tls),
             TransportChoice::Auto if quic_bad => tls().await.map(Dialed::tls),
-            TransportChoice::Auto => match race(quic(), tls, self.head_start).await? {
-                Won::Quic(c) => Ok(Dialed::Quic(c)),
-                Won::Tls(s) => Ok(Dialed::tls(s)),
-            },
+            TransportChoice::Auto => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let quic = quic::connect_heard(
+                    &self.quic,
+                    edge.addr,
+                    &edge.server_name,
+                    timeout,
+                    Some(tx),
+                );
+                let heard = async {
+                    if rx.await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                match race_heard(quic, tls, self.head_start, heard).await? {
+                    Won::Quic(c) => Ok(Dialed::Quic(c)),
+                    Won::Tls(s) => Ok(Dialed::tls(s)),
+                }
+            }
         }
     }
 
@@ -167,7 +185,8 @@ pub enum Won<Q, T> {
 /// is reported unless the TLS one says more (the TLS layer answered: an
 /// identity refusal, an alert), since a refused TCP port says little when
 /// the edge may serve QUIC alone; QUIC silent and TCP refused or failing is
-/// `Unreachable`.
+/// `Unreachable`. QUIC shed within its head start (the edge is up and said
+/// when to come back) ends the race without TLS.
 pub async fn race<Q, T, QF, TF>(
     quic: QF,
     tls: impl FnOnce() -> TF,
@@ -177,10 +196,40 @@ where
     QF: std::future::Future<Output = Result<Q, TunnelError>>,
     TF: std::future::Future<Output = Result<T, TunnelError>>,
 {
+    race_heard(quic, tls, head_start, std::future::pending()).await
+}
+
+/// [`race`], where `heard` resolves when the edge answered QUIC (its first
+/// handshake flight came): heard within the head start, QUIC alone is
+/// awaited, and TLS starts only if it then fails. UDP works both ways and
+/// the edge took the handshake; it is only slow (a DR stampede queues
+/// handshakes), and a TLS handshake would add to its load and double ours.
+pub async fn race_heard<Q, T, QF, TF>(
+    quic: QF,
+    tls: impl FnOnce() -> TF,
+    head_start: Duration,
+    heard: impl std::future::Future<Output = ()>,
+) -> Result<Won<Q, T>, TunnelError>
+where
+    QF: std::future::Future<Output = Result<Q, TunnelError>>,
+    TF: std::future::Future<Output = Result<T, TunnelError>>,
+{
     tokio::pin!(quic);
+    tokio::pin!(heard);
     let quic_err = tokio::select! {
+        // `quic` has not completed when this resolves (it would have won):
+        // awaited alone; failing, it is followed by TLS as if it had
+        // failed at once (a refused identity is asked of TLS too).
+        () = &mut heard => match (&mut quic).await {
+            Ok(c) => return Ok(Won::Quic(c)),
+            Err(e) if e.retry_after().is_some() => return Err(e),
+            Err(e) => Some(e),
+        },
         r = &mut quic => match r {
             Ok(c) => return Ok(Won::Quic(c)),
+            // The edge is up and shed us (a stampede): it said when to come
+            // back, and a TLS handshake now would only add to its load.
+            Err(e) if e.retry_after().is_some() => return Err(e),
             Err(e) => Some(e),
         },
         () = tokio::time::sleep(head_start) => None,

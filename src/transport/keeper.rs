@@ -10,6 +10,9 @@
 //! start of the failed attempt, so an attempt that timed out is followed at
 //! once. An edge going away (close code `GOING_AWAY`, a going-away notice,
 //! HTTP/2 GOAWAY) is left at once, for another address without backoff.
+//! An edge that shed our handshake (a DR stampede) is not asked again
+//! before the (jittered) time it said, or [`super::shed::DEFAULT`]: not by
+//! the backoff, nor by a waiting flow.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -117,6 +120,8 @@ impl Keeper {
         let timeout = self.dialer.timeout.min(ATTEMPT_TIMEOUT);
         while !self.stop.is_cancelled() {
             let attempt = Instant::now();
+            // Set when every address shed us: not before then.
+            let mut not_before = None;
             let up = match ready_quic.take() {
                 Some((c, e)) => Some((Dialed::Quic(c), e)),
                 None => {
@@ -127,8 +132,13 @@ impl Keeper {
                     {
                         Ok(up) => Some(up),
                         Err(None) => break,
-                        Err(Some(err)) => {
-                            if last_error.as_deref() != Some(err.as_str()) {
+                        Err(Some((err, shed))) => {
+                            not_before = shed.map(|h| Instant::now() + super::shed::jittered(h));
+                            if shed.is_some() {
+                                // The edge is up and busy (a stampede): counted
+                                // in handshakes_total{result="shed"}, not a warning.
+                                debug!("the edge shed our handshake: {err}; back after its hint");
+                            } else if last_error.as_deref() != Some(err.as_str()) {
                                 warn!("{}: {err}; retrying with backoff", R::UNREACHABLE);
                                 last_error = Some(err.clone());
                             }
@@ -140,7 +150,7 @@ impl Keeper {
                 }
             };
             let Some((dialed, edge)) = up else {
-                if !self.wait_to_retry(&mut role, attempt).await {
+                if !self.wait_to_retry(&mut role, attempt, not_before).await {
                     break;
                 }
                 continue;
@@ -214,22 +224,28 @@ impl Keeper {
             }
             // A tunnel that dies at once (refused identity, edge restarting)
             // or an edge going away with nowhere else to go: back off.
-            if !self.wait_to_retry(&mut role, attempt.max(since)).await {
+            if !self
+                .wait_to_retry(&mut role, attempt.max(since), None)
+                .await
+            {
                 break;
             }
         }
     }
 
     /// Try each address in turn; the first tunnel the edge accepted.
-    /// `Err(None)` when stopping, else the last failure.
+    /// `Err(None)` when stopping, else the last failure and, when every
+    /// address shed us, the longest of their hints.
     async fn dial_any<R: TunnelRole>(
         &self,
         role: &mut R,
         lost: &mut Option<SocketAddr>,
         quic_bad: &HashSet<SocketAddr>,
         timeout: Duration,
-    ) -> Result<(Dialed, EdgeAddr), Option<String>> {
+    ) -> Result<(Dialed, EdgeAddr), Option<(String, Option<Duration>)>> {
         let mut err = String::from("no edge address resolved");
+        // The longest hint, while every address tried so far shed us.
+        let (mut hint, mut all_shed, mut tried) = (Duration::ZERO, true, false);
         for edge in role.targets(*lost) {
             let bad = quic_bad.contains(&edge.addr);
             let attempt = tokio::select! {
@@ -239,6 +255,11 @@ impl Keeper {
             match attempt {
                 Ok(d) => return Ok((d, edge)),
                 Err(e) => {
+                    tried = true;
+                    match e.retry_after() {
+                        Some(h) => hint = hint.max(h),
+                        None => all_shed = false,
+                    }
                     let kind = self.dialer.failed_kind(bad, &e);
                     self.metrics
                         .handshakes
@@ -250,19 +271,27 @@ impl Keeper {
                 }
             }
         }
-        Err(Some(err))
+        Err(Some((err, (tried && all_shed).then_some(hint))))
     }
 
     /// Wait until the next attempt may start: the backoff's delay after
     /// `attempt` began, sooner when the addresses change, or (at most one
-    /// per [`DEMAND_GAP`]) when a flow is waiting. `false` when stopping.
-    async fn wait_to_retry<R: TunnelRole>(&mut self, role: &mut R, attempt: Instant) -> bool {
-        let backoff = tokio::time::sleep_until(attempt + self.backoff.next_delay());
+    /// per [`DEMAND_GAP`]) when a flow is waiting; never before
+    /// `not_before` (the edge shed us) but for new addresses. `false` when
+    /// stopping.
+    async fn wait_to_retry<R: TunnelRole>(
+        &mut self,
+        role: &mut R,
+        attempt: Instant,
+        not_before: Option<Instant>,
+    ) -> bool {
+        let floor = not_before.unwrap_or(attempt);
+        let backoff = tokio::time::sleep_until((attempt + self.backoff.next_delay()).max(floor));
         let demand = async {
             match &self.demand {
                 Some(d) => {
                     d.notified().await;
-                    tokio::time::sleep_until(attempt + DEMAND_GAP).await;
+                    tokio::time::sleep_until((attempt + DEMAND_GAP).max(floor)).await;
                 }
                 None => std::future::pending().await,
             }

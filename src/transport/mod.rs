@@ -7,6 +7,7 @@ pub mod keeper;
 pub mod mux;
 pub mod quic;
 pub mod resolve;
+pub mod shed;
 pub mod tls;
 
 use std::fmt;
@@ -128,6 +129,9 @@ pub enum TunnelError {
 impl TunnelError {
     /// The word for `lifeboat_handshakes_total{result}`.
     pub fn reason(&self) -> &'static str {
+        if self.retry_after().is_some() {
+            return "shed";
+        }
         match self {
             Self::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
                 close_code::word(c.error_code.into_inner()).unwrap_or("other")
@@ -141,6 +145,36 @@ impl TunnelError {
             Self::Tls(e) => crate::trust::classify_io(e),
             Self::Unreachable(_) | Self::Io(_) => "unreachable",
             Self::Connect(_) | Self::NoAddress(_) => "other",
+        }
+    }
+
+    /// When the edge said to come back, if it shed this handshake: a QUIC
+    /// `CONNECTION_REFUSED` (no figure: [`shed::DEFAULT`]), the close
+    /// `OVERLOADED` (its `retry-after-ms`, else the default), a TLS
+    /// `user_canceled` alert (the default). Bounded by [`shed::MIN`] and
+    /// [`shed::MAX`].
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        use quinn::ConnectionError as C;
+        match self {
+            Self::Connection(C::ConnectionClosed(c))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                Some(shed::DEFAULT)
+            }
+            Self::Connection(C::ApplicationClosed(c))
+                if c.error_code == close_code::OVERLOADED.into() =>
+            {
+                Some(shed::parse(&c.reason).unwrap_or(shed::DEFAULT))
+            }
+            Self::Tls(e) => {
+                let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+                matches!(
+                    inner,
+                    rustls::Error::AlertReceived(rustls::AlertDescription::UserCanceled)
+                )
+                .then_some(shed::DEFAULT)
+            }
+            _ => None,
         }
     }
 }

@@ -250,8 +250,25 @@ pub async fn connect(
     server_name: &str,
     timeout: Duration,
 ) -> Result<quinn::Connection, TunnelError> {
-    let connecting = ep.connect(addr, server_name)?;
+    connect_heard(ep, addr, server_name, timeout, None).await
+}
+
+/// [`connect`], telling `heard` as soon as the edge's first handshake
+/// flight came: UDP works both ways and the edge took our handshake.
+pub async fn connect_heard(
+    ep: &Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    timeout: Duration,
+    heard: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<quinn::Connection, TunnelError> {
+    let mut connecting = ep.connect(addr, server_name)?;
     let welcomed = async {
+        if let Some(heard) = heard {
+            if connecting.handshake_data().await.is_ok() {
+                let _ = heard.send(());
+            }
+        }
         let conn = connecting.await?;
         let mut s = conn.accept_uni().await?;
         let mut b = [0u8; 1];

@@ -1163,16 +1163,17 @@ hosts = {{ {hosts} }}
         self.start_client_to(cert, &[edge], transport, limits).await
     }
 
-    /// Start a client like [`Rig::start_client`] whose `edges` are `edges`.
-    pub async fn start_client_to(
+    /// The config of a client presenting `cert`, dialling `edges` with
+    /// `transport`, with SOCKS5 and HTTP CONNECT listeners on port 0.
+    pub fn client_toml(
         &self,
         cert: &CertFiles,
         edges: &[SocketAddr],
         transport: &str,
         limits: &str,
-    ) -> ClientHandle {
+    ) -> String {
         let edges = edge_list(edges);
-        let text = format!(
+        format!(
             r#"trust_domain = "{TD}"
 edges = {edges}
 transport = "{transport}"
@@ -1192,7 +1193,18 @@ http = "127.0.0.1:0"
             ca = toml_path(&self.ca.pem()),
             cert = toml_path(&cert.cert),
             key = toml_path(&cert.key),
-        );
+        )
+    }
+
+    /// Start a client like [`Rig::start_client`] whose `edges` are `edges`.
+    pub async fn start_client_to(
+        &self,
+        cert: &CertFiles,
+        edges: &[SocketAddr],
+        transport: &str,
+        limits: &str,
+    ) -> ClientHandle {
+        let text = self.client_toml(cert, edges, transport, limits);
         let path = tempfile::Builder::new()
             .prefix("client")
             .suffix(".toml")

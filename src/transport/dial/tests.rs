@@ -7,7 +7,7 @@
 use std::cell::Cell;
 use std::time::Duration;
 
-use super::{race, Won};
+use super::{race, race_heard, Won};
 use crate::transport::TunnelError;
 
 const HEAD_START: Duration = Duration::from_millis(250);
@@ -156,4 +156,116 @@ async fn tls_refused_while_quic_pending_waits_for_quic() {
     )
     .await;
     assert!(matches!(lost, Err(TunnelError::Unreachable(_))));
+}
+
+/// The edge's stateless `CONNECTION_REFUSED` (its handshake pool is full).
+fn quic_shed() -> TunnelError {
+    TunnelError::Connection(quinn::ConnectionError::ConnectionClosed(
+        quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::CONNECTION_REFUSED,
+            frame_type: None,
+            reason: bytes::Bytes::new(),
+        },
+    ))
+}
+
+/// QUIC shed within its head start: the edge is up and said when to come
+/// back, so TLS is not started (it would add a handshake to a stampede);
+/// shed after the head start, TLS already runs and may still win.
+#[tokio::test(start_paused = true)]
+async fn quic_shed_ends_the_race_without_tls() {
+    let started = Cell::new(false);
+    let shed = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Err::<&str, _>(quic_shed())
+    };
+    let r = race(
+        shed,
+        || {
+            started.set(true);
+            scripted(0, Outcome::Ok, "tls")
+        },
+        HEAD_START,
+    )
+    .await;
+    assert!(!started.get(), "TLS started after a shed");
+    let e = r.expect_err("the shed is the answer");
+    assert_eq!(e.reason(), "shed");
+    assert_eq!(e.retry_after(), Some(crate::transport::shed::DEFAULT));
+
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Err::<&str, _>(quic_shed())
+    };
+    let won = race(late, || scripted(300, Outcome::Ok, "tls"), HEAD_START).await;
+    assert!(matches!(won, Ok(Won::Tls("tls"))));
+}
+
+/// The edge answered QUIC within the head start (its handshake is queued
+/// behind others): TLS is not started while QUIC goes on, whatever its
+/// time; QUIC failing then is followed by TLS. Heard after the head start
+/// changes nothing: TLS already runs.
+#[tokio::test(start_paused = true)]
+async fn quic_heard_from_within_the_head_start_runs_alone() {
+    let heard_at = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+    let started = Cell::new(false);
+    let tls = || {
+        started.set(true);
+        scripted(0, Outcome::Ok, "tls")
+    };
+    let won = race_heard(
+        scripted(2000, Outcome::Ok, "quic"),
+        tls,
+        HEAD_START,
+        heard_at(100),
+    )
+    .await;
+    assert!(matches!(won, Ok(Won::Quic("quic"))));
+    assert!(!started.get(), "TLS started though the edge answered QUIC");
+
+    let started = Cell::new(false);
+    let tls = || {
+        started.set(true);
+        scripted(150, Outcome::Ok, "tls")
+    };
+    let t0 = tokio::time::Instant::now();
+    let won = race_heard(
+        scripted(1000, Outcome::Identity, "quic"),
+        tls,
+        HEAD_START,
+        heard_at(100),
+    )
+    .await;
+    assert!(matches!(won, Ok(Won::Tls("tls"))), "TLS after QUIC failed");
+    assert!(started.get());
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_millis(1150),
+        "TLS started when QUIC failed"
+    );
+
+    let shed = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        Err::<&str, _>(quic_shed())
+    };
+    let started = Cell::new(false);
+    let tls = || {
+        started.set(true);
+        scripted(0, Outcome::Ok, "tls")
+    };
+    let r = race_heard(shed, tls, HEAD_START, heard_at(100)).await;
+    assert_eq!(r.expect_err("shed").reason(), "shed");
+    assert!(!started.get(), "TLS started after the edge shed us");
+
+    let won = race_heard(
+        scripted(700, Outcome::Ok, "quic"),
+        || scripted(150, Outcome::Ok, "tls"),
+        HEAD_START,
+        heard_at(300),
+    )
+    .await;
+    assert!(
+        matches!(won, Ok(Won::Tls("tls"))),
+        "heard too late: the race as before"
+    );
 }
