@@ -16,6 +16,7 @@ pub mod demo;
 pub mod dns;
 pub mod dns_record;
 pub mod dr;
+pub mod dr_mode;
 pub mod drill;
 pub mod edge;
 #[doc(hidden)]

@@ -8,7 +8,7 @@ use prometheus::{
     Opts, Registry,
 };
 
-use crate::dr::DrMode;
+use crate::dr_mode::DrMode;
 use crate::refusal::Refusal;
 
 /// Label value for flows refused before any segment matched.
@@ -434,6 +434,18 @@ impl LogGate {
             s.held += 1;
             None
         }
+    }
+}
+
+/// The file watcher's reports: expiry gauges after a reload, and a refused
+/// version counted as a failed reload (`config_reloads_total{result="error"}`).
+impl crate::trust::watch::Observer for Metrics {
+    fn reloaded(&self, trust: &crate::trust::Trust) {
+        self.observe_trust(trust);
+    }
+
+    fn refused(&self) {
+        self.config_reloads.with_label_values(&["error"]).inc();
     }
 }
 
