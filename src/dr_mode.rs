@@ -1,9 +1,11 @@
 //! What a DR mode is (`DrMode`), where it comes from (`Trigger`, the
-//! `[dr] trigger` value) and the Ed25519 key files of signed triggers
-//! (`key`): the vocabulary `config`, `metrics` and `dr` share. Pure; it
-//! depends on none of them (`dr` re-exports it).
+//! `[dr] trigger` value, its name checked by `name`) and the Ed25519 key
+//! files of signed triggers (`key`): the vocabulary `config`, `metrics` and
+//! `dr` share. Pure, no resolver types; it depends on none of them (`dr`
+//! re-exports it).
 
 pub mod key;
+pub mod name;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -85,8 +87,7 @@ impl FromStr for Trigger {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("dns", name)) if !name.is_empty() => {
-                hickory_resolver::Name::from_str(name)
-                    .map_err(|e| format!("`dns:{name}`: not a DNS name ({e})"))?;
+                name::check(name).map_err(|e| format!("`dns:{name}`: not a DNS name ({e})"))?;
                 Ok(Self::Dns(name.to_string()))
             }
             Some(("static", mode)) => mode.parse().map(Self::Static),

@@ -234,6 +234,42 @@ fn no_import_cycles() {
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
+/// The sans-IO cores (STYLE.md section 2): no runtime, resolver, file or
+/// clock; their callers pass bytes and instants in.
+const CORES: &[&str] = &[
+    "preamble.rs",
+    "refusal.rs",
+    "wire.rs",
+    "dr_mode.rs",
+    "dr_mode/key.rs",
+    "dr_mode/name.rs",
+    "dr/record.rs",
+    "dr/machine/mod.rs",
+    "segments/mod.rs",
+    "segments/name.rs",
+    "segments/table.rs",
+];
+
+#[test]
+fn cores_read_no_clock_and_do_no_io() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let forbidden = [
+        "tokio",
+        "hickory",
+        "Instant::now",
+        "SystemTime::now",
+        "std::fs",
+        "std::net::Tcp",
+    ];
+    for core in CORES {
+        let text = std::fs::read_to_string(src.join(core)).expect("a core file");
+        let code = non_test_code(&text);
+        for word in forbidden {
+            assert!(!code.contains(word), "src/{core} uses `{word}`");
+        }
+    }
+}
+
 #[test]
 fn the_parser_reads_groups_and_skips_tests() {
     let code = non_test_code(
