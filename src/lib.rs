@@ -21,6 +21,7 @@ pub mod drill;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod head;
 pub mod loadgen;
 pub mod metrics;
 pub mod pki;

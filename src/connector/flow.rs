@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::ConnectorState;
+use crate::head::{self, HeadError};
 use crate::metrics::{LogGate, NO_SEGMENT};
 use crate::preamble::Host;
 use crate::splice::{self, RecvHalf, SendHalf, Side};
@@ -136,24 +137,15 @@ async fn fail(
 }
 
 async fn read_header(recv: &mut RecvHalf) -> Result<(FlowHeader, BytesMut), wire::WireError> {
-    let mut buf = BytesMut::new();
-    loop {
-        match recv.read_chunk().await {
-            Ok(Some(c)) => buf.extend_from_slice(&c),
-            _ => {
-                return Err(wire::WireError::Malformed(
-                    "stream ended before the flow header",
-                ))
+    head::read_head(recv, wire::MAX_HEADER, wire::parse_flow_header)
+        .await
+        .map_err(|e| match e {
+            HeadError::Cut { .. } => {
+                wire::WireError::Malformed("stream ended before the flow header")
             }
-        }
-        if let Some((h, used)) = wire::parse_flow_header(&buf)? {
-            let rest = buf.split_off(used);
-            return Ok((h, rest));
-        }
-        if buf.len() > wire::MAX_HEADER {
-            return Err(wire::WireError::TooLarge);
-        }
-    }
+            HeadError::Parse(e) => e,
+            HeadError::TooLarge => wire::WireError::TooLarge,
+        })
 }
 
 async fn connect(state: &ConnectorState, h: &FlowHeader) -> Result<TcpStream, (FailKind, String)> {

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn, Span};
 use super::quota::{Kind, QuotaGuard};
 use super::registry::{share_of, ActiveGuard, ConnectorTunnel, Link};
 use super::EdgeState;
+use crate::head::{self, HeadError};
 use crate::preamble::{self, ConnectRequest};
 use crate::refusal::Refusal;
 use crate::segments::Lookup;
@@ -275,26 +276,12 @@ async fn read_preamble(
     recv: &mut RecvHalf,
     limit: usize,
 ) -> Result<Option<(ConnectRequest, Bytes)>, Refusal> {
-    let mut buf = BytesMut::new();
-    loop {
-        match recv.read_chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => {
-                return if buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(Refusal::BadRequest)
-                };
-            }
-        }
-        match preamble::parse_request(&buf, limit) {
-            Ok(Some((req, used))) => {
-                let rest = buf.split_off(used).freeze();
-                return Ok(Some((req, rest)));
-            }
-            Ok(None) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    match head::read_head(recv, limit, |buf| preamble::parse_request(buf, limit)).await {
+        Ok((req, rest)) => Ok(Some((req, rest.freeze()))),
+        Err(HeadError::Cut { buffered: 0, .. }) => Ok(None),
+        Err(HeadError::Cut { .. }) => Err(Refusal::BadRequest),
+        Err(HeadError::Parse(e)) => Err(e.into()),
+        Err(HeadError::TooLarge) => Err(Refusal::TooLarge),
     }
 }
 
@@ -383,18 +370,10 @@ async fn open_upstream(
 const ACK_GRACE: Duration = Duration::from_millis(500);
 
 async fn read_reply(recv: &mut RecvHalf) -> Result<FlowReply, ()> {
-    let mut buf = BytesMut::new();
-    loop {
-        match recv.read_chunk().await {
-            Ok(Some(c)) => buf.extend_from_slice(&c),
-            _ => return Err(()),
-        }
-        match wire::parse_flow_reply(&buf) {
-            // The connector sends nothing after its reply until we send data.
-            Ok(Some((r, _))) => return Ok(r),
-            Ok(None) if buf.len() < wire::MAX_HEADER => continue,
-            _ => return Err(()),
-        }
+    // The connector sends nothing after its reply until we send data.
+    match head::read_head(recv, wire::MAX_HEADER, wire::parse_flow_reply).await {
+        Ok((reply, _)) => Ok(reply),
+        Err(_) => Err(()),
     }
 }
 
