@@ -44,7 +44,7 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side, stalls: Ar
             return;
         }
     };
-    m.flows_active.inc();
+    let flow = m.flow();
     let (header, early) = header;
     let connected =
         tokio::time::timeout(state.limits.connect_timeout, connect(&state, &header)).await;
@@ -67,7 +67,6 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side, stalls: Ar
     let mut out = BytesMut::with_capacity(8);
     wire::encode_flow_reply(&FlowReply::Connected, &mut out);
     if edge.send.write(out.freeze()).await.is_err() {
-        m.flows_active.dec();
         return;
     }
     m.flows_total.with_label_values(&[NO_SEGMENT, "ok"]).inc();
@@ -79,7 +78,6 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side, stalls: Ar
         send: SendHalf::Tcp(w),
     };
     if !early.is_empty() && app.send.write(early.freeze()).await.is_err() {
-        m.flows_active.dec();
         return;
     }
     // An app that stops reading holds the tunnel's window with this flow's
@@ -87,9 +85,9 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side, stalls: Ar
     // with the most stalled flows loses his longest stalled one when the
     // window would be spent (`crate::stall`), as at the edge.
     let stalls = FlowStalls::new(header.client.as_str().into(), [Some(stalls), None, None]);
-    let outcome = splice::splice_counted(&mut edge, &mut app, m, &state.abort, Some(&stalls)).await;
+    let outcome =
+        splice::splice_counted(&mut edge, &mut app, (m, flow), &state.abort, Some(&stalls)).await;
     let reason = outcome.end.reason();
-    m.flows_active.dec();
     if state.access_log {
         info!(flow = header.flow_id, client = %header.client, segment = %header.segment, dest = %header.dest,
             up = outcome.up, down = outcome.down, duration_ms = started.elapsed().as_millis() as u64, result = reason, "flow");
@@ -133,7 +131,6 @@ async fn fail(
     if send.write(out.freeze()).await.is_ok() {
         let _ = send.finish().await;
     }
-    state.metrics.flows_active.dec();
 }
 
 async fn read_header(recv: &mut RecvHalf) -> Result<(FlowHeader, BytesMut), wire::WireError> {

@@ -48,7 +48,7 @@ pub(super) async fn serve(
         stalls: client_stalls,
     } = from;
     let m = &state.metrics;
-    m.flows_active.inc();
+    let flow = m.flow();
     let started = Instant::now();
     let policy = state.policy.load_full();
     let limits = &policy.limits;
@@ -62,7 +62,6 @@ pub(super) async fn serve(
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => {
             // The stream ended or was reset before a whole preamble: nobody to answer.
-            m.flows_active.dec();
             return;
         }
         Ok(Err(refusal)) => {
@@ -182,7 +181,6 @@ pub(super) async fn serve(
     {
         app_side.send.abort(stream_code::ABORTED);
         app_side.recv.abort(stream_code::ABORTED);
-        m.flows_active.dec();
         return;
     }
     m.flow_setup.observe(started.elapsed().as_secs_f64());
@@ -237,7 +235,6 @@ pub(super) async fn serve(
     )
     .await;
     let reason = outcome.end.reason();
-    m.flows_closed.with_label_values(&[reason]).inc();
     if outcome.end == splice::End::Stopped(stream_code::DR_NARROWED) {
         if let Some(held_back) = NARROWED_LOG.allow(Instant::now()) {
             warn!(
@@ -246,7 +243,7 @@ pub(super) async fn serve(
             );
         }
     }
-    m.flows_active.dec();
+    flow.close(reason);
     if policy.access_log {
         info!(
             client = %peer, segment = %segment.name, %dest, connector = %tunnel.peer,
@@ -406,5 +403,4 @@ async fn answer_refusal(
         .metrics
         .flow_setup
         .observe(started.elapsed().as_secs_f64());
-    state.metrics.flows_active.dec();
 }
