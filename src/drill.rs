@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::BytesMut;
 
 use crate::config::{self, ClientConfig, ConfigError, EdgeConfig, Limits, TransportChoice};
+use crate::head::{self, HeadError};
 use crate::preamble::{self, Dest};
 use crate::segments::{Lookup, Matcher};
 use crate::splice::{RecvHalf, SendHalf, Side};
@@ -361,34 +361,21 @@ async fn read_answer(
     recv: &mut RecvHalf,
     limit: usize,
 ) -> Result<(u16, Option<String>, String), (String, String)> {
-    let mut buf = BytesMut::new();
-    loop {
-        match recv.read_chunk().await {
-            Ok(Some(c)) => buf.extend_from_slice(&c),
-            Ok(None) => {
-                let why = "the edge closed the flow without an answer";
-                return Err(("broken".into(), why.into()));
-            }
-            Err(e) => return Err((failure_word(&e), format!("the edge reset the flow: {e}"))),
+    match head::read_answer(recv, limit).await {
+        Ok((resp, rest)) => {
+            let reason = String::from_utf8_lossy(&rest).trim().to_string();
+            let word = resp.error.map(|r| r.word().to_string());
+            Ok((resp.status, word, reason))
         }
-        match preamble::parse_response(&buf, limit) {
-            Ok(Some((resp, used))) => {
-                let mut rest = buf.split_off(used);
-                if resp.status != 200 {
-                    let want = resp.content_length.min(limit);
-                    while rest.len() < want {
-                        match recv.read_chunk().await {
-                            Ok(Some(c)) => rest.extend_from_slice(&c),
-                            _ => break,
-                        }
-                    }
-                }
-                let reason = String::from_utf8_lossy(&rest).trim().to_string();
-                let word = resp.error.map(|r| r.word().to_string());
-                return Ok((resp.status, word, reason));
-            }
-            Ok(None) => continue,
-            Err(e) => return Err(("broken".into(), format!("bad answer from the edge: {e}"))),
+        Err(HeadError::Cut { reset: None, .. }) => {
+            let why = "the edge closed the flow without an answer";
+            Err(("broken".into(), why.into()))
+        }
+        Err(HeadError::Cut { reset: Some(e), .. }) => {
+            Err((failure_word(&e), format!("the edge reset the flow: {e}")))
+        }
+        Err(e @ (HeadError::Parse(_) | HeadError::TooLarge)) => {
+            Err(("broken".into(), format!("bad answer from the edge: {e}")))
         }
     }
 }

@@ -16,10 +16,12 @@ pub mod demo;
 pub mod dns;
 pub mod dns_record;
 pub mod dr;
+pub mod dr_mode;
 pub mod drill;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod head;
 pub mod loadgen;
 pub mod metrics;
 pub mod pki;

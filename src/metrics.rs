@@ -8,7 +8,7 @@ use prometheus::{
     Opts, Registry,
 };
 
-use crate::dr::DrMode;
+use crate::dr_mode::DrMode;
 use crate::refusal::Refusal;
 
 /// Label value for flows refused before any segment matched.
@@ -388,6 +388,37 @@ impl SegmentMetrics {
     }
 }
 
+/// One flow in `lifeboat_flows_active`, from [`Metrics::flow`] until it is
+/// dropped, on every path out of the flow's task; a flow that was spliced
+/// also counts its end in `lifeboat_flows_closed_total{reason}` through
+/// [`close`](Self::close). A refused flow just drops it.
+#[must_use = "dropping the guard ends the flow"]
+pub struct FlowGuard<'a> {
+    metrics: &'a Metrics,
+}
+
+impl Metrics {
+    /// A flow starts: counted in `lifeboat_flows_active` while the guard lives.
+    pub fn flow(&self) -> FlowGuard<'_> {
+        self.flows_active.inc();
+        FlowGuard { metrics: self }
+    }
+}
+
+impl FlowGuard<'_> {
+    /// The spliced flow ended for `reason` (a `CLOSE_REASONS` word, from
+    /// `splice::End::reason`); it leaves `lifeboat_flows_active` too.
+    pub fn close(self, reason: &str) {
+        self.metrics.flows_closed.with_label_values(&[reason]).inc();
+    }
+}
+
+impl Drop for FlowGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics.flows_active.dec();
+    }
+}
+
 /// Rate limit for per-event warnings (a refused flow, an unreachable app):
 /// at most `per_window` lines per `window`; the rest are only counted, and
 /// the next line let through says how many were held back. Floods stay
@@ -437,6 +468,18 @@ impl LogGate {
     }
 }
 
+/// The file watcher's reports: expiry gauges after a reload, and a refused
+/// version counted as a failed reload (`config_reloads_total{result="error"}`).
+impl crate::trust::watch::Observer for Metrics {
+    fn reloaded(&self, trust: &crate::trust::Trust) {
+        self.observe_trust(trust);
+    }
+
+    fn refused(&self) {
+        self.config_reloads.with_label_values(&["error"]).inc();
+    }
+}
+
 #[cfg(test)]
 mod gate_tests {
     use super::LogGate;
@@ -452,5 +495,24 @@ mod gate_tests {
         assert_eq!(gate.allow(t0 + Duration::from_secs(9)), None);
         assert_eq!(gate.allow(t0 + Duration::from_secs(10)), Some(2));
         assert_eq!(gate.allow(t0 + Duration::from_secs(10)), Some(0));
+    }
+}
+
+#[cfg(test)]
+mod flow_guard_tests {
+    use super::Metrics;
+
+    #[test]
+    fn every_path_out_leaves_flows_active_and_a_close_counts_its_reason() {
+        let m = Metrics::new("edge");
+        let refused = m.flow();
+        let spliced = m.flow();
+        assert_eq!(m.flows_active.get(), 2);
+        drop(refused);
+        assert_eq!(m.flows_active.get(), 1);
+        spliced.close("idle");
+        assert_eq!(m.flows_active.get(), 0);
+        assert_eq!(m.flows_closed.with_label_values(&["idle"]).get(), 1);
+        assert_eq!(m.flows_closed.with_label_values(&["done"]).get(), 0);
     }
 }

@@ -300,12 +300,11 @@ impl End {
 
 /// Splice an agent-side flow (connector or client): bytes counted without a
 /// segment label, stopped by the drain deadline `abort` or, with `stalls`,
-/// when its tunnel closes it for stalling; its end counted in
-/// `lifeboat_flows_closed_total`.
+/// when its tunnel closes it for stalling; its end closes `flow`.
 pub async fn splice_counted(
     a: &mut Side,
     b: &mut Side,
-    metrics: &crate::metrics::Metrics,
+    (metrics, flow): (&crate::metrics::Metrics, crate::metrics::FlowGuard<'_>),
     abort: &tokio_util::sync::CancellationToken,
     stalls: Option<&FlowStalls>,
 ) -> Outcome {
@@ -340,10 +339,7 @@ pub async fn splice_counted(
         stalls,
     )
     .await;
-    metrics
-        .flows_closed
-        .with_label_values(&[outcome.end.reason()])
-        .inc();
+    flow.close(outcome.end.reason());
     outcome
 }
 

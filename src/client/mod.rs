@@ -277,7 +277,7 @@ pub(crate) async fn carry(
     early: bytes::Bytes,
 ) {
     let m = &state.metrics;
-    m.flows_active.inc();
+    let flow = m.flow();
     let (r, w) = sock.into_split();
     let mut local = Side {
         recv: RecvHalf::tcp(r),
@@ -285,12 +285,11 @@ pub(crate) async fn carry(
     };
     if !early.is_empty() && local.send.write(early).await.is_err() {
         edge.send.abort(stream_code::ABORTED);
-        m.flows_active.dec();
         return;
     }
-    let outcome = splice::splice_counted(&mut local, &mut edge, m, &state.abort, None).await;
+    let outcome =
+        splice::splice_counted(&mut local, &mut edge, (m, flow), &state.abort, None).await;
     let reason = outcome.end.reason();
-    m.flows_active.dec();
     debug!(
         up = outcome.up,
         down = outcome.down,

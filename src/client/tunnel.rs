@@ -11,12 +11,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{DnsSection, Limits, TransportChoice};
+use crate::head::{self, HeadError};
 use crate::metrics::Metrics;
 use crate::preamble::{self, ConnectResponse, Dest};
 use crate::refusal::Refusal;
@@ -282,30 +283,11 @@ async fn read_answer(
     recv: &mut RecvHalf,
     limit: usize,
 ) -> Result<(ConnectResponse, Bytes), String> {
-    let mut buf = BytesMut::new();
-    loop {
-        match recv.read_chunk().await {
-            Ok(Some(c)) => buf.extend_from_slice(&c),
-            Ok(None) => return Err("edge closed the flow without an answer".into()),
-            Err(e) => return Err(format!("edge reset the flow: {e}")),
-        }
-        match preamble::parse_response(&buf, limit) {
-            Ok(Some((resp, used))) => {
-                let mut rest = buf.split_off(used);
-                if resp.status != 200 {
-                    while rest.len() < resp.content_length.min(limit) {
-                        match recv.read_chunk().await {
-                            Ok(Some(c)) => rest.extend_from_slice(&c),
-                            _ => break,
-                        }
-                    }
-                }
-                return Ok((resp, rest.freeze()));
-            }
-            Ok(None) => continue,
-            Err(e) => return Err(format!("bad answer from edge: {e}")),
-        }
-    }
+    head::read_answer(recv, limit).await.map_err(|e| match e {
+        HeadError::Cut { reset: None, .. } => "edge closed the flow without an answer".into(),
+        HeadError::Cut { reset: Some(e), .. } => format!("edge reset the flow: {e}"),
+        e @ (HeadError::Parse(_) | HeadError::TooLarge) => format!("bad answer from edge: {e}"),
+    })
 }
 
 /// Resolves once the edge set, not empty, no longer holds `addr` (the

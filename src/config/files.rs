@@ -110,7 +110,7 @@ pub fn check_files(
                 format!("{}: cannot read: {e}", k.display()),
             )
         })?;
-        crate::dr::key::parse_public_key(&text)
+        crate::dr_mode::key::parse_public_key(&text)
             .map_err(|e| err("dr.signing_key", format!("{}: {e}", k.display())))?;
     }
 

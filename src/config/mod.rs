@@ -26,7 +26,7 @@ pub use reload::RestartNeeded;
 pub use validate::compile_segments;
 pub use warnings::{dr_connector_groups, edge_warnings, ConfigWarning, WarningKind};
 
-use crate::dr::Trigger;
+use crate::dr_mode::Trigger;
 use crate::trust::{KeyExchange, TlsFiles};
 
 /// A configuration error: which file, which key, which line, and what.

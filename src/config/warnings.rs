@@ -101,7 +101,9 @@ pub fn edge_warnings(
             message,
         });
     };
-    if matches!(cfg.dr.trigger, Some(crate::dr::Trigger::Dns(_))) && cfg.dr.signing_key.is_none() {
+    if matches!(cfg.dr.trigger, Some(crate::dr_mode::Trigger::Dns(_)))
+        && cfg.dr.signing_key.is_none()
+    {
         warn(
             "dr.trigger".into(),
             "-",

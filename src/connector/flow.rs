@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::ConnectorState;
+use crate::head::{self, HeadError};
 use crate::metrics::{LogGate, NO_SEGMENT};
 use crate::preamble::Host;
 use crate::splice::{self, RecvHalf, SendHalf, Side};
@@ -43,7 +44,7 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side, stalls: Ar
             return;
         }
     };
-    m.flows_active.inc();
+    let flow = m.flow();
     let (header, early) = header;
     let connected =
         tokio::time::timeout(state.limits.connect_timeout, connect(&state, &header)).await;
@@ -66,7 +67,6 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side, stalls: Ar
     let mut out = BytesMut::with_capacity(8);
     wire::encode_flow_reply(&FlowReply::Connected, &mut out);
     if edge.send.write(out.freeze()).await.is_err() {
-        m.flows_active.dec();
         return;
     }
     m.flows_total.with_label_values(&[NO_SEGMENT, "ok"]).inc();
@@ -78,7 +78,6 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side, stalls: Ar
         send: SendHalf::Tcp(w),
     };
     if !early.is_empty() && app.send.write(early.freeze()).await.is_err() {
-        m.flows_active.dec();
         return;
     }
     // An app that stops reading holds the tunnel's window with this flow's
@@ -86,9 +85,9 @@ pub(super) async fn serve(state: Arc<ConnectorState>, mut edge: Side, stalls: Ar
     // with the most stalled flows loses his longest stalled one when the
     // window would be spent (`crate::stall`), as at the edge.
     let stalls = FlowStalls::new(header.client.as_str().into(), [Some(stalls), None, None]);
-    let outcome = splice::splice_counted(&mut edge, &mut app, m, &state.abort, Some(&stalls)).await;
+    let outcome =
+        splice::splice_counted(&mut edge, &mut app, (m, flow), &state.abort, Some(&stalls)).await;
     let reason = outcome.end.reason();
-    m.flows_active.dec();
     if state.access_log {
         info!(flow = header.flow_id, client = %header.client, segment = %header.segment, dest = %header.dest,
             up = outcome.up, down = outcome.down, duration_ms = started.elapsed().as_millis() as u64, result = reason, "flow");
@@ -132,28 +131,18 @@ async fn fail(
     if send.write(out.freeze()).await.is_ok() {
         let _ = send.finish().await;
     }
-    state.metrics.flows_active.dec();
 }
 
 async fn read_header(recv: &mut RecvHalf) -> Result<(FlowHeader, BytesMut), wire::WireError> {
-    let mut buf = BytesMut::new();
-    loop {
-        match recv.read_chunk().await {
-            Ok(Some(c)) => buf.extend_from_slice(&c),
-            _ => {
-                return Err(wire::WireError::Malformed(
-                    "stream ended before the flow header",
-                ))
+    head::read_head(recv, wire::MAX_HEADER, wire::parse_flow_header)
+        .await
+        .map_err(|e| match e {
+            HeadError::Cut { .. } => {
+                wire::WireError::Malformed("stream ended before the flow header")
             }
-        }
-        if let Some((h, used)) = wire::parse_flow_header(&buf)? {
-            let rest = buf.split_off(used);
-            return Ok((h, rest));
-        }
-        if buf.len() > wire::MAX_HEADER {
-            return Err(wire::WireError::TooLarge);
-        }
-    }
+            HeadError::Parse(e) => e,
+            HeadError::TooLarge => wire::WireError::TooLarge,
+        })
 }
 
 async fn connect(state: &ConnectorState, h: &FlowHeader) -> Result<TcpStream, (FailKind, String)> {

@@ -35,11 +35,24 @@ const AGENT_JITTER: Duration = Duration::from_secs(5);
 const QUERY_TIMEOUT_MIN: Duration = Duration::from_secs(1);
 const QUERY_TIMEOUT_MAX: Duration = Duration::from_secs(5);
 
-/// Unix seconds now.
-pub fn unix_now() -> u64 {
+/// Time since the Unix epoch by the wall clock (zero before it).
+fn since_epoch() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    since_epoch().as_secs()
+}
+
+/// Both clocks, read together: the only time the DR machine is given.
+fn now() -> Now {
+    Now {
+        at: Instant::now(),
+        unix: since_epoch(),
+    }
 }
 
 /// Publish `new` if it differs from the current mode; log and count it.
@@ -123,7 +136,7 @@ pub fn start_for(
         None => None,
         Some(path) => Some(load_key(path)?),
     };
-    let now = Now::system();
+    let now = now();
     let mut machine = Machine::new(Settings { poll_interval, key }, now);
     if let Some(path) = &dr.state_file {
         if restore(&mut machine, now, path) {
@@ -415,7 +428,7 @@ impl Shell {
 
     /// Feed the machine (a lookup, or just the time) and act on its output.
     fn handle(&mut self, lookup: Option<Lookup>) {
-        let now = Now::system();
+        let now = now();
         let out = match lookup {
             Some(l) => self.machine.handle_lookup(now, l),
             None => self.machine.handle_timeout(now),

@@ -12,10 +12,12 @@ use tracing::{debug, info, warn, Span};
 
 use super::quota::{Kind, QuotaGuard};
 use super::registry::{share_of, ActiveGuard, ConnectorTunnel, Link};
-use super::EdgeState;
-use crate::preamble::{self, ConnectRequest};
+use super::{EdgeState, Policy};
+use crate::head::{self, HeadError};
+use crate::metrics::FlowGuard;
+use crate::preamble::{self, ConnectRequest, Dest};
 use crate::refusal::Refusal;
-use crate::segments::Lookup;
+use crate::segments::{Lookup, Segment};
 use crate::splice::{self, Counters, RecvHalf, Side};
 use crate::stall::{FlowStalls, Stalls};
 use crate::transport::stream_code;
@@ -25,7 +27,6 @@ use crate::wire::{self, FlowHeader, FlowReply};
 /// Extra time the edge gives a connector beyond its own connect timeout.
 const REPLY_MARGIN: Duration = Duration::from_secs(2);
 
-/// Serve one client stream.
 /// What a flow shares with the client tunnel it came on.
 pub(super) struct FromTunnel {
     /// Cancelled when the client's certificate is no longer accepted.
@@ -34,6 +35,8 @@ pub(super) struct FromTunnel {
     pub stalls: Option<Arc<Stalls>>,
 }
 
+/// Serve one client stream: admit it, connect it upstream, carry it. A flow
+/// turned away on the way gets its refusal.
 pub(super) async fn serve(
     state: Arc<EdgeState>,
     peer: Arc<SpiffeId>,
@@ -42,16 +45,79 @@ pub(super) async fn serve(
     slot: (OwnedSemaphorePermit, QuotaGuard),
     from: FromTunnel,
 ) {
-    let FromTunnel {
-        cert_refused,
-        stalls: client_stalls,
-    } = from;
-    let m = &state.metrics;
-    m.flows_active.inc();
-    let started = Instant::now();
+    let flow = state.metrics.flow();
     let policy = state.policy.load_full();
-    let limits = &policy.limits;
+    let cx = Cx {
+        state: &state,
+        policy: &policy,
+        peer: &peer,
+        client_id: slot.1.id(),
+        started: Instant::now(),
+    };
+    let admitted = match admit(&cx, &mut client).await {
+        Ok(a) => a,
+        Err(refused) => return refuse(&cx, &mut client, refused).await,
+    };
+    let upstream = match connect_upstream(&cx, id, &admitted).await {
+        Ok(u) => u,
+        Err(r) => {
+            let refused = Refused::answer(r, None, Some(admitted.segment));
+            return refuse(&cx, &mut client, refused).await;
+        }
+    };
+    carry(&cx, client, admitted, upstream, from, flow).await;
+}
 
+/// What every step of one flow reads.
+struct Cx<'a> {
+    state: &'a EdgeState,
+    policy: &'a Policy,
+    peer: &'a SpiffeId,
+    /// The client's quota identity.
+    client_id: &'a Arc<str>,
+    started: Instant,
+}
+
+/// A flow `admit` let through.
+struct Admitted<'p> {
+    segment: &'p Segment,
+    dest: Dest,
+    /// Flow bytes that came with the preamble.
+    early: Bytes,
+    is_test_user: bool,
+}
+
+/// A flow turned away before it was carried.
+enum Refused<'p> {
+    /// The stream ended before a whole preamble: nobody to answer.
+    Gone,
+    /// Answer `refusal` with `reason` (its default line when `None`), counted
+    /// under `segment`, or as unmatched when none matched yet.
+    Answer {
+        refusal: Refusal,
+        reason: Option<&'static str>,
+        segment: Option<&'p Segment>,
+    },
+}
+
+impl<'p> Refused<'p> {
+    fn answer(
+        refusal: Refusal,
+        reason: Option<&'static str>,
+        segment: Option<&'p Segment>,
+    ) -> Self {
+        Self::Answer {
+            refusal,
+            reason,
+            segment,
+        }
+    }
+}
+
+/// The preamble within `preamble_timeout`, the DR mode's word for this user
+/// (first: a flow to a known segment is counted under it), then the segment.
+async fn admit<'p>(cx: &Cx<'p>, client: &mut Side) -> Result<Admitted<'p>, Refused<'p>> {
+    let limits = &cx.policy.limits;
     let head = tokio::time::timeout(
         limits.preamble_timeout,
         read_preamble(&mut client.recv, limits.preamble_bytes),
@@ -59,89 +125,80 @@ pub(super) async fn serve(
     .await;
     let (req, early) = match head {
         Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => {
-            // The stream ended or was reset before a whole preamble: nobody to answer.
-            m.flows_active.dec();
-            return;
-        }
-        Ok(Err(refusal)) => {
-            refuse(&state, &mut client, refusal, None, started).await;
-            return;
-        }
+        Ok(Ok(None)) => return Err(Refused::Gone),
+        Ok(Err(refusal)) => return Err(Refused::answer(refusal, None, None)),
         Err(_) => {
             debug!("no complete preamble within {:?}", limits.preamble_timeout);
-            refuse(
-                &state,
-                &mut client,
-                Refusal::BadRequest,
-                Some("no complete CONNECT preamble in time"),
-                started,
-            )
-            .await;
-            return;
+            let why = Some("no complete CONNECT preamble in time");
+            return Err(Refused::answer(Refusal::BadRequest, why, None));
         }
     };
     let dest = req.dest;
     Span::current().record("dest", tracing::field::display(&dest));
 
-    let is_test_user = policy.test_users.contains(&peer.name);
-    let lookup = policy.matcher.lookup(&dest);
-    // The mode's word comes first; a flow to a known segment is counted
-    // under that segment.
-    let refused = state.mode.borrow().refusal(is_test_user);
+    let is_test_user = cx.policy.test_users.contains(&cx.peer.name);
+    let lookup = cx.policy.matcher.lookup(&dest);
+    let refused = cx.state.mode.borrow().refusal(is_test_user);
     if let Some(r) = refused {
-        match lookup {
-            Lookup::Hit(s) => {
-                policy.segment_metrics[s.index].refusal(r).inc();
-                answer_refusal(&state, &mut client, r, None, started).await;
-            }
-            _ => refuse(&state, &mut client, r, None, started).await,
-        }
-        return;
+        let segment = match lookup {
+            Lookup::Hit(s) => Some(s),
+            _ => None,
+        };
+        return Err(Refused::answer(r, None, segment));
     }
     let segment = match lookup {
         Lookup::Hit(s) => s,
         Lookup::WrongPort(_) => {
-            refuse(
-                &state,
-                &mut client,
-                Refusal::NotDrSegment,
-                Some("port is outside the DR segment's ports"),
-                started,
-            )
-            .await;
-            return;
+            let why = Some("port is outside the DR segment's ports");
+            return Err(Refused::answer(Refusal::NotDrSegment, why, None));
         }
-        Lookup::Miss => {
-            refuse(&state, &mut client, Refusal::NotDrSegment, None, started).await;
-            return;
-        }
+        Lookup::Miss => return Err(Refused::answer(Refusal::NotDrSegment, None, None)),
     };
-    let seg_m = &policy.segment_metrics[segment.index];
+    Ok(Admitted {
+        segment,
+        dest,
+        early,
+        is_test_user,
+    })
+}
 
+/// A connector's flow, answered `Connected`, with what holds its place.
+struct Upstream {
+    side: Side,
+    tunnel: Arc<ConnectorTunnel>,
+    /// The tunnel's active count and the client's share of its flows.
+    _held: (ActiveGuard, QuotaGuard),
+}
+
+/// Pick a connector tunnel of a group serving the segment, take the client's
+/// share of it, open the flow, send the header, wait for the answer; on a
+/// failure, once more on another tunnel. The last failure's word otherwise.
+async fn connect_upstream(
+    cx: &Cx<'_>,
+    id: u64,
+    admitted: &Admitted<'_>,
+) -> Result<Upstream, Refusal> {
+    let limits = &cx.policy.limits;
+    let groups = &admitted.segment.connector_groups;
     let header = FlowHeader {
         flow_id: id,
-        segment: segment.name.clone(),
-        dest: dest.clone(),
-        client: peer.uri(),
+        segment: admitted.segment.name.clone(),
+        dest: admitted.dest.clone(),
+        client: cx.peer.uri(),
     };
     let reply_timeout = limits.connect_timeout + REPLY_MARGIN;
+    let capacity = limits.max_flows_per_connector_tunnel;
+    let registry = &cx.state.registry;
     let mut tried: Vec<u64> = Vec::with_capacity(2);
     let mut last = Refusal::NoConnector;
-    let mut upstream = None;
-    let capacity = limits.max_flows_per_connector_tunnel;
-    let client_id = slot.1.id();
     while tried.len() < 2 {
-        let Some(tunnel) = state
-            .registry
-            .pick(&segment.connector_groups, &tried, capacity)
-        else {
+        let Some(tunnel) = registry.pick(groups, &tried, capacity) else {
             break;
         };
         tried.push(tunnel.id);
         let Some(share) = tunnel
             .shares
-            .take(client_id, Kind::Flow, share_of(capacity))
+            .take(cx.client_id, Kind::Flow, share_of(capacity))
         else {
             debug!(connector = %tunnel.peer, "client holds its share of the connector's flows");
             last = Refusal::Quota;
@@ -150,65 +207,114 @@ pub(super) async fn serve(
         // Counted from the pick, so concurrent flows spread over connectors
         // before any of them answered.
         let guard = ActiveGuard::new(Arc::clone(&tunnel));
-        let another = || {
-            state
-                .registry
-                .pick(&segment.connector_groups, &tried, capacity)
-                .is_some()
-        };
+        let another = || registry.pick(groups, &tried, capacity).is_some();
         match open_upstream(&tunnel, &header, reply_timeout, another).await {
-            Ok(sides) => {
-                upstream = Some((sides, (guard, share), tunnel));
-                break;
+            Ok(side) => {
+                return Ok(Upstream {
+                    side,
+                    tunnel,
+                    _held: (guard, share),
+                })
             }
             Err(r) => {
+                let dest = &admitted.dest;
                 debug!(connector = %tunnel.peer, "connector could not reach {dest}: {}", r.word());
                 last = r;
             }
         }
     }
-    let Some((mut app_side, _guard, tunnel)) = upstream else {
-        seg_m.refusal(last).inc();
-        answer_refusal(&state, &mut client, last, None, started).await;
-        return;
-    };
+    Err(last)
+}
 
-    if client
-        .send
-        .write(Bytes::from_static(preamble::ESTABLISHED))
-        .await
-        .is_err()
-    {
+/// Answer the client, then splice until either side ends or the flow must
+/// stop (DR mode narrowed, certificate refused, stalled, shutdown); count
+/// the bytes, close `flow` with its reason, log it.
+async fn carry(
+    cx: &Cx<'_>,
+    mut client: Side,
+    admitted: Admitted<'_>,
+    mut upstream: Upstream,
+    from: FromTunnel,
+    flow: FlowGuard<'_>,
+) {
+    let app_side = &mut upstream.side;
+    let established = Bytes::from_static(preamble::ESTABLISHED);
+    if client.send.write(established).await.is_err() {
         app_side.send.abort(stream_code::ABORTED);
         app_side.recv.abort(stream_code::ABORTED);
-        m.flows_active.dec();
         return;
     }
-    m.flow_setup.observe(started.elapsed().as_secs_f64());
+    let m = &cx.state.metrics;
+    let seg_m = &cx.policy.segment_metrics[admitted.segment.index];
+    m.flow_setup.observe(cx.started.elapsed().as_secs_f64());
     seg_m.ok.inc();
-    let mut early_up = 0u64;
-    if !early.is_empty() {
-        early_up = early.len() as u64;
+    let early_up = admitted.early.len() as u64;
+    if early_up > 0 {
         seg_m.bytes_up.inc_by(early_up);
-        if app_side.send.write(early).await.is_err() {
+        if app_side.send.write(admitted.early).await.is_err() {
             app_side.send.abort(stream_code::ABORTED);
         }
     }
-
     // A stalled flow counts on both tunnels it crosses, and against the
     // edge's `memory_budget`.
     let stalls = FlowStalls::new(
-        Arc::clone(client_id),
+        Arc::clone(cx.client_id),
         [
-            client_stalls,
-            Some(Arc::clone(&tunnel.stalls)),
-            Some(Arc::clone(&state.stalls)),
+            from.stalls,
+            Some(Arc::clone(&upstream.tunnel.stalls)),
+            Some(Arc::clone(&cx.state.stalls)),
         ],
     );
+    let stop = must_stop(cx.state, admitted.is_test_user, from.cert_refused, &stalls);
+    let outcome = splice::splice(
+        &mut client,
+        app_side,
+        Counters {
+            up: &seg_m.bytes_up,
+            down: &seg_m.bytes_down,
+        },
+        stop,
+        Some(cx.policy.limits.flow_idle_timeout).filter(|d| !d.is_zero()),
+        Some(&stalls),
+    )
+    .await;
+    let reason = outcome.end.reason();
+    let (segment, dest) = (&admitted.segment.name, &admitted.dest);
+    if outcome.end == splice::End::Stopped(stream_code::DR_NARROWED) {
+        if let Some(held_back) = NARROWED_LOG.allow(Instant::now()) {
+            warn!(
+                client = %cx.peer, %segment, %dest, result = reason, held_back,
+                "flow closed: the DR mode no longer serves it"
+            );
+        }
+    }
+    flow.close(reason);
+    let up = outcome.up + early_up;
+    if cx.policy.access_log {
+        info!(
+            client = %cx.peer, %segment, %dest, connector = %upstream.tunnel.peer,
+            up, down = outcome.down,
+            duration_ms = cx.started.elapsed().as_millis() as u64, result = reason,
+            "flow"
+        );
+    } else {
+        debug!(up, down = outcome.down, result = reason, "flow ended");
+    }
+}
+
+/// Resolves, with the stream code to close with, when a carried flow must
+/// stop: the DR mode no longer serves the user, the edge shuts down, the
+/// client's certificate is refused, or the flow stalled.
+fn must_stop(
+    state: &EdgeState,
+    is_test_user: bool,
+    cert_refused: CancellationToken,
+    stalls: &FlowStalls,
+) -> impl std::future::Future<Output = u32> {
     let stalled = stalls.stop.clone();
     let mut mode_rx = state.mode.clone();
     let abort = state.abort.clone();
-    let stop = async move {
+    async move {
         loop {
             tokio::select! {
                 changed = mode_rx.changed() => {
@@ -222,44 +328,6 @@ pub(super) async fn serve(
                 _ = stalled.cancelled() => return stream_code::STALLED,
             }
         }
-    };
-    let outcome = splice::splice(
-        &mut client,
-        &mut app_side,
-        Counters {
-            up: &seg_m.bytes_up,
-            down: &seg_m.bytes_down,
-        },
-        stop,
-        Some(limits.flow_idle_timeout).filter(|d| !d.is_zero()),
-        Some(&stalls),
-    )
-    .await;
-    let reason = outcome.end.reason();
-    m.flows_closed.with_label_values(&[reason]).inc();
-    if outcome.end == splice::End::Stopped(stream_code::DR_NARROWED) {
-        if let Some(held_back) = NARROWED_LOG.allow(Instant::now()) {
-            warn!(
-                client = %peer, segment = %segment.name, %dest, result = reason, held_back,
-                "flow closed: the DR mode no longer serves it"
-            );
-        }
-    }
-    m.flows_active.dec();
-    if policy.access_log {
-        info!(
-            client = %peer, segment = %segment.name, %dest, connector = %tunnel.peer,
-            up = outcome.up + early_up, down = outcome.down,
-            duration_ms = started.elapsed().as_millis() as u64, result = reason,
-            "flow"
-        );
-    } else {
-        debug!(
-            up = outcome.up + early_up,
-            down = outcome.down,
-            result = reason,
-            "flow ended"
-        );
     }
 }
 
@@ -275,26 +343,12 @@ async fn read_preamble(
     recv: &mut RecvHalf,
     limit: usize,
 ) -> Result<Option<(ConnectRequest, Bytes)>, Refusal> {
-    let mut buf = BytesMut::new();
-    loop {
-        match recv.read_chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => {
-                return if buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(Refusal::BadRequest)
-                };
-            }
-        }
-        match preamble::parse_request(&buf, limit) {
-            Ok(Some((req, used))) => {
-                let rest = buf.split_off(used).freeze();
-                return Ok(Some((req, rest)));
-            }
-            Ok(None) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    match head::read_head(recv, limit, |buf| preamble::parse_request(buf, limit)).await {
+        Ok((req, rest)) => Ok(Some((req, rest.freeze()))),
+        Err(HeadError::Cut { buffered: 0, .. }) => Ok(None),
+        Err(HeadError::Cut { .. }) => Err(Refusal::BadRequest),
+        Err(HeadError::Parse(e)) => Err(e.into()),
+        Err(HeadError::TooLarge) => Err(Refusal::TooLarge),
     }
 }
 
@@ -383,49 +437,35 @@ async fn open_upstream(
 const ACK_GRACE: Duration = Duration::from_millis(500);
 
 async fn read_reply(recv: &mut RecvHalf) -> Result<FlowReply, ()> {
-    let mut buf = BytesMut::new();
-    loop {
-        match recv.read_chunk().await {
-            Ok(Some(c)) => buf.extend_from_slice(&c),
-            _ => return Err(()),
-        }
-        match wire::parse_flow_reply(&buf) {
-            // The connector sends nothing after its reply until we send data.
-            Ok(Some((r, _))) => return Ok(r),
-            Ok(None) if buf.len() < wire::MAX_HEADER => continue,
-            _ => return Err(()),
-        }
+    // The connector sends nothing after its reply until we send data.
+    match head::read_head(recv, wire::MAX_HEADER, wire::parse_flow_reply).await {
+        Ok((reply, _)) => Ok(reply),
+        Err(_) => Err(()),
     }
 }
 
-/// Refuse a flow that matched no segment.
-async fn refuse(
-    state: &EdgeState,
-    client: &mut Side,
-    r: Refusal,
-    reason: Option<&str>,
-    started: Instant,
-) {
-    state.metrics.refused_unmatched(r).inc();
-    answer_refusal(state, client, r, reason, started).await;
-}
-
-async fn answer_refusal(
-    state: &EdgeState,
-    client: &mut Side,
-    r: Refusal,
-    reason: Option<&str>,
-    started: Instant,
-) {
+/// Answer a refusal (nothing for a stream that ended first): counted under
+/// its segment or as unmatched, its status, word and reason line sent, the
+/// client's side closed, the setup time observed.
+async fn refuse(cx: &Cx<'_>, client: &mut Side, refused: Refused<'_>) {
+    let Refused::Answer {
+        refusal: r,
+        reason,
+        segment,
+    } = refused
+    else {
+        return;
+    };
+    match segment {
+        Some(s) => cx.policy.segment_metrics[s.index].refusal(r).inc(),
+        None => cx.state.metrics.refused_unmatched(r).inc(),
+    }
     debug!(word = r.word(), "refused");
     let body = r.encode_response(reason.unwrap_or_else(|| r.default_reason()));
     if client.send.write(body).await.is_ok() {
         let _ = client.send.finish().await;
     }
     client.recv.abort(stream_code::ABORTED);
-    state
-        .metrics
-        .flow_setup
-        .observe(started.elapsed().as_secs_f64());
-    state.metrics.flows_active.dec();
+    let setup = cx.started.elapsed().as_secs_f64();
+    cx.state.metrics.flow_setup.observe(setup);
 }

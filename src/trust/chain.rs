@@ -7,7 +7,6 @@
 //! Must not: check host names (see `verify.rs`), fetch anything.
 
 use std::path::Path;
-use std::time::Duration;
 
 use rustls_pki_types::{
     CertificateDer, CertificateRevocationListDer, SignatureVerificationAlgorithm, TrustAnchor,
@@ -15,45 +14,8 @@ use rustls_pki_types::{
 };
 use webpki::{CertRevocationList, EndEntityCert, ExtendedKeyUsageValidator, VerifiedPath};
 
+use super::anchors::{anchors, Validity};
 use super::TrustError;
-
-/// A pinned root's validity period, unix seconds, both ends inclusive (as
-/// webpki treats certificates).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Validity {
-    pub(crate) not_before: i64,
-    pub(crate) not_after: i64,
-}
-
-impl Validity {
-    pub(crate) fn of(cert: &[u8]) -> Option<Self> {
-        let (_, x509) = x509_parser::parse_x509_certificate(cert).ok()?;
-        let v = x509.validity();
-        Some(Self {
-            not_before: v.not_before.timestamp(),
-            not_after: v.not_after.timestamp(),
-        })
-    }
-
-    /// `Ok` if `time` is inside the period, else webpki's error for it.
-    fn check(self, time: UnixTime) -> Result<(), webpki::Error> {
-        let secs = i64::try_from(time.as_secs()).unwrap_or(i64::MAX);
-        let at = |s: i64| UnixTime::since_unix_epoch(Duration::from_secs(s.max(0).unsigned_abs()));
-        if secs < self.not_before {
-            Err(webpki::Error::CertNotValidYet {
-                time,
-                not_before: at(self.not_before),
-            })
-        } else if secs > self.not_after {
-            Err(webpki::Error::CertExpired {
-                time,
-                not_after: at(self.not_after),
-            })
-        } else {
-            Ok(())
-        }
-    }
-}
 
 /// The pinned roots and their validity periods, in the same order.
 #[derive(Clone, Copy)]
@@ -178,8 +140,7 @@ pub fn check_chain_for_test(
     usage: webpki::KeyUsage,
 ) -> Result<(), ChainError> {
     let provider = super::provider(super::KeyExchange::default());
-    let anchors =
-        super::state::anchors(trusted, Path::new("<trusted>")).map_err(ChainError::Load)?;
+    let anchors = anchors(trusted, Path::new("<trusted>")).map_err(ChainError::Load)?;
     let (crls, _, _) = if crls.is_empty() {
         (Vec::new(), None, Vec::new())
     } else {

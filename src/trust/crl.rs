@@ -20,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateRevocationListDer, TrustAnchor};
 use webpki::{CertRevocationList, OwnedCertRevocationList};
 
-use super::state::{is_pem, read, Anchors};
+use super::anchors::{is_pem, read, Anchors};
 use super::{CrlFlaw, TrustError};
 
 /// The CRLs in `path` (PEM blocks, or one DER CRL), and the earliest

@@ -13,6 +13,7 @@
 //! current state at each handshake, so [`Trust::reload`] (new CA, CRL, cert or
 //! key) takes effect for new handshakes without rebuilding configs.
 
+mod anchors;
 mod chain;
 mod classify;
 pub(crate) mod crl;
@@ -40,7 +41,7 @@ pub use classify::{classify, classify_io, classify_quic, WORDS};
 pub(crate) use spiffe::valid_segment;
 pub use spiffe::{check_trust_domain, spiffe_id_of, IdentityError, Role, SpiffeId};
 
-pub(crate) use state::may_sign_crls;
+pub(crate) use anchors::may_sign_crls;
 use state::{Stamp, State};
 use verify::{ClientVerifier, EpochSessions, EpochTickets, LocalCert, ServerVerifier};
 

@@ -11,18 +11,25 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Trust;
-use crate::metrics::Metrics;
 
 /// How often the files' modification times and lengths are compared.
 pub const WATCH_EVERY: Duration = Duration::from_secs(2);
 
-/// Watch `trust`'s files until `stop`. After each reload the certificate
-/// expiry gauges of `metrics` are updated and `on_reload` runs; each refused
-/// version counts once in `metrics`.
+/// What the watcher reports to: the role's `Metrics` (a trait, so that
+/// `trust` does not depend on `metrics`, which depends on `trust`).
+pub trait Observer: Send + Sync + 'static {
+    /// A new state is in force (the certificate expiry gauges follow it).
+    fn reloaded(&self, trust: &Trust);
+    /// A changed version of the files could not be used; the old state stays.
+    fn refused(&self);
+}
+
+/// Watch `trust`'s files until `stop`. After each reload `metrics` hears of
+/// it and `on_reload` runs; each refused version is reported once.
 pub fn spawn(
     trust: Arc<Trust>,
     stop: CancellationToken,
-    metrics: Arc<Metrics>,
+    metrics: Arc<impl Observer>,
     on_reload: impl Fn(&Trust) + Send + 'static,
 ) {
     tokio::spawn(async move {
@@ -34,12 +41,12 @@ pub fn spawn(
             match trust.reload_if_changed() {
                 Ok(true) => {
                     tracing::info!("certificate, CA or CRL file changed on disk: re-read");
-                    metrics.observe_trust(&trust);
+                    metrics.reloaded(&trust);
                     on_reload(&trust);
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    metrics.config_reloads.with_label_values(&["error"]).inc();
+                    metrics.refused();
                     tracing::error!(
                         "certificate, CA or CRL file changed but cannot be used; the previous ones stay: {e}"
                     );

@@ -46,7 +46,8 @@ pub fn later(at: Instant, d: Duration) -> Option<Instant> {
 }
 
 /// The machine's notion of now: a monotonic instant for timers and the wall
-/// clock for the record's `t=`/`x=`, read together by the caller.
+/// clock for the record's `t=`/`x=`, read together by the caller (the
+/// trigger's shell, `trigger::now`; tests and fuzzers step their own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
     pub at: Instant,
@@ -55,16 +56,6 @@ pub struct Now {
 }
 
 impl Now {
-    /// Read both clocks (the only clock access, used by the async shell).
-    pub fn system() -> Self {
-        Self {
-            at: Instant::now(),
-            unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
-        }
-    }
-
     /// `self` moved on by `d` on both clocks (tests and callers that step
     /// time); `d` is cut to [`HORIZON`].
     pub fn after(self, d: Duration) -> Self {
