@@ -61,6 +61,12 @@ pub const CLOSE_REASONS: &[&str] = &[
     "shutdown",
 ];
 
+/// `lifeboat_flow_bytes_total` of the flows that carry no segment label.
+pub struct AgentBytes {
+    pub up: IntCounter,
+    pub down: IntCounter,
+}
+
 /// All handles of one role instance.
 pub struct Metrics {
     pub registry: Registry,
@@ -78,6 +84,12 @@ pub struct Metrics {
     pub segment_ready: IntGaugeVec,
     pub dr_transitions: IntCounterVec,
     pub flows_closed: IntCounterVec,
+    /// `flows_closed` by [`CLOSE_REASONS`] index, resolved once (STYLE.md
+    /// section 6): a flow's end costs no label lookup.
+    closed_by_reason: Vec<IntCounter>,
+    /// `flow_bytes{segment=""}` up and down, resolved once, for the agents
+    /// (connector and client) whose flows have no segment label.
+    pub agent_bytes: AgentBytes,
     pub transport_fallbacks: IntCounterVec,
     pub cert_expiry: GaugeVec,
     pub build_info: IntGaugeVec,
@@ -108,6 +120,22 @@ impl Metrics {
                 m
             }};
         }
+        let flow_bytes = reg!(IntCounterVec::new(
+            opts("flow_bytes_total", "Payload bytes by segment and direction"),
+            &["segment", "direction"]
+        ));
+        let agent_bytes = AgentBytes {
+            up: flow_bytes.with_label_values(&[NO_SEGMENT, "up"]),
+            down: flow_bytes.with_label_values(&[NO_SEGMENT, "down"]),
+        };
+        let flows_closed = reg!(IntCounterVec::new(
+            opts("flows_closed_total", "Established flows closed, by reason"),
+            &["reason"]
+        ));
+        let closed_by_reason = CLOSE_REASONS
+            .iter()
+            .map(|r| flows_closed.with_label_values(&[r]))
+            .collect();
         let m = Self {
             dr_mode: reg!(IntGaugeVec::new(
                 opts("dr_mode", "1 for the current DR mode"),
@@ -143,10 +171,7 @@ impl Metrics {
                 ),
                 &["segment", "result"]
             )),
-            flow_bytes: reg!(IntCounterVec::new(
-                opts("flow_bytes_total", "Payload bytes by segment and direction"),
-                &["segment", "direction"]
-            )),
+            flow_bytes,
             flow_setup: reg!(Histogram::with_opts(
                 HistogramOpts::new(
                     "lifeboat_flow_setup_seconds",
@@ -176,10 +201,9 @@ impl Metrics {
                 opts("dr_transitions_total", "DR mode transitions"),
                 &["from", "to"]
             )),
-            flows_closed: reg!(IntCounterVec::new(
-                opts("flows_closed_total", "Established flows closed, by reason"),
-                &["reason"]
-            )),
+            flows_closed,
+            closed_by_reason,
+            agent_bytes,
             transport_fallbacks: reg!(IntCounterVec::new(
                 opts(
                     "transport_fallbacks_total",
@@ -251,16 +275,10 @@ impl Metrics {
         for r in ["ok", "error", "refused"] {
             m.config_reloads.with_label_values(&[r]);
         }
-        for r in CLOSE_REASONS {
-            m.flows_closed.with_label_values(&[r]);
-        }
         m.transport_fallbacks.with_label_values(&[role]);
         m.flows_total.with_label_values(&[NO_SEGMENT, "ok"]);
         for w in Refusal::ALL {
             m.flows_total.with_label_values(&[NO_SEGMENT, w.word()]);
-        }
-        for d in ["up", "down"] {
-            m.flow_bytes.with_label_values(&[NO_SEGMENT, d]);
         }
         // Series that mean nothing for this role are not exported; their
         // handles still work, unregistered. A connector has no DR mode (it
@@ -409,7 +427,11 @@ impl FlowGuard<'_> {
     /// The spliced flow ended for `reason` (a `CLOSE_REASONS` word, from
     /// `splice::End::reason`); it leaves `lifeboat_flows_active` too.
     pub fn close(self, reason: &str) {
-        self.metrics.flows_closed.with_label_values(&[reason]).inc();
+        let m = self.metrics;
+        match CLOSE_REASONS.iter().position(|r| *r == reason) {
+            Some(i) => m.closed_by_reason[i].inc(),
+            None => m.flows_closed.with_label_values(&[reason]).inc(),
+        }
     }
 }
 

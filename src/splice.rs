@@ -308,20 +308,14 @@ pub async fn splice_counted(
     abort: &tokio_util::sync::CancellationToken,
     stalls: Option<&FlowStalls>,
 ) -> Outcome {
-    let up = metrics
-        .flow_bytes
-        .with_label_values(&[crate::metrics::NO_SEGMENT, "up"]);
-    let down = metrics
-        .flow_bytes
-        .with_label_values(&[crate::metrics::NO_SEGMENT, "down"]);
     let abort = abort.clone();
     let stalled = stalls.map(|s| s.stop.clone());
     let outcome = splice(
         a,
         b,
         Counters {
-            up: &up,
-            down: &down,
+            up: &metrics.agent_bytes.up,
+            down: &metrics.agent_bytes.down,
         },
         async move {
             match stalled {
