@@ -184,7 +184,7 @@ async fn connect_upstream(
         flow_id: id,
         segment: admitted.segment.name.clone(),
         dest: admitted.dest.clone(),
-        client: cx.peer.uri(),
+        client: cx.client_id.to_string(),
     };
     let reply_timeout = limits.connect_timeout + REPLY_MARGIN;
     let capacity = limits.max_flows_per_connector_tunnel;
