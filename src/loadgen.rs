@@ -31,7 +31,7 @@ use crate::metrics::{Metrics, HANDSHAKE_RESULTS};
 use crate::preamble::Dest;
 use crate::splice::{RecvHalf, Side};
 use crate::transport::dial::{Dialer, HEAD_START};
-use crate::transport::{quic, tls, ALPN_CLIENT};
+use crate::transport::{quic, tls, ALPN_CLIENT, ALPN_H2};
 use crate::trust::Trust;
 
 /// What to run.
@@ -320,7 +320,7 @@ pub async fn run(client_config: &Path, opts: Options) -> anyhow::Result<Report> 
         dialers.push(Dialer {
             choice: opts.transport.unwrap_or(cfg.transport),
             quic: endpoint,
-            tls: tls::connector(&trust, ALPN_CLIENT),
+            tls: tls::connector(&trust, ALPN_H2),
             timeout: cfg.limits.handshake_timeout,
             head_start: HEAD_START,
         });

@@ -135,14 +135,8 @@ impl Refusal {
     /// become spaces and surrounding whitespace is trimmed; an empty result is
     /// replaced by [`Refusal::default_reason`].
     pub fn encode_response(self, reason: &str) -> Bytes {
-        let reason = reason.trim();
-        let reason = if reason.is_empty() {
-            self.default_reason()
-        } else {
-            reason
-        };
-        let body_len = reason.len() + 1;
-        let mut out = BytesMut::with_capacity(160 + body_len);
+        let body = self.reason_line(reason);
+        let mut out = BytesMut::with_capacity(160 + body.len());
         out.put_slice(b"HTTP/1.1 ");
         put_decimal(&mut out, u64::from(self.status()));
         out.put_u8(b' ');
@@ -153,15 +147,46 @@ impl Refusal {
             out.put_slice(b"\r\nAllow: CONNECT");
         }
         out.put_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
-        put_decimal(&mut out, body_len as u64);
+        put_decimal(&mut out, body.len() as u64);
         out.put_slice(b"\r\nConnection: close\r\n\r\n");
+        out.put_slice(&body);
+        out.freeze()
+    }
+
+    /// The response head of a refused HTTP/2 CONNECT stream: `:status`,
+    /// `lifeboat-error: <word>` (`allow: CONNECT` for 405), `content-type:
+    /// text/plain` and the length of `body`, the [`Refusal::reason_line`]
+    /// that follows as the stream's data.
+    pub fn h2_head(self, body: &Bytes) -> http::Response<()> {
+        let mut b = http::Response::builder()
+            .status(self.status())
+            .header("lifeboat-error", self.word())
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .header(http::header::CONTENT_LENGTH, body.len());
+        if self == Self::Method {
+            b = b.header(http::header::ALLOW, "CONNECT");
+        }
+        b.body(())
+            .expect("statuses and words are valid header values")
+    }
+
+    /// The one-line body of a refusal: `reason` made a single line (CR, LF
+    /// and other control characters become spaces, surrounding whitespace
+    /// trimmed; empty is [`Refusal::default_reason`]), then `"\n"`.
+    pub fn reason_line(self, reason: &str) -> Bytes {
+        let reason = reason.trim();
+        let reason = if reason.is_empty() {
+            self.default_reason()
+        } else {
+            reason
+        };
+        let mut out = BytesMut::with_capacity(reason.len() + 1);
         for c in reason.chars() {
             let c = if c.is_control() { ' ' } else { c };
             let mut tmp = [0u8; 4];
             out.put_slice(c.encode_utf8(&mut tmp).as_bytes());
         }
         out.put_u8(b'\n');
-        debug_assert!(out.ends_with(b"\n"));
         out.freeze()
     }
 }

@@ -375,7 +375,7 @@ async fn http2_tunnel_is_dead_within_idle_timeout_of_the_last_frame() {
             idle_timeout: IDLE,
             ..Default::default()
         };
-        let (link, driver) = lifeboat::transport::mux::edge_side(io, &limits)
+        let (link, driver) = lifeboat::transport::mux::client_side(io, &limits)
             .await
             .expect("HTTP/2 handshake");
         // The driver stays pending once frozen; the test's end drops it.

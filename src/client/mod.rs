@@ -24,7 +24,7 @@ use crate::preamble::Dest;
 use crate::refusal::Refusal;
 use crate::splice::{self, RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialer, HEAD_START};
-use crate::transport::{quic, stream_code, tls, ALPN_CLIENT};
+use crate::transport::{quic, stream_code, tls, ALPN_CLIENT, ALPN_H2};
 use crate::trust::Trust;
 use tunnel::{OpenError, Tunnel};
 
@@ -102,7 +102,7 @@ impl Client {
         let dialer = Dialer {
             choice: cfg.transport,
             quic: endpoint,
-            tls: tls::connector(&trust, ALPN_CLIENT),
+            tls: tls::connector(&trust, ALPN_H2),
             timeout: cfg.limits.handshake_timeout,
             head_start: HEAD_START,
         };

@@ -3,9 +3,9 @@
 //! address and moving to the next at once on failure or when the edge goes
 //! away. Over QUIC, one connection carries every flow as a stream. Over TLS
 //! (configured, or `auto` when QUIC does not come up within its head start),
-//! each flow is its own TLS connection to the same edge, resumed from a
-//! session ticket; the keeper re-probes QUIC and moves back when it works.
-//! A flow that finds no tunnel wakes the keeper (at most one dial a second).
+//! one HTTP/2 connection carries every flow as a CONNECT stream (ALPN `h2`);
+//! the keeper re-probes QUIC and moves back when it works. A flow that
+//! finds no tunnel wakes the keeper (at most one dial a second).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer};
 use crate::transport::keeper::{self, Ended, Keeper, TunnelRole};
+use crate::transport::mux::{self, MuxLink};
 use crate::transport::resolve::{failover_order, EdgeWatch};
 use crate::transport::{close_code, EdgeAddr};
 
@@ -37,8 +38,8 @@ pub enum TunnelState {
     Connecting,
     /// A QUIC connection carrying every flow.
     Quic(quinn::Connection),
-    /// Flows dial this edge over TLS, one connection each.
-    Tls(EdgeAddr),
+    /// An HTTP/2 connection over TLS carrying every flow.
+    H2(MuxLink),
     Down(String),
 }
 
@@ -62,8 +63,6 @@ pub struct Tunnel {
     state: watch::Receiver<TunnelState>,
     limits: Limits,
     dialer: Dialer,
-    /// A TLS flow could not reach its edge: the keeper moves on.
-    tls_failed: Notify,
     /// A flow is waiting while no edge is reachable: the keeper dials now.
     demand: Arc<Notify>,
     /// A flow was refused `going-away`: the keeper leaves that edge now.
@@ -88,7 +87,6 @@ impl Tunnel {
             state: rx,
             limits,
             dialer: dialer.clone(),
-            tls_failed: Notify::new(),
             demand: Arc::clone(&demand),
             edge_going: Notify::new(),
         });
@@ -135,7 +133,7 @@ impl Tunnel {
                     TunnelState::Quic(c) if c.close_reason().is_none() => {
                         return Ok(TunnelState::Quic(c.clone()))
                     }
-                    TunnelState::Tls(e) => return Ok(TunnelState::Tls(e.clone())),
+                    TunnelState::H2(l) if !l.is_closed() => return Ok(TunnelState::H2(l.clone())),
                     TunnelState::Down(e) if asked => return Err(OpenError::NoTunnel(e.clone())),
                     TunnelState::Down(_) => {
                         self.demand.notify_one();
@@ -162,14 +160,9 @@ impl Tunnel {
     /// tried once more on the next tunnel instead of failing the user.
     pub async fn open(&self, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
         let state = self.current().await?;
-        let used = match &state {
-            TunnelState::Quic(c) => Some(c.clone()),
-            _ => None,
-        };
+        let used = Used::of(&state);
         match self.open_on(state, dest).await {
-            Err(OpenError::Broken(e))
-                if used.as_ref().is_some_and(|c| c.close_reason().is_some()) =>
-            {
+            Err(OpenError::Broken(e)) if used.as_ref().is_some_and(Used::ended) => {
                 tracing::debug!(
                     "tunnel ended before the edge answered ({e}); opening on the next one"
                 );
@@ -192,14 +185,11 @@ impl Tunnel {
     }
 
     /// The current tunnel once it is another than `used`.
-    async fn next_tunnel(
-        &self,
-        used: Option<&quinn::Connection>,
-    ) -> Result<TunnelState, OpenError> {
+    async fn next_tunnel(&self, used: Option<&Used>) -> Result<TunnelState, OpenError> {
         let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
         loop {
             let state = self.current().await?;
-            let same = matches!((&state, used), (TunnelState::Quic(c), Some(u)) if c.stable_id() == u.stable_id());
+            let same = used.is_some_and(|u| u.is(&state));
             if !same {
                 return Ok(state);
             }
@@ -213,6 +203,8 @@ impl Tunnel {
     }
 
     async fn open_on(&self, state: TunnelState, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
+        // The edge answers within its connect timeout plus margin; bound our wait above that.
+        let answer_timeout = self.limits.connect_timeout + Duration::from_secs(5);
         let mut side = match state {
             TunnelState::Quic(conn) => {
                 let (send, recv) = conn
@@ -224,28 +216,19 @@ impl Tunnel {
                     send: SendHalf::Quic(send),
                 }
             }
-            TunnelState::Tls(edge) => match self.dialer.dial_tls(&edge).await {
-                Ok(s) => {
-                    crate::transport::tls::tcp_keepalive(s.get_ref().0, self.limits.keepalive());
-                    let (r, w) = tokio::io::split(s);
-                    Side {
-                        recv: RecvHalf::io(Box::new(r)),
-                        send: SendHalf::Io(Box::new(w)),
-                    }
-                }
-                Err(e) => {
-                    self.tls_failed.notify_one();
-                    return Err(OpenError::Broken(e.to_string()));
-                }
-            },
+            TunnelState::H2(link) => {
+                let connect = connect_h2(&link, dest, self.limits.preamble_bytes);
+                return match tokio::time::timeout(answer_timeout, connect).await {
+                    Ok(r) => r.map(|side| (side, Bytes::new())),
+                    Err(_) => Err(no_answer_in_time()),
+                };
+            }
             _ => return Err(OpenError::NoTunnel("no edge".into())),
         };
         side.send
             .write(preamble::encode_request(dest))
             .await
             .map_err(|e| OpenError::Broken(e.to_string()))?;
-        // The edge answers within its connect timeout plus margin; bound our wait above that.
-        let answer_timeout = self.limits.connect_timeout + Duration::from_secs(5);
         let answer = tokio::time::timeout(
             answer_timeout,
             read_answer(&mut side.recv, self.limits.preamble_bytes),
@@ -258,24 +241,105 @@ impl Tunnel {
                 refusal: resp.error,
                 reason: String::from_utf8_lossy(&rest).trim().to_string(),
             }),
-            Ok(Err(e)) => {
-                if matches!(side.recv, RecvHalf::Io { .. }) {
-                    // A TLS flow cut before any answer (a refused certificate,
-                    // a dead edge): the keeper re-checks the edge.
-                    self.tls_failed.notify_one();
-                }
-                Err(OpenError::Broken(e))
-            }
+            Ok(Err(e)) => Err(OpenError::Broken(e)),
             Err(_) => {
                 side.send.abort(crate::transport::stream_code::ABORTED);
-                Err(OpenError::Refused {
-                    status: 504,
-                    refusal: Some(Refusal::UpstreamTimeout),
-                    reason: "the edge did not answer in time".into(),
-                })
+                Err(no_answer_in_time())
             }
         }
     }
+}
+
+fn no_answer_in_time() -> OpenError {
+    OpenError::Refused {
+        status: 504,
+        refusal: Some(Refusal::UpstreamTimeout),
+        reason: "the edge did not answer in time".into(),
+    }
+}
+
+/// The tunnel a flow was tried on, to tell whether a retry goes elsewhere.
+enum Used {
+    Quic(quinn::Connection),
+    H2(MuxLink),
+}
+
+impl Used {
+    fn of(state: &TunnelState) -> Option<Self> {
+        match state {
+            TunnelState::Quic(c) => Some(Self::Quic(c.clone())),
+            TunnelState::H2(l) => Some(Self::H2(l.clone())),
+            _ => None,
+        }
+    }
+
+    /// Whether the tunnel has ended (a flow that broke with it never
+    /// reached the edge's answer: it may be opened on the next tunnel).
+    fn ended(&self) -> bool {
+        match self {
+            Self::Quic(c) => c.close_reason().is_some(),
+            Self::H2(l) => l.is_closed(),
+        }
+    }
+
+    fn is(&self, state: &TunnelState) -> bool {
+        match (self, state) {
+            (Self::Quic(u), TunnelState::Quic(c)) => u.stable_id() == c.stable_id(),
+            (Self::H2(u), TunnelState::H2(l)) => u.id() == l.id(),
+            _ => false,
+        }
+    }
+}
+
+/// Open a CONNECT stream to `dest` on an HTTP/2 tunnel and wait for the
+/// edge's answer: the flow's halves on 200, else the refusal with its word
+/// and reason line (at most `limit` bytes of it). A stream the edge
+/// refused unprocessed (its GOAWAY crossed it) is refused `going-away`, so
+/// the flow is opened on the next tunnel.
+async fn connect_h2(link: &MuxLink, dest: &Dest, limit: usize) -> Result<Side, OpenError> {
+    let going_away =
+        |e: &h2::Error| e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM);
+    let broken = |e: h2::Error| {
+        if going_away(&e) {
+            OpenError::Refused {
+                status: 503,
+                refusal: Some(Refusal::GoingAway),
+                reason: format!("the edge is going away: {e}"),
+            }
+        } else {
+            OpenError::Broken(e.to_string())
+        }
+    };
+    let (answer, send) = link.connect(&dest.to_string()).await.map_err(broken)?;
+    let (head, mut body) = answer.await.map_err(broken)?.into_parts();
+    if head.status == http::StatusCode::OK {
+        return Ok(Side {
+            recv: RecvHalf::H2(body),
+            send: SendHalf::H2(send),
+        });
+    }
+    let refusal = head
+        .headers
+        .get("lifeboat-error")
+        .and_then(|w| w.to_str().ok())
+        .and_then(|w| Refusal::from_word(w.trim()));
+    // The reason line, as far as it comes within `limit`.
+    let mut reason = Vec::new();
+    while reason.len() < limit {
+        match body.data().await {
+            Some(Ok(chunk)) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                reason.extend_from_slice(&chunk);
+            }
+            _ => break,
+        }
+    }
+    reason.truncate(limit);
+    Err(OpenError::Refused {
+        status: head.status.as_u16(),
+        refusal,
+        reason: String::from_utf8_lossy(&reason).trim().to_string(),
+    })
 }
 
 /// Read the edge's answer head; for a refusal also its one-line body.
@@ -349,7 +413,6 @@ impl TunnelRole for ClientRole {
         moving: CancellationToken,
     ) -> impl Future<Output = Ended> + Send {
         let addr = edge.addr;
-        let edge = edge.clone();
         async move {
             let ended = match tunnel {
                 Dialed::Quic(conn) => {
@@ -373,15 +436,25 @@ impl TunnelRole for ClientRole {
                     );
                     ended
                 }
-                Dialed::Tls(probe) => {
-                    // The handshake proved the edge reachable; flows dial their own.
-                    drop(probe);
-                    self.tx.send_replace(TunnelState::Tls(edge));
-                    tokio::select! {
-                        () = self.tunnel.tls_failed.notified() => Ended::new("a flow could not reach the edge over TLS"),
+                Dialed::Tls(stream) => {
+                    let (link, driver) = match mux::client_side(*stream, &self.tunnel.limits).await
+                    {
+                        Ok(l) => l,
+                        Err(e) => return Ended::new(format!("HTTP/2 handshake: {e}")),
+                    };
+                    let driver = tokio::spawn(driver);
+                    self.tx.send_replace(TunnelState::H2(link.clone()));
+                    // Running flows keep the connection open through their streams.
+                    let ended = tokio::select! {
+                        () = link.closed() => {
+                            let why = driver.await.unwrap_or_else(|e| e.to_string());
+                            Ended::new(why)
+                        }
+                        () = self.tunnel.edge_going.notified() => Ended::going_away("the edge refused a flow: going away"),
                         () = left_record(&mut self.known, addr) => Ended::new("the edge address left the record"),
                         () = moving.cancelled() => Ended::new("client stopping"),
-                    }
+                    };
+                    ended
                 }
             };
             // New flows wait for the next tunnel, not the one going away.

@@ -20,7 +20,7 @@ use super::{connector_tunnel, flow, EdgeState};
 use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::{
-    close_code, mux, quic, shed, stream_code, tls, TransportKind, ALPN_CONNECTOR,
+    close_code, mux, quic, shed, stream_code, tls, TransportKind, ALPN_CONNECTOR, ALPN_H2,
 };
 use crate::trust::{Role, SpiffeId};
 
@@ -410,7 +410,7 @@ async fn client_tunnel(
                     let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
                     let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
                     let from = flow::FromTunnel { cert_refused: cert_refused.clone(), stalls: Some(Arc::clone(&stalls)) };
-                    let flow = flow::serve(Arc::clone(&state), Arc::clone(&peer), id, side, permit, from).instrument(span);
+                    let flow = flow::serve(Arc::clone(&state), Arc::clone(&peer), id, (side, flow::Ask::Preamble), permit, from).instrument(span);
                     tracker.spawn(mine.track_future(flow));
                     credit.grow_on(&conn, mine.len());
                 }
@@ -505,7 +505,7 @@ fn leaf_not_after(certs: &[CertificateDer<'static>]) -> Option<i64> {
 }
 
 /// Why a live client's certificate stopped being accepted.
-enum CertEnd {
+pub(super) enum CertEnd {
     /// A trust reload (revocation, CA change) or its expiry refused it.
     Refused(&'static str),
     /// It is expired and was accepted only by `[dr] cert_grace`, which
@@ -517,7 +517,10 @@ enum CertEnd {
 /// lives: re-checked at every trust reload and when it expires (then
 /// `cert_grace` may keep it while DR is `on`); resolves when it is no
 /// longer accepted.
-async fn cert_watch(state: Arc<EdgeState>, certs: Vec<CertificateDer<'static>>) -> CertEnd {
+pub(super) async fn cert_watch(
+    state: Arc<EdgeState>,
+    certs: Vec<CertificateDer<'static>>,
+) -> CertEnd {
     let mut trust_changed = state.trust_changed.subscribe();
     let mut mode = state.mode.clone();
     let not_after = leaf_not_after(&certs);
@@ -601,7 +604,7 @@ pub(super) async fn tls_loop(
                 remote,
                 hello,
                 gates.clone(),
-                drain.clone(),
+                (tracker.clone(), drain.clone()),
             )
             .instrument(span),
         );
@@ -615,7 +618,7 @@ async fn tls_conn(
     remote: SocketAddr,
     (hello_id, evicted): (u64, CancellationToken),
     gates: Gates,
-    drain: CancellationToken,
+    (tracker, drain): (TaskTracker, CancellationToken),
 ) {
     let t = TransportKind::Tls;
     let limits = state.policy.load().limits.clone();
@@ -686,12 +689,14 @@ async fn tls_conn(
     drop((hs, source));
     let (_, conn) = stream.get_ref();
     let claimed = claimed_role(conn.alpn_protocol());
+    // A client asking for `h2` multiplexes its flows on this connection.
+    let multiplexed = conn.alpn_protocol() == Some(ALPN_H2);
     let peer = match tls::peer_id(conn) {
         Ok(p) if p.role == claimed => p,
         Ok(p) => {
             count(&state, claimed, t, "wrong-role");
             warn!(peer = %p, "refused: a {} certificate on a {} tunnel", p.role.as_str(), claimed.as_str());
-            if claimed == Role::Client {
+            if claimed == Role::Client && !multiplexed {
                 // A client connection speaks HTTP: it gets the word.
                 let mut stream = stream;
                 let body = Refusal::WrongRole.encode_response("");
@@ -716,14 +721,15 @@ async fn tls_conn(
         return;
     }
     let limits_now = state.policy.load().limits.clone();
-    let (kind, max) = match claimed {
-        Role::Connector => (Kind::Tunnel, limits_now.max_tunnels_per_identity),
-        _ => (Kind::Flow, limits_now.max_flows_per_identity),
+    let (kind, max) = if claimed == Role::Connector || multiplexed {
+        (Kind::Tunnel, limits_now.max_tunnels_per_identity)
+    } else {
+        (Kind::Flow, limits_now.max_flows_per_identity)
     };
     let Some(quota) = state.quotas.take(&peer.uri().into(), kind, max) else {
         count(&state, claimed, t, "quota");
         debug!(peer = %peer, "refused: over this identity's quota");
-        if claimed != Role::Connector {
+        if claimed != Role::Connector && !multiplexed {
             // A client flow connection: answered `quota` like a QUIC flow.
             let mut stream = stream;
             let _ = tokio::io::AsyncWriteExt::write_all(
@@ -745,7 +751,7 @@ async fn tls_conn(
             .peer_certificates()
             .map(<[_]>::to_vec)
             .unwrap_or_default();
-        match mux::edge_side(stream, &limits).await {
+        match mux::client_side(stream, &limits).await {
             Ok((link, driver)) => {
                 let closed = tokio::spawn(driver);
                 let closed = async move { closed.await.unwrap_or_else(|e| e.to_string()) };
@@ -753,6 +759,18 @@ async fn tls_conn(
             }
             Err(e) => debug!(peer = %peer, "connector tunnel setup failed: {e}"),
         }
+        return;
+    }
+    if multiplexed {
+        let _quota = quota;
+        let certs = peer_certs;
+        let tunnel = super::h2_tunnel::Tunnel {
+            state,
+            peer,
+            tracker,
+            drain,
+        };
+        tunnel.serve(stream, certs).await;
         return;
     }
     // A client: this connection is one flow.
@@ -795,7 +813,7 @@ async fn tls_conn(
         Arc::clone(&state),
         Arc::new(peer),
         id,
-        side,
+        (side, flow::Ask::Preamble),
         permit,
         flow::FromTunnel {
             cert_refused,

@@ -18,7 +18,7 @@ use crate::metrics::FlowGuard;
 use crate::preamble::{self, ConnectRequest, Dest};
 use crate::refusal::Refusal;
 use crate::segments::{Lookup, Segment};
-use crate::splice::{self, Counters, RecvHalf, Side};
+use crate::splice::{self, Counters, RecvHalf, SendHalf, Side};
 use crate::stall::{FlowStalls, Stalls};
 use crate::transport::stream_code;
 use crate::trust::SpiffeId;
@@ -35,13 +35,74 @@ pub(super) struct FromTunnel {
     pub stalls: Option<Arc<Stalls>>,
 }
 
+/// How a flow names its destination, and how it is answered.
+pub(super) enum Ask {
+    /// A CONNECT preamble comes first on the stream (a QUIC stream, a TLS
+    /// connection); the answer is written on the stream.
+    Preamble,
+    /// An HTTP/2 CONNECT stream: the request named the destination (or is
+    /// refused for what it is); the answer is its response.
+    H2 {
+        dest: Result<Dest, Refusal>,
+        respond: h2::server::SendResponse<Bytes>,
+    },
+}
+
+/// Where the answer to a flow goes.
+enum Answer {
+    OnStream,
+    H2(h2::server::SendResponse<Bytes>),
+}
+
+impl Answer {
+    /// Tell the client its flow is connected: the status line on the
+    /// stream, or the response that opens the HTTP/2 stream's sending half.
+    async fn established(self, client: &mut Side) -> std::io::Result<()> {
+        match self {
+            Self::OnStream => {
+                let established = Bytes::from_static(preamble::ESTABLISHED);
+                client.send.write(established).await
+            }
+            Self::H2(mut respond) => {
+                let ok = http::Response::builder()
+                    .status(200)
+                    .body(())
+                    .expect("static response parts are valid");
+                let send = respond
+                    .send_response(ok, false)
+                    .map_err(std::io::Error::other)?;
+                client.send = SendHalf::H2(send);
+                Ok(())
+            }
+        }
+    }
+
+    /// Tell the client why not (status, word, reason line) and close its side.
+    async fn refused(self, client: &mut Side, r: Refusal, reason: &str) {
+        match self {
+            Self::OnStream => {
+                if client.send.write(r.encode_response(reason)).await.is_ok() {
+                    let _ = client.send.finish().await;
+                }
+            }
+            Self::H2(mut respond) => {
+                let body = r.reason_line(reason);
+                if let Ok(mut send) = respond.send_response(r.h2_head(&body), false) {
+                    let _ = send.send_data(body, true);
+                }
+            }
+        }
+        client.recv.abort(stream_code::ABORTED);
+    }
+}
+
 /// Serve one client stream: admit it, connect it upstream, carry it. A flow
 /// turned away on the way gets its refusal.
 pub(super) async fn serve(
     state: Arc<EdgeState>,
     peer: Arc<SpiffeId>,
     id: u64,
-    mut client: Side,
+    (mut client, ask): (Side, Ask),
     slot: (OwnedSemaphorePermit, QuotaGuard),
     from: FromTunnel,
 ) {
@@ -54,18 +115,22 @@ pub(super) async fn serve(
         client_id: slot.1.id(),
         started: Instant::now(),
     };
-    let admitted = match admit(&cx, &mut client).await {
+    let (named, answer) = match ask {
+        Ask::Preamble => (None, Answer::OnStream),
+        Ask::H2 { dest, respond } => (Some(dest), Answer::H2(respond)),
+    };
+    let admitted = match admit(&cx, &mut client, named).await {
         Ok(a) => a,
-        Err(refused) => return refuse(&cx, &mut client, refused).await,
+        Err(refused) => return refuse(&cx, (&mut client, answer), refused).await,
     };
     let upstream = match connect_upstream(&cx, id, &admitted).await {
         Ok(u) => u,
         Err(r) => {
             let refused = Refused::answer(r, None, Some(admitted.segment));
-            return refuse(&cx, &mut client, refused).await;
+            return refuse(&cx, (&mut client, answer), refused).await;
         }
     };
-    carry(&cx, client, admitted, upstream, from, flow).await;
+    carry(&cx, (client, answer), admitted, upstream, from, flow).await;
 }
 
 /// What every step of one flow reads.
@@ -114,26 +179,19 @@ impl<'p> Refused<'p> {
     }
 }
 
-/// The preamble within `preamble_timeout`, the DR mode's word for this user
-/// (first: a flow to a known segment is counted under it), then the segment.
-async fn admit<'p>(cx: &Cx<'p>, client: &mut Side) -> Result<Admitted<'p>, Refused<'p>> {
-    let limits = &cx.policy.limits;
-    let head = tokio::time::timeout(
-        limits.preamble_timeout,
-        read_preamble(&mut client.recv, limits.preamble_bytes),
-    )
-    .await;
-    let (req, early) = match head {
-        Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => return Err(Refused::Gone),
-        Ok(Err(refusal)) => return Err(Refused::answer(refusal, None, None)),
-        Err(_) => {
-            debug!("no complete preamble within {:?}", limits.preamble_timeout);
-            let why = Some("no complete CONNECT preamble in time");
-            return Err(Refused::answer(Refusal::BadRequest, why, None));
-        }
+/// The destination (the preamble within `preamble_timeout`, unless the
+/// request already `named` it), the DR mode's word for this user (first: a
+/// flow to a known segment is counted under it), then the segment.
+async fn admit<'p>(
+    cx: &Cx<'p>,
+    client: &mut Side,
+    named: Option<Result<Dest, Refusal>>,
+) -> Result<Admitted<'p>, Refused<'p>> {
+    let (dest, early) = match named {
+        Some(Ok(dest)) => (dest, Bytes::new()),
+        Some(Err(refusal)) => return Err(Refused::answer(refusal, None, None)),
+        None => read_destination(cx, client).await?,
     };
-    let dest = req.dest;
     Span::current().record("dest", tracing::field::display(&dest));
 
     let is_test_user = cx.policy.test_users.contains(&cx.peer.name);
@@ -160,6 +218,30 @@ async fn admit<'p>(cx: &Cx<'p>, client: &mut Side) -> Result<Admitted<'p>, Refus
         early,
         is_test_user,
     })
+}
+
+/// The preamble within `preamble_timeout`: the destination and any flow
+/// bytes that came with it.
+async fn read_destination<'p>(
+    cx: &Cx<'p>,
+    client: &mut Side,
+) -> Result<(Dest, Bytes), Refused<'p>> {
+    let limits = &cx.policy.limits;
+    let head = tokio::time::timeout(
+        limits.preamble_timeout,
+        read_preamble(&mut client.recv, limits.preamble_bytes),
+    )
+    .await;
+    match head {
+        Ok(Ok(Some((req, early)))) => Ok((req.dest, early)),
+        Ok(Ok(None)) => Err(Refused::Gone),
+        Ok(Err(refusal)) => Err(Refused::answer(refusal, None, None)),
+        Err(_) => {
+            debug!("no complete preamble within {:?}", limits.preamble_timeout);
+            let why = Some("no complete CONNECT preamble in time");
+            Err(Refused::answer(Refusal::BadRequest, why, None))
+        }
+    }
 }
 
 /// A connector's flow, answered `Connected`, with what holds its place.
@@ -231,15 +313,14 @@ async fn connect_upstream(
 /// the bytes, close `flow` with its reason, log it.
 async fn carry(
     cx: &Cx<'_>,
-    mut client: Side,
+    (mut client, answer): (Side, Answer),
     admitted: Admitted<'_>,
     mut upstream: Upstream,
     from: FromTunnel,
     flow: FlowGuard<'_>,
 ) {
     let app_side = &mut upstream.side;
-    let established = Bytes::from_static(preamble::ESTABLISHED);
-    if client.send.write(established).await.is_err() {
+    if answer.established(&mut client).await.is_err() {
         app_side.send.abort(stream_code::ABORTED);
         app_side.recv.abort(stream_code::ABORTED);
         return;
@@ -447,7 +528,7 @@ async fn read_reply(recv: &mut RecvHalf) -> Result<FlowReply, ()> {
 /// Answer a refusal (nothing for a stream that ended first): counted under
 /// its segment or as unmatched, its status, word and reason line sent, the
 /// client's side closed, the setup time observed.
-async fn refuse(cx: &Cx<'_>, client: &mut Side, refused: Refused<'_>) {
+async fn refuse(cx: &Cx<'_>, (client, answer): (&mut Side, Answer), refused: Refused<'_>) {
     let Refused::Answer {
         refusal: r,
         reason,
@@ -461,11 +542,8 @@ async fn refuse(cx: &Cx<'_>, client: &mut Side, refused: Refused<'_>) {
         None => cx.state.metrics.refused_unmatched(r).inc(),
     }
     debug!(word = r.word(), "refused");
-    let body = r.encode_response(reason.unwrap_or_else(|| r.default_reason()));
-    if client.send.write(body).await.is_ok() {
-        let _ = client.send.finish().await;
-    }
-    client.recv.abort(stream_code::ABORTED);
+    let reason = reason.unwrap_or_else(|| r.default_reason());
+    answer.refused(client, r, reason).await;
     let setup = cx.started.elapsed().as_secs_f64();
     cx.state.metrics.flow_setup.observe(setup);
 }

@@ -4,6 +4,7 @@
 
 mod accept;
 mod flow;
+mod h2_tunnel;
 pub mod quota;
 pub mod registry;
 

@@ -76,18 +76,20 @@ impl Dialer {
 
     /// After a TLS handshake, wait briefly for the edge's verdict on our
     /// certificate: in TLS 1.3 the server checks it after the client is done,
-    /// and a refusal arrives as an alert. A client tunnel (the client speaks
-    /// first) is accepted when no alert came within the grace (a few
-    /// handshake times, at least 20 ms, at most 1 s); a connector tunnel
-    /// (the edge speaks first: HTTP/2's preface) when the edge's first bytes
-    /// came, which are kept for the protocol.
+    /// and a refusal arrives as an alert. An HTTP/2 tunnel (a connector's,
+    /// a client's `h2`: the edge speaks first, its preface) is accepted when
+    /// the edge's first bytes came, which are kept for the protocol; a
+    /// one-flow connection (the client speaks first) when no alert came
+    /// within the grace (a few handshake times, at least 20 ms, at most 1 s).
     pub async fn confirm_tls(
         stream: &mut TlsTunnel,
         handshake: Duration,
     ) -> Result<(), TunnelError> {
         use tokio::io::AsyncReadExt;
-        let edge_speaks_first =
-            stream.get_ref().get_ref().1.alpn_protocol() == Some(super::ALPN_CONNECTOR);
+        // HTTP/2 (a connector's tunnel, a client's `h2` tunnel): the edge's
+        // first bytes are its preface.
+        let alpn = stream.get_ref().get_ref().1.alpn_protocol();
+        let edge_speaks_first = alpn == Some(super::ALPN_CONNECTOR) || alpn == Some(super::ALPN_H2);
         let grace = if edge_speaks_first {
             // Ends as soon as the edge speaks; long only for a slow edge.
             Duration::from_secs(2)

@@ -14,6 +14,9 @@ use std::fmt;
 
 /// ALPN of client tunnels (and of standard clients speaking the CONNECT preamble).
 pub const ALPN_CLIENT: &[u8] = b"lifeboat/1";
+/// ALPN of client tunnels over TLS: HTTP/2, each flow a CONNECT stream
+/// (RFC 9113 8.5), so standard HTTP/2 proxy clients work too.
+pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN of connector tunnels: lets the edge tell connectors from clients before any flow.
 pub const ALPN_CONNECTOR: &[u8] = b"lifeboat-connector/1";
 

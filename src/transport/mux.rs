@@ -1,14 +1,21 @@
-//! The connector tunnel over TLS on TCP, for networks that drop UDP: one TLS
-//! connection multiplexed with HTTP/2 framing (the h2 crate). HTTP/2 gives
-//! what the QUIC tunnel has: many flows on one connection, a window per flow
-//! and per tunnel (so one slow reader stalls only its own flow), resets, and
-//! PING frames for liveness. The edge is the HTTP/2 client (it opens one
-//! stream per flow towards the connector, which dialled out and is the TLS
-//! client), the connector the HTTP/2 server. A stream's body carries the
-//! same flow header and reply as a QUIC stream (`crate::wire`), then raw
-//! bytes both ways.
+//! Tunnels over TLS on TCP, for networks that drop UDP: one TLS connection
+//! multiplexed with HTTP/2 framing (the h2 crate). HTTP/2 gives what the
+//! QUIC tunnel has: many flows on one connection, a window per flow and per
+//! tunnel (so one slow reader stalls only its own flow), resets, and PING
+//! frames for liveness.
+//!
+//! - Connector tunnels: the edge is the HTTP/2 client (it opens one stream
+//!   per flow towards the connector, which dialled out and is the TLS
+//!   client), the connector the HTTP/2 server. A stream's body carries the
+//!   same flow header and reply as a QUIC stream (`crate::wire`), then raw
+//!   bytes both ways.
+//! - Client tunnels (ALPN `h2`): the lifeboat client is the HTTP/2 client
+//!   and each flow is a standard CONNECT stream (RFC 9113 8.5) to the edge,
+//!   answered with `:status` and the `lifeboat-error` word; any HTTP/2 client
+//!   that speaks CONNECT to a proxy works the same way.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,16 +35,41 @@ fn h2_window(limits: &Limits) -> u32 {
         .map_or(i32::MAX as u32, |w| w.min(i32::MAX as u32))
 }
 
-/// The edge's handle on a multiplexed connector tunnel.
+/// The HTTP/2 client's handle on a multiplexed tunnel: the edge's on a
+/// connector tunnel, the lifeboat client's on its tunnel to an edge.
 #[derive(Clone)]
 pub struct MuxLink {
     send: h2::client::SendRequest<Bytes>,
     closed: CancellationToken,
     /// Ends the tunnel at once (a revoked connector).
     kill: CancellationToken,
+    /// Tells tunnels apart (a flow retried on "another" tunnel).
+    id: u64,
 }
 
+/// The answer to a CONNECT, and the stream's sending half.
+pub type Connecting = (h2::client::ResponseFuture, h2::SendStream<Bytes>);
+
 impl MuxLink {
+    /// This tunnel's number, unique in the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Open a CONNECT stream to `authority` (`host:port`), as RFC 9113 8.5
+    /// has it: no `:scheme`, no `:path`. Waits while the edge's limit of
+    /// concurrent streams is reached.
+    pub async fn connect(&self, authority: &str) -> Result<Connecting, h2::Error> {
+        let mut send = self.send.clone().ready().await?;
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(authority)
+            .body(())
+            // Only a destination that is not a `host:port` fails here.
+            .map_err(|_| h2::Error::from(h2::Reason::PROTOCOL_ERROR))?;
+        send.send_request(req, false)
+    }
+
     /// Whether the tunnel has ended.
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
@@ -85,10 +117,12 @@ async fn keepalive(mut pp: h2::PingPong, interval: Duration, idle: Duration) -> 
     }
 }
 
-/// Edge side: run the HTTP/2 client handshake on an accepted connector
-/// connection. Returns the link and the driver future to spawn; the driver
-/// ends (and the link reports closed) when the tunnel dies.
-pub async fn edge_side<T>(
+/// The HTTP/2 client's side of a tunnel (the edge on a connector's
+/// connection, the lifeboat client on its connection to an edge): run the
+/// handshake on `io`. Returns the link and the driver future to spawn; the
+/// driver sends PINGs, ends (and the link reports closed) when the tunnel
+/// dies, and says why.
+pub async fn client_side<T>(
     io: T,
     limits: &Limits,
 ) -> Result<(MuxLink, impl Future<Output = String>), h2::Error>
@@ -124,7 +158,37 @@ where
         done.cancel();
         why
     };
-    Ok((MuxLink { send, closed, kill }, driver))
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    Ok((
+        MuxLink {
+            send,
+            closed,
+            kill,
+            id,
+        },
+        driver,
+    ))
+}
+
+/// The HTTP/2 server's settings on a tunnel that takes at most `streams`
+/// flows at once.
+pub fn server(limits: &Limits, streams: u32) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(limits.flow_window)
+        .initial_connection_window_size(h2_window(limits))
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(streams);
+    b
+}
+
+/// Send PINGs on a server-side tunnel (see [`keepalive`]); pending when
+/// the connection gave no PING handle. Says why the tunnel died.
+pub async fn server_keepalive(pp: Option<h2::PingPong>, limits: &Limits) -> String {
+    match pp {
+        Some(pp) => keepalive(pp, limits.keepalive(), limits.idle_timeout).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Connector side: serve flow streams opened by the edge on `io`, calling
@@ -140,26 +204,14 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut(Side),
 {
-    let mut conn = match h2::server::Builder::new()
-        .initial_window_size(limits.flow_window)
-        .initial_connection_window_size(h2_window(limits))
-        .max_frame_size(MAX_FRAME)
-        .max_concurrent_streams(limits.max_flows_per_connector_tunnel)
+    let mut conn = match server(limits, limits.max_flows_per_connector_tunnel)
         .handshake::<_, Bytes>(io)
         .await
     {
         Ok(c) => c,
         Err(e) => return Ended::new(format!("HTTP/2 handshake: {e}")),
     };
-    let ka = conn
-        .ping_pong()
-        .map(|pp| keepalive(pp, limits.keepalive(), limits.idle_timeout));
-    let ka = async move {
-        match ka {
-            Some(k) => k.await,
-            None => std::future::pending().await,
-        }
-    };
+    let ka = server_keepalive(conn.ping_pong(), limits);
     tokio::pin!(ka);
     loop {
         tokio::select! {

@@ -12,17 +12,19 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{TunnelError, ALPN_CLIENT, ALPN_CONNECTOR};
+use super::{TunnelError, ALPN_CLIENT, ALPN_CONNECTOR, ALPN_H2};
 use crate::trust::{spiffe_id_of, Role, SpiffeId, Trust};
 
 /// ALPN for standard HTTPS-proxy clients.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-/// The edge's server config: clients (one flow per connection) and connectors (a multiplexed tunnel).
+/// The edge's server config: clients (one flow per connection, or an
+/// HTTP/2 tunnel of CONNECT streams) and connectors (a multiplexed tunnel).
+/// The edge's order wins: a client offering several gets the first here.
 pub fn server_config(trust: &Arc<Trust>) -> Arc<rustls::ServerConfig> {
     Arc::new(trust.server_config(
         &[Role::Client, Role::Connector],
-        &[ALPN_CLIENT, ALPN_HTTP1, ALPN_CONNECTOR],
+        &[ALPN_CLIENT, ALPN_H2, ALPN_HTTP1, ALPN_CONNECTOR],
     ))
 }
 
