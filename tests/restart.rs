@@ -260,6 +260,17 @@ async fn sigkill_and_restart_peers_notice_by_stateless_reset() {
 /// refusal, and A exits once its flow is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn going_away_finishes_running_flows_and_moves_new_ones_to_the_other_edge() {
+    going_away_moves_new_flows(AUTO).await;
+}
+
+/// The same over the client's HTTP/2 tunnel (`transport = "tls"`): A's
+/// GOAWAY moves new flows, the flow running on A finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn going_away_over_http2_finishes_running_flows_and_moves_new_ones() {
+    going_away_moves_new_flows("tls").await;
+}
+
+async fn going_away_moves_new_flows(client_transport: &str) {
     let rig = Rig::new().await;
     let (pa, pb) = (free_port(), free_port());
     let a: SocketAddr = format!("127.0.0.1:{pa}").parse().expect("addr");
@@ -270,7 +281,9 @@ async fn going_away_finishes_running_flows_and_moves_new_ones_to_the_other_edge(
     );
     edge_a.listening("quic").await;
     // The client knows both addresses but only A runs: its tunnel is on A.
-    let client = rig.start_client_to(&rig.user(BOB), &[a, b], AUTO, "").await;
+    let client = rig
+        .start_client_to(&rig.user(BOB), &[a, b], client_transport, "")
+        .await;
     let conn = rig.start_connector_to(0, &[a, b], AUTO, "");
     first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
     let edge_b = Proc::role(
@@ -319,6 +332,11 @@ async fn going_away_finishes_running_flows_and_moves_new_ones_to_the_other_edge(
         let app = r.unwrap_or_else(|e| panic!("flow {i} after SIGTERM refused: {e}"));
         assert!(app.starts_with(b"HTTP/1.1 200"), "flow {i}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if client_transport == "tls" {
+        // The new flows rode the client's HTTP/2 tunnel to B.
+        assert_eq!(tunnels_of(&client.metrics, "edge", "tls"), 1);
+        assert_eq!(tunnels_of(&client.metrics, "edge", "quic"), 0);
     }
     let (got, took) = long.await.expect("long flow task");
     let got = got.unwrap_or_else(|e| panic!("the running flow broke: {e}"));

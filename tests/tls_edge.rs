@@ -463,6 +463,138 @@ async fn aioquic_client_speaks_to_the_quic_edge() {
     assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 1);
 }
 
+/// A third-party HTTP/2 client (Python's `h2`) on the edge's TLS listener:
+/// ALPN `h2`, three CONNECT streams at once on one connection. The DR flow
+/// echoes 4 MiB byte-exact both ways (half-closed after the body); the
+/// refusals carry the contract's status and `lifeboat-error` word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_party_http2_client_connects_through_the_edge() {
+    if !python_has("h2", "import h2", "LIFEBOAT_REQUIRE_H2", "pip install h2") {
+        return;
+    }
+    let (rig, edge) = tls_edge("static:on").await;
+    let alice = rig.user(ALICE);
+    let tls = edge.tls.expect("tls");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2_client.py");
+    const N: usize = 4 << 20;
+    let port = rig.app.port();
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(["127.0.0.1", &tls.port().to_string(), "127.0.0.1"])
+        .arg(rig.ca.pem())
+        .arg(&alice.cert)
+        .arg(&alice.key)
+        .args([
+            format!("{DR_HOST}:{port}"),
+            format!("{NON_DR_HOST}:{port}"),
+            N.to_string(),
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("h2 client done within 60 s")
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "h2 client failed: {:?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        out.status
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("the script's JSON");
+    eprintln!("{seen}");
+    assert_eq!(seen["alpn"], "h2");
+    assert_eq!(seen["flow_status"], 200);
+    assert_eq!(seen["echo_head"], "HTTP/1.1 200 OK", "{seen}");
+    assert_eq!(seen["echo_len"], N);
+    assert_eq!(seen["echo_exact"], true);
+    let refusals = seen["refusals"].as_array().expect("refusals");
+    assert_eq!(refusals[0]["status"], 403);
+    assert_eq!(refusals[0]["word"], "not-dr-segment");
+    assert_eq!(
+        refusals[0]["line"],
+        "destination is in no DR application segment\n"
+    );
+    assert_eq!(refusals[1]["status"], 405);
+    assert_eq!(refusals[1]["word"], "method");
+    // One TLS handshake, one client tunnel; the flow and both refusals counted.
+    let m = &edge.metrics;
+    assert_eq!(edge_tls_handshakes(&edge, "ok"), 1);
+    assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 1);
+    assert!(m.flow_bytes.with_label_values(&["payroll", "up"]).get() >= N as u64);
+    assert_eq!(
+        m.refused_unmatched(lifeboat::refusal::Refusal::Method)
+            .get(),
+        1
+    );
+}
+
+/// The lifeboat client with the default `transport = "auto"`, against an
+/// edge that serves no QUIC: its flows ride one HTTP/2 tunnel over TLS.
+/// 24 flows at once (uploads echoed, downloads), byte-exact; a refusal
+/// reaches the user with its word; the edge made one TLS handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_client_carries_its_flows_over_one_http2_tunnel() {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", ""));
+    let tls = edge.tls.expect("tls");
+    rig.start_connector(0, tls, "auto", "");
+    let em = Arc::clone(&edge.metrics);
+    eventually("connector registered", Duration::from_secs(15), || {
+        em.connectors_connected.with_label_values(&[GROUP]).get() == 1
+    })
+    .await;
+    let client = rig.start_client(&rig.user(ALICE), tls, "auto", "").await;
+    let port = rig.app.port();
+    first_flow_after(client.http, port, Duration::from_secs(20)).await;
+
+    let mut flows = tokio::task::JoinSet::new();
+    for i in 0..24u64 {
+        let http = client.http;
+        flows.spawn(async move {
+            if i % 2 == 0 {
+                let sent = body(i, 512 * 1024 + i as usize);
+                let got = post_via(http, port, &sent).await?;
+                (got == sent)
+                    .then_some(())
+                    .ok_or_else(|| format!("flow {i}: echo differs"))
+            } else {
+                let len = 1 << 20;
+                let app = fetch_via(http, port, &format!("/bytes/{len}")).await?;
+                let (_, got) = split_http(&app);
+                let mut check = PatternCheck::default();
+                check.feed(got);
+                (check.offset == len as u64)
+                    .then_some(())
+                    .ok_or_else(|| format!("flow {i}: {} bytes", check.offset))
+            }
+        });
+    }
+    while let Some(r) = flows.join_next().await {
+        r.expect("flow task").unwrap_or_else(|e| panic!("{e}"));
+    }
+    let refused = raw_connect(client.http, &format!("{NON_DR_HOST}:{port}")).await;
+    assert!(refused.starts_with("HTTP/1.1 403 "), "{refused}");
+    assert!(
+        refused.contains("Lifeboat-Error: not-dr-segment"),
+        "{refused}"
+    );
+
+    let m = &edge.metrics;
+    assert_eq!(
+        handshakes_of(m, "client", "tls", "ok"),
+        1,
+        "one TLS connection"
+    );
+    assert_eq!(tunnels_of(m, "client", "tls"), 1);
+    assert_eq!(tunnels_of(&client.metrics, "edge", "tls"), 1);
+    assert_eq!(
+        m.flows_total.with_label_values(&["payroll", "ok"]).get(),
+        25
+    );
+}
+
 /// Runs tests/tlslite_client.py as alice against the edge's TLS listener.
 async fn tlslite_client(rig: &Rig, edge: &RigEdge, bytes: u64) -> (bool, String) {
     let alice = rig.user(ALICE);

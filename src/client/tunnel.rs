@@ -293,25 +293,25 @@ impl Used {
 
 /// Open a CONNECT stream to `dest` on an HTTP/2 tunnel and wait for the
 /// edge's answer: the flow's halves on 200, else the refusal with its word
-/// and reason line (at most `limit` bytes of it). A stream the edge
-/// refused unprocessed (its GOAWAY crossed it) is refused `going-away`, so
-/// the flow is opened on the next tunnel.
+/// and reason line (at most `limit` bytes of it). A stream the tunnel no
+/// longer takes (the edge's GOAWAY came) or that the edge refused
+/// unprocessed is refused `going-away`: it never reached the edge, and is
+/// opened on the next tunnel.
 async fn connect_h2(link: &MuxLink, dest: &Dest, limit: usize) -> Result<Side, OpenError> {
-    let going_away =
-        |e: &h2::Error| e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM);
-    let broken = |e: h2::Error| {
-        if going_away(&e) {
-            OpenError::Refused {
-                status: 503,
-                refusal: Some(Refusal::GoingAway),
-                reason: format!("the edge is going away: {e}"),
-            }
+    let going_away = |e: h2::Error| OpenError::Refused {
+        status: 503,
+        refusal: Some(Refusal::GoingAway),
+        reason: format!("the edge's tunnel takes no new flows: {e}"),
+    };
+    let (answer, send) = link.connect(&dest.to_string()).await.map_err(going_away)?;
+    let answer = answer.await.map_err(|e| {
+        if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            going_away(e)
         } else {
             OpenError::Broken(e.to_string())
         }
-    };
-    let (answer, send) = link.connect(&dest.to_string()).await.map_err(broken)?;
-    let (head, mut body) = answer.await.map_err(broken)?.into_parts();
+    });
+    let (head, mut body) = answer?.into_parts();
     if head.status == http::StatusCode::OK {
         return Ok(Side {
             recv: RecvHalf::H2(body),
