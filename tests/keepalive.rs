@@ -101,20 +101,24 @@ async fn a_frozen_edge_is_declared_dead_within_idle_timeout_on_quic_and_tls() {
     let quic = edge.listening("quic").await;
     let tls = edge.listening("tls").await;
 
-    // Connector 0 over QUIC, connector 1 over TLS (HTTP/2), a QUIC client.
+    // Connector 0 over QUIC, connector 1 over TLS (HTTP/2), a QUIC client,
+    // a TLS (HTTP/2) client.
     let cq = rig.start_connector(0, quic, "quic", LIMITS);
     let ct = rig.start_connector(1, tls, "tls", LIMITS);
     let client = rig
         .start_client(&rig.user(ALICE), quic, "quic", LIMITS)
         .await;
+    let client_tls = rig.start_client(&rig.user(BOB), tls, "tls", LIMITS).await;
     let cm = Arc::clone(&client.metrics);
-    let up = |cq: &Metrics, ct: &Metrics, cm: &Metrics| {
+    let ctm = Arc::clone(&client_tls.metrics);
+    let up = |cq: &Metrics, ct: &Metrics, cm: &Metrics, ctm: &Metrics| {
         tunnels_of(cq, "edge", "quic") == 1
             && tunnels_of(ct, "edge", "tls") == 1
             && tunnels_of(cm, "edge", "quic") == 1
+            && tunnels_of(ctm, "edge", "tls") == 1
     };
-    eventually("all three tunnels up", Duration::from_secs(15), || {
-        up(&cq, &ct, &cm)
+    eventually("all four tunnels up", Duration::from_secs(15), || {
+        up(&cq, &ct, &cm, &ctm)
     })
     .await;
 
@@ -135,6 +139,7 @@ async fn a_frozen_edge_is_declared_dead_within_idle_timeout_on_quic_and_tls() {
     let after = |what: &'static str, m: &'static str, cond: fn(&Metrics) -> bool| {
         let m = match m {
             "client" => Arc::clone(&cm),
+            "tls client" => Arc::clone(&ctm),
             "quic connector" => Arc::clone(&cq),
             _ => Arc::clone(&ct),
         };
@@ -146,6 +151,11 @@ async fn a_frozen_edge_is_declared_dead_within_idle_timeout_on_quic_and_tls() {
     let client_dead = after("client QUIC tunnel declared dead", "client", |m| {
         tunnels_of(m, "edge", "quic") == 0
     });
+    let client_tls_dead = after(
+        "client TLS (HTTP/2) tunnel declared dead",
+        "tls client",
+        |m| tunnels_of(m, "edge", "tls") == 0,
+    );
     let cq_dead = after(
         "connector QUIC tunnel declared dead",
         "quic connector",
@@ -163,8 +173,9 @@ async fn a_frozen_edge_is_declared_dead_within_idle_timeout_on_quic_and_tls() {
         flows(m) == 0
     });
     let client_flows = after("the client's flows ended", "client", |m| flows(m) == 0);
-    let (client_dead, cq_dead, ct_dead, cq_flow, ct_flow, client_flows) = tokio::join!(
+    let (client_dead, client_tls_dead, cq_dead, ct_dead, cq_flow, ct_flow, client_flows) = tokio::join!(
         client_dead,
+        client_tls_dead,
         cq_dead,
         ct_dead,
         cq_flow,
@@ -177,6 +188,7 @@ async fn a_frozen_edge_is_declared_dead_within_idle_timeout_on_quic_and_tls() {
     ];
     eprintln!(
         "edge frozen (idle_timeout {IDLE:?}); declared dead after: client QUIC {client_dead:?}, \
+         client TLS/HTTP-2 {client_tls_dead:?}, \
          connector QUIC {cq_dead:?}, connector TLS/HTTP-2 {ct_dead:?}; flows ended: \
          QUIC connector {cq_flow:?}, TLS connector {ct_flow:?}, client {client_flows:?}; \
          local sockets: {:?}",
@@ -199,6 +211,7 @@ async fn a_frozen_edge_is_declared_dead_within_idle_timeout_on_quic_and_tls() {
     let quic_bound = bound + IDLE / 3;
     for (what, took, limit) in [
         ("client QUIC tunnel", client_dead, quic_bound),
+        ("client TLS/HTTP-2 tunnel", client_tls_dead, bound),
         ("connector QUIC tunnel", cq_dead, quic_bound),
         ("connector TLS/HTTP-2 tunnel", ct_dead, bound),
         ("QUIC connector's flow", cq_flow, quic_bound),
@@ -220,14 +233,14 @@ async fn a_frozen_edge_is_declared_dead_within_idle_timeout_on_quic_and_tls() {
 
     // Thaw it: every agent reconnects (backoff), and a flow works again.
     edge.signal("-CONT");
-    eventually(
-        "all three tunnels up again",
-        Duration::from_secs(20),
-        || up(&cq, &ct, &cm),
-    )
+    eventually("all four tunnels up again", Duration::from_secs(20), || {
+        up(&cq, &ct, &cm, &ctm)
+    })
     .await;
     let f3 = trickle_flow(client.http, app_port).await;
     f3.abort();
+    // The HTTP/2 client's flows work again too.
+    first_flow_after(client_tls.http, app_port, Duration::from_secs(10)).await;
 
     // SIGTERM: it drains (2 s) and exits 0.
     edge.signal("-TERM");

@@ -595,6 +595,57 @@ async fn the_default_client_carries_its_flows_over_one_http2_tunnel() {
     );
 }
 
+/// A client on an HTTP/2 tunnel (the default `auto`, an edge serving no
+/// QUIC) revoked while a flow is open: the edge re-reads its CRL, ends the
+/// flow (`cert-refused`) and the tunnel, and the client's reconnect is
+/// refused `revoked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_client_closes_its_http2_tunnel_and_flows() {
+    let rig = Rig::new().await;
+    let edge = rig.start_edge(&rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", ""));
+    let tls = edge.tls.expect("tls");
+    rig.start_connector(0, tls, "auto", "");
+    let alice = rig.user(ALICE);
+    let client = rig.start_client(&alice, tls, "auto", "").await;
+    let port = rig.app.port();
+    first_flow_after(client.http, port, Duration::from_secs(20)).await;
+    let m = Arc::clone(&edge.metrics);
+    assert_eq!(tunnels_of(&m, "client", "tls"), 1);
+    let mut open = lifeboat::demo::socks_client::connect(client.socks, DR_HOST, port)
+        .await
+        .expect("an open flow before the revocation");
+    rig.ca.revoke(&alice);
+    let mut buf = [0u8; 16];
+    let ended = tokio::time::timeout(Duration::from_secs(10), open.read(&mut buf))
+        .await
+        .expect("the open flow ends after the revocation");
+    assert!(
+        matches!(ended, Err(_) | Ok(0)),
+        "still carries data: {ended:?}"
+    );
+    let closed =
+        |m: &lifeboat::metrics::Metrics| m.flows_closed.with_label_values(&["cert-refused"]).get();
+    eventually(
+        "the flow closed as cert-refused",
+        Duration::from_secs(10),
+        || closed(&m) >= 1,
+    )
+    .await;
+    eventually(
+        "the edge closed alice's tunnel",
+        Duration::from_secs(10),
+        || tunnels_of(&m, "client", "tls") == 0,
+    )
+    .await;
+    eventually(
+        "alice's reconnect refused as revoked",
+        Duration::from_secs(15),
+        || handshakes_of(&m, "client", "tls", "revoked") >= 1,
+    )
+    .await;
+    assert_ne!(socks_reply(client.socks, DR_HOST, port).await, 0);
+}
+
 /// Runs tests/tlslite_client.py as alice against the edge's TLS listener.
 async fn tlslite_client(rig: &Rig, edge: &RigEdge, bytes: u64) -> (bool, String) {
     let alice = rig.user(ALICE);
