@@ -32,8 +32,10 @@ echo "== new flows per second (QUIC tunnel, 32 at once, 20000 flows or 15 s)"
 "$BIN" loadgen -c client.toml --target app.bar.test:18080 --flows 20000 --concurrency 32 --duration 15s
 echo "== latency a new flow costs (one at a time, 3000 flows)"
 "$BIN" loadgen -c client.toml --target app.bar.test:18080 --flows 3000 --concurrency 1 --duration 15s
-echo "== the same over TLS (a TLS connection per flow, resumed)"
+echo "== the same over TLS (every flow a CONNECT stream on one HTTP/2 tunnel)"
 "$BIN" loadgen -c client.toml --target app.bar.test:18080 --flows 3000 --concurrency 1 --duration 15s --transport tls
+echo "== new flows per second over TLS (one HTTP/2 tunnel, 32 at once, 20000 flows or 15 s)"
+"$BIN" loadgen -c client.toml --target app.bar.test:18080 --flows 20000 --concurrency 32 --duration 15s --transport tls
 # per_idle WHAT N SETTLE LOADGEN-ARGS...: edge RSS before and while a loadgen
 # run holds N idle things (measured SETTLE seconds in), and the difference
 # per thing. On a new edge each time (freed memory stays in the process and
@@ -56,6 +58,8 @@ per_idle() {
 N=${IDLE_FLOWS:-2000}
 echo "== edge memory per idle flow ($N flows held open 8 s)"
 per_idle "idle flows" "$N" 5 --flows "$N" --concurrency "$N" --clients 4 --hold 8s --duration 20s
+echo "== edge memory per idle flow over TLS ($N flows on 4 HTTP/2 tunnels held open 8 s)"
+per_idle "idle flows" "$N" 5 --flows "$N" --concurrency "$N" --clients 4 --hold 8s --duration 20s --transport tls
 T=${IDLE_TUNNELS:-200}
 echo "== edge memory per idle client tunnel ($T clients, one idle flow each, held 15 s)"
 per_idle "idle client tunnels" "$T" 12 --flows "$T" --concurrency "$T" --clients "$T" --hold 15s --duration 40s
