@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, Instrument};
 
-use super::accept::{cert_watch, CertEnd};
+use super::certs::{cert_watch, CertEnd};
 use super::flow::{self, Ask};
 use super::quota::Kind;
 use super::EdgeState;

@@ -3,6 +3,7 @@
 //! role against ALPN here), and hands each client stream to `flow`.
 
 mod accept;
+mod certs;
 mod flow;
 mod h2_tunnel;
 pub mod quota;
@@ -490,7 +491,7 @@ async fn connector_tunnel(
                 info!(peer = %peer, transport = kind.as_str(), "connector tunnel superseded by a newer tunnel of the same identity");
             }
             Ok(()) = trust_changed.changed() => {
-                if let Err(reason) = accept::still_accepted(&state, &certs, crate::trust::Role::Connector) {
+                if let Err(reason) = certs::still_accepted(&state, &certs, crate::trust::Role::Connector) {
                     uncount(&mut counted);
                     t.link.close(close_code::CERT_REFUSED, reason);
                     break format!("certificate no longer accepted after a trust reload: {reason}");

@@ -1,8 +1,10 @@
 //! Tunnel transports. QUIC (`quic`) carries many flows per connection as
-//! bidirectional streams. Both legs share the ALPN names, the tunnel error
-//! type and the flow halves in `crate::splice`.
+//! bidirectional streams, HTTP/2 over TLS (`mux`) as streams of one TCP
+//! connection. They share the ALPN names, the tunnel error type and the
+//! flow halves (`half`).
 
 pub mod dial;
+pub mod half;
 pub mod keeper;
 pub mod mux;
 pub mod quic;

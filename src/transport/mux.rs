@@ -22,9 +22,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::half::{RecvHalf, SendHalf, Side};
 use super::keeper::Ended;
 use crate::config::Limits;
-use crate::splice::{RecvHalf, SendHalf, Side};
 
 /// Largest HTTP/2 frame we accept (fewer frames per megabyte than the 16 KiB default).
 const MAX_FRAME: u32 = 256 * 1024;
