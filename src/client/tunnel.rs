@@ -24,6 +24,7 @@ use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer};
 use crate::transport::keeper::{self, Ended, Keeper, TunnelRole};
+use crate::transport::link::Link;
 use crate::transport::mux::{self, MuxLink};
 use crate::transport::resolve::{failover_order, EdgeWatch};
 use crate::transport::{close_code, EdgeAddr};
@@ -36,10 +37,8 @@ pub const RETRY_CEILING: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub enum TunnelState {
     Connecting,
-    /// A QUIC connection carrying every flow.
-    Quic(quinn::Connection),
-    /// An HTTP/2 connection over TLS carrying every flow.
-    H2(MuxLink),
+    /// A tunnel carrying every flow: QUIC, or HTTP/2 over TLS.
+    Up(Link),
     Down(String),
 }
 
@@ -124,16 +123,13 @@ impl Tunnel {
     /// The current way to the edge: waits while the keeper is connecting
     /// (up to the handshake timeout). When no edge was reachable, the flow
     /// asks the keeper to dial now and waits for that attempt's outcome.
-    pub async fn current(&self) -> Result<TunnelState, OpenError> {
+    pub async fn current(&self) -> Result<Link, OpenError> {
         let mut rx = self.state.clone();
         let wait = async {
             let mut asked = false;
             loop {
                 match &*rx.borrow_and_update() {
-                    TunnelState::Quic(c) if c.close_reason().is_none() => {
-                        return Ok(TunnelState::Quic(c.clone()))
-                    }
-                    TunnelState::H2(l) if !l.is_closed() => return Ok(TunnelState::H2(l.clone())),
+                    TunnelState::Up(l) if !l.is_closed() => return Ok(l.clone()),
                     TunnelState::Down(e) if asked => return Err(OpenError::NoTunnel(e.clone())),
                     TunnelState::Down(_) => {
                         self.demand.notify_one();
@@ -159,15 +155,14 @@ impl Tunnel {
     /// or a restarted edge reset it) never carried the flow anywhere: it is
     /// tried once more on the next tunnel instead of failing the user.
     pub async fn open(&self, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
-        let state = self.current().await?;
-        let used = Used::of(&state);
-        match self.open_on(state, dest).await {
-            Err(OpenError::Broken(e)) if used.as_ref().is_some_and(Used::ended) => {
+        let used = self.current().await?;
+        match self.open_on(&used, dest).await {
+            Err(OpenError::Broken(e)) if used.is_closed() => {
                 tracing::debug!(
                     "tunnel ended before the edge answered ({e}); opening on the next one"
                 );
-                let state = self.next_tunnel(used.as_ref()).await?;
-                self.open_on(state, dest).await
+                let next = self.next_tunnel(&used).await?;
+                self.open_on(&next, dest).await
             }
             Err(OpenError::Refused {
                 refusal: Some(Refusal::GoingAway),
@@ -177,21 +172,20 @@ impl Tunnel {
                 // forwarded; the keeper moves on and the flow follows.
                 tracing::debug!("the edge is going away; opening on the next tunnel");
                 self.edge_going.notify_one();
-                let state = self.next_tunnel(used.as_ref()).await?;
-                self.open_on(state, dest).await
+                let next = self.next_tunnel(&used).await?;
+                self.open_on(&next, dest).await
             }
             r => r,
         }
     }
 
     /// The current tunnel once it is another than `used`.
-    async fn next_tunnel(&self, used: Option<&Used>) -> Result<TunnelState, OpenError> {
+    async fn next_tunnel(&self, used: &Link) -> Result<Link, OpenError> {
         let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
         loop {
-            let state = self.current().await?;
-            let same = used.is_some_and(|u| u.is(&state));
-            if !same {
-                return Ok(state);
+            let link = self.current().await?;
+            if !link.same(used) {
+                return Ok(link);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(OpenError::NoTunnel(
@@ -202,11 +196,11 @@ impl Tunnel {
         }
     }
 
-    async fn open_on(&self, state: TunnelState, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
+    async fn open_on(&self, link: &Link, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
         // The edge answers within its connect timeout plus margin; bound our wait above that.
         let answer_timeout = self.limits.connect_timeout + Duration::from_secs(5);
-        let mut side = match state {
-            TunnelState::Quic(conn) => {
+        let mut side = match link {
+            Link::Quic(conn) => {
                 let (send, recv) = conn
                     .open_bi()
                     .await
@@ -216,14 +210,13 @@ impl Tunnel {
                     send: SendHalf::Quic(send),
                 }
             }
-            TunnelState::H2(link) => {
-                let connect = connect_h2(&link, dest, self.limits.preamble_bytes);
+            Link::H2(link) => {
+                let connect = connect_h2(link, dest, self.limits.preamble_bytes);
                 return match tokio::time::timeout(answer_timeout, connect).await {
                     Ok(r) => r.map(|side| (side, Bytes::new())),
                     Err(_) => Err(no_answer_in_time()),
                 };
             }
-            _ => return Err(OpenError::NoTunnel("no edge".into())),
         };
         side.send
             .write(preamble::encode_request(dest))
@@ -255,39 +248,6 @@ fn no_answer_in_time() -> OpenError {
         status: 504,
         refusal: Some(Refusal::UpstreamTimeout),
         reason: "the edge did not answer in time".into(),
-    }
-}
-
-/// The tunnel a flow was tried on, to tell whether a retry goes elsewhere.
-enum Used {
-    Quic(quinn::Connection),
-    H2(MuxLink),
-}
-
-impl Used {
-    fn of(state: &TunnelState) -> Option<Self> {
-        match state {
-            TunnelState::Quic(c) => Some(Self::Quic(c.clone())),
-            TunnelState::H2(l) => Some(Self::H2(l.clone())),
-            _ => None,
-        }
-    }
-
-    /// Whether the tunnel has ended (a flow that broke with it never
-    /// reached the edge's answer: it may be opened on the next tunnel).
-    fn ended(&self) -> bool {
-        match self {
-            Self::Quic(c) => c.close_reason().is_some(),
-            Self::H2(l) => l.is_closed(),
-        }
-    }
-
-    fn is(&self, state: &TunnelState) -> bool {
-        match (self, state) {
-            (Self::Quic(u), TunnelState::Quic(c)) => u.stable_id() == c.stable_id(),
-            (Self::H2(u), TunnelState::H2(l)) => u.id() == l.id(),
-            _ => false,
-        }
     }
 }
 
@@ -416,7 +376,8 @@ impl TunnelRole for ClientRole {
         async move {
             let ended = match tunnel {
                 Dialed::Quic(conn) => {
-                    self.tx.send_replace(TunnelState::Quic(conn.clone()));
+                    self.tx
+                        .send_replace(TunnelState::Up(Link::Quic(conn.clone())));
                     // Running flows keep the old connection open through their streams.
                     let ended = tokio::select! {
                         e = conn.closed() => keeper::quic_ended(&e),
@@ -443,7 +404,8 @@ impl TunnelRole for ClientRole {
                         Err(e) => return Ended::new(format!("HTTP/2 handshake: {e}")),
                     };
                     let driver = tokio::spawn(driver);
-                    self.tx.send_replace(TunnelState::H2(link.clone()));
+                    self.tx
+                        .send_replace(TunnelState::Up(Link::H2(link.clone())));
                     // Running flows keep the connection open through their streams.
                     let ended = tokio::select! {
                         () = link.closed() => {

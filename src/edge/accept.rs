@@ -660,7 +660,7 @@ async fn tls_conn(
             Ok((link, driver)) => {
                 let closed = tokio::spawn(driver);
                 let closed = async move { closed.await.unwrap_or_else(|e| e.to_string()) };
-                connector_tunnel(state, Link::Mux(link), peer, certs, closed, drain).await;
+                connector_tunnel(state, Link::H2(link), peer, certs, closed, drain).await;
             }
             Err(e) => debug!(peer = %peer, "connector tunnel setup failed: {e}"),
         }

@@ -448,7 +448,7 @@ async fn open_upstream(
     let deadline = tokio::time::Instant::now() + reply_timeout;
     let rx_before = match &tunnel.link {
         Link::Quic(c) => Some(c.stats().udp_rx.datagrams),
-        Link::Mux(_) => None,
+        Link::H2(_) => None,
     };
     let opened = tokio::time::timeout_at(deadline, async {
         let mut side = tunnel

@@ -8,54 +8,8 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use crate::splice::{RecvHalf, SendHalf, Side};
-use crate::transport::mux::MuxLink;
-use crate::transport::TransportKind;
+pub use crate::transport::link::Link;
 use crate::trust::SpiffeId;
-
-/// How the edge reaches one connector.
-pub enum Link {
-    Quic(quinn::Connection),
-    Mux(MuxLink),
-}
-
-impl Link {
-    pub fn is_closed(&self) -> bool {
-        match self {
-            Self::Quic(c) => c.close_reason().is_some(),
-            Self::Mux(m) => m.is_closed(),
-        }
-    }
-
-    pub fn kind(&self) -> TransportKind {
-        match self {
-            Self::Quic(_) => TransportKind::Quic,
-            Self::Mux(_) => TransportKind::Tls,
-        }
-    }
-
-    /// End the tunnel now with `code` (QUIC) and `reason`; its flows break.
-    pub fn close(&self, code: u32, reason: &str) {
-        match self {
-            Self::Quic(c) => c.close(code.into(), reason.as_bytes()),
-            Self::Mux(m) => m.kill(),
-        }
-    }
-
-    /// Open a flow stream towards the connector.
-    pub async fn open(&self) -> std::io::Result<Side> {
-        match self {
-            Self::Quic(c) => {
-                let (send, recv) = c.open_bi().await.map_err(std::io::Error::other)?;
-                Ok(Side {
-                    recv: RecvHalf::Quic(recv),
-                    send: SendHalf::Quic(send),
-                })
-            }
-            Self::Mux(m) => m.open().await.map_err(std::io::Error::other),
-        }
-    }
-}
 
 /// One connector tunnel.
 pub struct ConnectorTunnel {

@@ -6,6 +6,7 @@
 pub mod dial;
 pub mod half;
 pub mod keeper;
+pub mod link;
 pub mod mux;
 pub mod quic;
 pub mod resolve;

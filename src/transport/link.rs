@@ -1,0 +1,74 @@
+//! A tunnel that flows are opened on, whatever carries it: a QUIC
+//! connection (a bidirectional stream per flow) or an HTTP/2 connection over
+//! TLS (`mux`, a stream per flow). The edge holds one per connector tunnel;
+//! the client one towards its edge.
+
+use super::half::{RecvHalf, SendHalf, Side};
+use super::mux::MuxLink;
+use super::TransportKind;
+
+/// One tunnel, on either transport.
+#[derive(Clone)]
+pub enum Link {
+    Quic(quinn::Connection),
+    H2(MuxLink),
+}
+
+impl Link {
+    /// Whether the tunnel has ended.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::Quic(c) => c.close_reason().is_some(),
+            Self::H2(m) => m.is_closed(),
+        }
+    }
+
+    /// Resolves when the tunnel ends.
+    pub async fn closed(&self) {
+        match self {
+            Self::Quic(c) => {
+                c.closed().await;
+            }
+            Self::H2(m) => m.closed().await,
+        }
+    }
+
+    pub fn kind(&self) -> TransportKind {
+        match self {
+            Self::Quic(_) => TransportKind::Quic,
+            Self::H2(_) => TransportKind::Tls,
+        }
+    }
+
+    /// Whether `self` and `other` are the same tunnel.
+    pub fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Quic(a), Self::Quic(b)) => a.stable_id() == b.stable_id(),
+            (Self::H2(a), Self::H2(b)) => a.id() == b.id(),
+            _ => false,
+        }
+    }
+
+    /// End the tunnel now with `code` (QUIC) and `reason`; its flows break.
+    pub fn close(&self, code: u32, reason: &str) {
+        match self {
+            Self::Quic(c) => c.close(code.into(), reason.as_bytes()),
+            Self::H2(m) => m.kill(),
+        }
+    }
+
+    /// Open a flow stream towards the connector (the edge's side of a
+    /// connector tunnel): the first bytes written are the flow header.
+    pub async fn open(&self) -> std::io::Result<Side> {
+        match self {
+            Self::Quic(c) => {
+                let (send, recv) = c.open_bi().await.map_err(std::io::Error::other)?;
+                Ok(Side {
+                    recv: RecvHalf::Quic(recv),
+                    send: SendHalf::Quic(send),
+                })
+            }
+            Self::H2(m) => m.open().await.map_err(std::io::Error::other),
+        }
+    }
+}
