@@ -12,18 +12,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
-use super::certs::{cert_watch, expired_now, CertEnd};
+use super::certs::{cert_watch, expired_now};
+use super::client_tunnel::{self, QuicCarrier};
+use super::h2_tunnel::H2Carrier;
 use super::quota::Kind;
 use super::registry::Link;
 use super::{connector_tunnel, flow, EdgeState};
 use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
-use crate::transport::{
-    close_code, mux, quic, shed, stream_code, tls, TransportKind, ALPN_CONNECTOR, ALPN_H2,
-};
-use crate::trust::{Role, SpiffeId};
+use crate::transport::{close_code, mux, quic, shed, tls, TransportKind, ALPN_CONNECTOR, ALPN_H2};
+use crate::trust::Role;
 
 /// The permits bounding tunnels and handshakes in progress.
 #[derive(Clone)]
@@ -336,130 +336,11 @@ async fn quic_conn(
         let certs = quic_certs(&conn);
         connector_tunnel(state, Link::Quic(conn), peer, certs, closed, drain).await;
     } else {
-        client_tunnel(state, conn, peer, tracker, drain).await;
+        let max = state.policy.load().limits.max_flows_per_tunnel;
+        let certs = quic_certs(&conn);
+        let carrier = QuicCarrier::new(conn, max);
+        client_tunnel::run(state, carrier, peer, certs, (tracker, drain)).await;
     }
-}
-
-async fn client_tunnel(
-    state: Arc<EdgeState>,
-    conn: quinn::Connection,
-    peer: SpiffeId,
-    tracker: TaskTracker,
-    drain: CancellationToken,
-) {
-    let tunnels = state
-        .metrics
-        .tunnels_active
-        .with_label_values(&["client", TransportKind::Quic.as_str()]);
-    tunnels.inc();
-    info!(peer = %peer, "client tunnel up");
-    let peer_uri: Arc<str> = peer.uri().into();
-    let peer = Arc::new(peer);
-    // The certificate is watched for the tunnel's whole life: a trust reload
-    // that refuses it, its expiry, `cert_grace` ending with DR `on`.
-    let cert_end = cert_watch(Arc::clone(&state), quic_certs(&conn));
-    tokio::pin!(cert_end);
-    let cert_refused = CancellationToken::new();
-    let stalls = {
-        let l = &state.policy.load().limits;
-        Arc::new(crate::stall::Stalls::new(
-            l.effective_tunnel_window(),
-            l.flow_window,
-        ))
-    };
-    // This tunnel's own flows: a going-away tunnel closes when they are done.
-    let mine = TaskTracker::new();
-    let mut credit = quic::StreamCredit::new(state.policy.load().limits.max_flows_per_tunnel);
-    let mut going_away = false;
-    let why = loop {
-        tokio::select! {
-            end = &mut cert_end => {
-                // Running flows end with a reset counted as cert-refused.
-                cert_refused.cancel();
-                match end {
-                    CertEnd::Refused(reason) => {
-                        conn.close(close_code::CERT_REFUSED.into(), reason.as_bytes());
-                        break format!("certificate no longer accepted: {reason}");
-                    }
-                    CertEnd::GraceOver => {
-                        conn.close(close_code::GRACE_OVER.into(), b"certificate expired; DR cert_grace applies only while DR is on");
-                        break "certificate expired and DR is no longer on".to_string();
-                    }
-                }
-            }
-            r = conn.accept_bi() => match r {
-                Ok((mut send, mut recv)) => {
-                    if going_away {
-                        // A flow that crossed the notice: refused `going-away`
-                        // without forwarding, so the client opens it elsewhere.
-                        tokio::spawn(refuse_stream(Arc::clone(&state), send, recv, Refusal::GoingAway));
-                        continue;
-                    }
-                    let max = state.policy.load().limits.max_flows_per_identity;
-                    let Some(quota) = state.quotas.take(&peer_uri, Kind::Flow, max) else {
-                        tokio::spawn(refuse_stream(Arc::clone(&state), send, recv, Refusal::Quota));
-                        continue;
-                    };
-                    let Ok(permit) = Arc::clone(&state.flows).try_acquire_owned() else {
-                        // Over max_flows: refuse the stream itself; the client sees a reset.
-                        let _ = send.reset(stream_code::ABORTED.into());
-                        let _ = recv.stop(stream_code::ABORTED.into());
-                        continue;
-                    };
-                    let permit = (permit, quota);
-                    let id = state.next_id();
-                    let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
-                    let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
-                    let from = flow::FromTunnel { cert_refused: cert_refused.clone(), stalls: Some(Arc::clone(&stalls)) };
-                    let flow = flow::serve(Arc::clone(&state), Arc::clone(&peer), id, (side, flow::Ask::Preamble), permit, from).instrument(span);
-                    tracker.spawn(mine.track_future(flow));
-                    credit.grow_on(&conn, mine.len());
-                }
-                Err(e) => break e.to_string(),
-            },
-            // Going away: a tunnel without flows closes now; one with flows
-            // is told (new flows go elsewhere) and closes when they are done
-            // (or the drain deadline aborts them). Streams that crossed the
-            // notice are refused `going-away`, so the client retries them
-            // through another edge.
-            _ = drain.cancelled(), if !going_away => {
-                going_away = true;
-                mine.close();
-                if mine.is_empty() {
-                    conn.close(close_code::GOING_AWAY.into(), b"edge going away");
-                    break "edge going away".to_string();
-                }
-                let c = conn.clone();
-                tokio::spawn(async move { quic::send_going_away(&c).await });
-            }
-            () = mine.wait(), if going_away => {
-                conn.close(close_code::GOING_AWAY.into(), b"edge going away");
-                break "edge going away; its flows finished".to_string();
-            }
-        }
-    };
-    tunnels.dec();
-    info!(peer = %peer, "client tunnel down: {why}");
-}
-
-/// Refuse a flow stream with `r` (`going-away`, `quota`) before reading
-/// it: nothing of it was forwarded. Bounded: a peer that reads nothing is
-/// cut after a second.
-async fn refuse_stream(
-    state: Arc<EdgeState>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    r: Refusal,
-) {
-    state.metrics.refused_unmatched(r).inc();
-    let _ = recv.stop(stream_code::ABORTED.into());
-    let body = r.encode_response("");
-    let answer = async {
-        send.write_all(&body).await.ok()?;
-        send.finish().ok()?;
-        send.stopped().await.ok()
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), answer).await;
 }
 
 /// The peer's certificate chain of a QUIC connection.
@@ -668,14 +549,12 @@ async fn tls_conn(
     }
     if multiplexed {
         let _quota = quota;
-        let certs = peer_certs;
-        let tunnel = super::h2_tunnel::Tunnel {
-            state,
-            peer,
-            tracker,
-            drain,
-        };
-        tunnel.serve(stream, certs).await;
+        match H2Carrier::handshake(stream, &limits).await {
+            Ok(carrier) => {
+                client_tunnel::run(state, carrier, peer, peer_certs, (tracker, drain)).await;
+            }
+            Err(e) => debug!(peer = %peer, "{e}"),
+        }
         return;
     }
     // A client: this connection is one flow.

@@ -1,175 +1,122 @@
 //! A client tunnel over TLS (ALPN `h2`): one HTTP/2 connection carries many
 //! flows, each a standard CONNECT stream (RFC 9113 8.5) answered with
 //! `:status` and the `lifeboat-error` word. The lifeboat client in TLS mode
-//! uses it; so can any HTTP/2 client that speaks CONNECT to a proxy. The
-//! same bounds as a QUIC client tunnel: `max_flows_per_tunnel` streams at
-//! once, per-flow and per-tunnel windows, the identity's flow quota, PINGs
-//! for liveness, stalled flows evicted, the certificate watched for the
-//! tunnel's whole life, and GOAWAY when the edge drains.
+//! uses it; so can any HTTP/2 client that speaks CONNECT to a proxy. It runs
+//! the same loop as a QUIC client tunnel (`client_tunnel`): the same bounds
+//! (`max_flows_per_tunnel` streams at once, per-flow and per-tunnel windows,
+//! the identity's flow quota, stalled flows evicted, the certificate
+//! watched), PINGs for liveness, GOAWAY when the edge drains.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
-use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, info, Instrument};
+use tokio_rustls::server::TlsStream;
 
-use super::certs::{cert_watch, CertEnd};
-use super::flow::{self, Ask};
-use super::quota::Kind;
-use super::EdgeState;
+use super::client_tunnel::Carrier;
+use super::flow::Ask;
+use crate::config::Limits;
 use crate::preamble::Dest;
 use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
-use crate::stall::Stalls;
-use crate::transport::{mux, TransportKind};
-use crate::trust::SpiffeId;
-
-/// One accepted client connection that asked for `h2`.
-pub(super) struct Tunnel {
-    pub state: Arc<EdgeState>,
-    pub peer: SpiffeId,
-    pub tracker: TaskTracker,
-    pub drain: CancellationToken,
-}
+use crate::transport::{close_code, mux, TransportKind};
 
 /// A CONNECT stream as accepted.
 type Request = http::Request<h2::RecvStream>;
 type Respond = h2::server::SendResponse<Bytes>;
 
-impl Tunnel {
-    /// Run the HTTP/2 server on `io` until the client leaves, its
-    /// certificate is refused, it stops answering PINGs, or the edge
-    /// drains (GOAWAY, then the running flows finish).
-    pub async fn serve(
-        self,
-        io: tokio_rustls::server::TlsStream<TcpStream>,
-        certs: Vec<CertificateDer<'static>>,
-    ) {
-        let limits = self.state.policy.load().limits.clone();
+/// How long a closing tunnel may take to deliver its last frames.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
+/// The HTTP/2 server side of one client connection.
+pub(super) struct H2Carrier {
+    conn: h2::server::Connection<TlsStream<TcpStream>, Bytes>,
+    /// PINGs; resolves with why the client is taken for dead.
+    keepalive: Pin<Box<dyn Future<Output = String> + Send>>,
+    /// GOAWAY sent: the connection ends once its streams are done.
+    going_away: bool,
+}
+
+impl H2Carrier {
+    /// The HTTP/2 handshake on an accepted connection, within
+    /// `handshake_timeout`: `max_flows_per_tunnel` streams at once, header
+    /// lists up to `preamble_bytes`.
+    pub async fn handshake(io: TlsStream<TcpStream>, limits: &Limits) -> Result<Self, String> {
         let header_list = u32::try_from(limits.preamble_bytes).unwrap_or(u32::MAX);
-        let handshake = mux::server(&limits, limits.max_flows_per_tunnel)
+        let handshake = mux::server(limits, limits.max_flows_per_tunnel)
             .max_header_list_size(header_list)
             .handshake::<_, Bytes>(io);
         let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return debug!(peer = %self.peer, "HTTP/2 handshake failed: {e}"),
-            Err(_) => return debug!(peer = %self.peer, "no HTTP/2 preface in time"),
+            Ok(Err(e)) => return Err(format!("HTTP/2 handshake failed: {e}")),
+            Err(_) => return Err("no HTTP/2 preface in time".to_string()),
         };
-        let tunnels = self
-            .state
-            .metrics
-            .tunnels_active
-            .with_label_values(&["client", TransportKind::Tls.as_str()]);
-        tunnels.inc();
-        info!(peer = %self.peer, transport = "tls", "client tunnel up");
-        let peer_uri: Arc<str> = self.peer.uri().into();
-        let peer = Arc::new(self.peer.clone());
-        let cert_end = cert_watch(Arc::clone(&self.state), certs);
-        tokio::pin!(cert_end);
-        let ka = mux::server_keepalive(conn.ping_pong(), &limits);
-        tokio::pin!(ka);
-        let cert_refused = CancellationToken::new();
-        let stalls = Arc::new(Stalls::new(
-            limits.effective_tunnel_window(),
-            limits.flow_window,
-        ));
-        // This tunnel's own flows: a draining tunnel closes when they are done.
-        let mine = TaskTracker::new();
-        let mut going_away = false;
-        let why = loop {
-            tokio::select! {
-                end = &mut cert_end => {
-                    // Running flows end with a reset counted as cert-refused;
-                    // the client learns the word from its next handshake.
-                    cert_refused.cancel();
-                    conn.abrupt_shutdown(h2::Reason::CANCEL);
-                    break match end {
-                        CertEnd::Refused(reason) => format!("certificate no longer accepted: {reason}"),
-                        CertEnd::GraceOver => "certificate expired and DR is no longer on".to_string(),
-                    };
-                }
-                next = conn.accept() => match next {
-                    Some(Ok((req, respond))) => {
-                        let from = flow::FromTunnel {
-                            cert_refused: cert_refused.clone(),
-                            stalls: Some(Arc::clone(&stalls)),
-                        };
-                        if let Some(flow) = self.admit(&peer_uri, &peer, (req, respond), going_away, from) {
-                            self.tracker.spawn(mine.track_future(flow));
-                        }
-                    }
-                    Some(Err(e)) => break e.to_string(),
-                    // After a GOAWAY: every stream is done.
-                    None if going_away => break "edge going away; its flows finished".to_string(),
-                    None => break "closed by the client".to_string(),
-                },
-                why = &mut ka => break why,
-                // Going away: GOAWAY tells the client to open new flows
-                // elsewhere; the flows running here finish (or the drain
-                // deadline aborts them) and the connection closes.
-                _ = self.drain.cancelled(), if !going_away => {
-                    going_away = true;
-                    mine.close();
-                    conn.graceful_shutdown();
-                }
-            }
-        };
-        tunnels.dec();
-        info!(peer = %peer, transport = "tls", "client tunnel down: {why}");
+        let ka = mux::server_keepalive(conn.ping_pong(), limits.keepalive(), limits.idle_timeout);
+        Ok(Self {
+            conn,
+            keepalive: Box::pin(ka),
+            going_away: false,
+        })
+    }
+}
+
+impl Carrier for H2Carrier {
+    type Stream = (Request, Respond);
+    const KIND: TransportKind = TransportKind::Tls;
+
+    /// Also drives the connection: every stream's frames move while the
+    /// loop waits here.
+    async fn accept(&mut self) -> Result<Self::Stream, String> {
+        tokio::select! {
+            next = self.conn.accept() => match next {
+                Some(Ok(s)) => Ok(s),
+                Some(Err(e)) => Err(e.to_string()),
+                // After a GOAWAY: every stream is done.
+                None if self.going_away => Err("edge going away; its flows finished".to_string()),
+                None => Err("closed by the client".to_string()),
+            },
+            why = &mut self.keepalive => Err(why),
+        }
     }
 
-    /// Take one CONNECT stream: the flow to run, or `None` when it was
-    /// refused at once (the edge is draining, the identity's flow quota or
-    /// the edge's `max_flows` is used up).
-    fn admit(
-        &self,
-        peer_uri: &Arc<str>,
-        peer: &Arc<SpiffeId>,
-        (req, mut respond): (Request, Respond),
-        going_away: bool,
-        from: flow::FromTunnel,
-    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-        let state = &self.state;
-        let refused = |r: Refusal, respond: Respond| {
-            state.metrics.refused_unmatched(r).inc();
-            tokio::spawn(refuse(respond, r));
-        };
-        if going_away {
-            // Crossed the GOAWAY: not forwarded; the client opens it elsewhere.
-            refused(Refusal::GoingAway, respond);
-            return None;
-        }
-        let max = state.policy.load().limits.max_flows_per_identity;
-        let Some(quota) = state.quotas.take(peer_uri, Kind::Flow, max) else {
-            refused(Refusal::Quota, respond);
-            return None;
-        };
-        let Ok(permit) = Arc::clone(&state.flows).try_acquire_owned() else {
-            // Over max_flows: refused unprocessed, as a QUIC stream is reset.
-            respond.send_reset(h2::Reason::REFUSED_STREAM);
-            return None;
-        };
+    fn flow((req, respond): Self::Stream) -> (Side, Ask) {
         let dest = connect_dest(&req);
         let side = Side {
             recv: RecvHalf::H2(req.into_body()),
             // Opened by the answer.
             send: SendHalf::Closed,
         };
-        let id = state.next_id();
-        let span = tracing::debug_span!("flow", id, dest = tracing::field::Empty);
-        let ask = Ask::H2 { dest, respond };
-        let flow = flow::serve(
-            Arc::clone(state),
-            Arc::clone(peer),
-            id,
-            (side, ask),
-            (permit, quota),
-            from,
-        );
-        Some(flow.instrument(span))
+        (side, Ask::H2 { dest, respond })
+    }
+
+    async fn refuse((_, respond): Self::Stream, r: Refusal) {
+        refuse(respond, r).await
+    }
+
+    /// Refused unprocessed, as a QUIC stream is reset.
+    fn reject((_, mut respond): Self::Stream) {
+        respond.send_reset(h2::Reason::REFUSED_STREAM);
+    }
+
+    fn go_away(&mut self) {
+        self.going_away = true;
+        self.conn.graceful_shutdown();
+    }
+
+    /// GOAWAY (graceful when going away, else CANCEL: the client learns the
+    /// word of a refused certificate from its next handshake), then the
+    /// connection driven until it is closed or [`CLOSE_WITHIN`].
+    async fn close(&mut self, code: u32, _reason: &str) {
+        if code != close_code::GOING_AWAY {
+            self.conn.abrupt_shutdown(h2::Reason::CANCEL);
+        } else if !self.going_away {
+            self.go_away();
+        }
+        let conn = &mut self.conn;
+        let closed = std::future::poll_fn(|cx| conn.poll_closed(cx));
+        let _ = tokio::time::timeout(CLOSE_WITHIN, closed).await;
     }
 }
 

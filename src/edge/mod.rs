@@ -4,6 +4,7 @@
 
 mod accept;
 mod certs;
+mod client_tunnel;
 mod flow;
 mod h2_tunnel;
 pub mod quota;

@@ -182,11 +182,16 @@ pub fn server(limits: &Limits, streams: u32) -> h2::server::Builder {
     b
 }
 
-/// Send PINGs on a server-side tunnel (see [`keepalive`]); pending when
-/// the connection gave no PING handle. Says why the tunnel died.
-pub async fn server_keepalive(pp: Option<h2::PingPong>, limits: &Limits) -> String {
+/// Send PINGs on a server-side tunnel every `interval` until the peer has
+/// answered nothing for `idle` (see [`keepalive`]); pending when the
+/// connection gave no PING handle. Says why the tunnel died.
+pub async fn server_keepalive(
+    pp: Option<h2::PingPong>,
+    interval: Duration,
+    idle: Duration,
+) -> String {
     match pp {
-        Some(pp) => keepalive(pp, limits.keepalive(), limits.idle_timeout).await,
+        Some(pp) => keepalive(pp, interval, idle).await,
         None => std::future::pending().await,
     }
 }
@@ -211,7 +216,7 @@ where
         Ok(c) => c,
         Err(e) => return Ended::new(format!("HTTP/2 handshake: {e}")),
     };
-    let ka = server_keepalive(conn.ping_pong(), limits);
+    let ka = server_keepalive(conn.ping_pong(), limits.keepalive(), limits.idle_timeout);
     tokio::pin!(ka);
     loop {
         tokio::select! {
