@@ -463,3 +463,66 @@ async fn a_reset_on_either_end_arrives_as_a_reset() {
     assert_eq!(t.edge_closed("done"), 0);
     t.shutdown().await;
 }
+
+/// An app that speaks first (SSH, SMTP, MySQL): it writes a banner as soon
+/// as it accepts, then holds the connection open.
+async fn banner_app(banner: &'static [u8]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind banner app");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(banner).await;
+                let mut sink = [0u8; 64];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}
+
+/// The app's first bytes, sent before the client said anything, reach the
+/// client on every flow: they often travel in the same read as the
+/// connector's reply, and the edge hands them on (100 flows, 32 at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_speaks_first_is_heard_on_every_flow() {
+    const BANNER: &[u8] = b"SSH-2.0-lifeboat-test-banner\r\n";
+    let port = banner_app(BANNER).await;
+    let t = Builder::new().segment_port(port).start().await;
+    let socks = t.socks();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut flows = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let sem = Arc::clone(&sem);
+        flows.spawn(async move {
+            let _slot = sem.acquire_owned().await.expect("semaphore");
+            let mut s = lifeboat::demo::socks_client::connect(socks, DR_HOST, port)
+                .await
+                .map_err(|e| format!("flow {i}: SOCKS connect: {e}"))?;
+            let mut got = vec![0u8; BANNER.len()];
+            match tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut got)).await {
+                Ok(Ok(_)) if got == BANNER => Ok(()),
+                Ok(Ok(_)) => Err(format!(
+                    "flow {i}: banner {:?}",
+                    String::from_utf8_lossy(&got)
+                )),
+                Ok(Err(e)) => Err(format!("flow {i}: {e}")),
+                Err(_) => Err(format!("flow {i}: no banner within 10 s")),
+            }
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = flows.join_next().await {
+        if let Err(e) = r.expect("flow task") {
+            failed.push(e);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 100 flows lost the banner: {failed:?}",
+        failed.len()
+    );
+    t.shutdown().await;
+}

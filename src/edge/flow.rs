@@ -247,6 +247,9 @@ async fn read_destination<'p>(
 /// A connector's flow, answered `Connected`, with what holds its place.
 struct Upstream {
     side: Side,
+    /// App bytes that came with the connector's reply (an app that speaks
+    /// first: SSH, SMTP, MySQL).
+    early: Bytes,
     tunnel: Arc<ConnectorTunnel>,
     /// The tunnel's active count and the client's share of its flows.
     _held: (ActiveGuard, QuotaGuard),
@@ -291,9 +294,10 @@ async fn connect_upstream(
         let guard = ActiveGuard::new(Arc::clone(&tunnel));
         let another = || registry.pick(groups, &tried, capacity).is_some();
         match open_upstream(&tunnel, &header, reply_timeout, another).await {
-            Ok(side) => {
+            Ok((side, early)) => {
                 return Ok(Upstream {
                     side,
+                    early,
                     tunnel,
                     _held: (guard, share),
                 })
@@ -329,6 +333,17 @@ async fn carry(
     let seg_m = &cx.policy.segment_metrics[admitted.segment.index];
     m.flow_setup.observe(cx.started.elapsed().as_secs_f64());
     seg_m.ok.inc();
+    let early_down = upstream.early.len() as u64;
+    if early_down > 0 {
+        seg_m.bytes_down.inc_by(early_down);
+        let early = std::mem::take(&mut upstream.early);
+        if client.send.write(early).await.is_err() {
+            app_side.send.abort(stream_code::ABORTED);
+            app_side.recv.abort(stream_code::ABORTED);
+            flow.close("reset");
+            return;
+        }
+    }
     let early_up = admitted.early.len() as u64;
     if early_up > 0 {
         seg_m.bytes_up.inc_by(early_up);
@@ -442,7 +457,7 @@ async fn open_upstream(
     header: &FlowHeader,
     reply_timeout: Duration,
     another: impl Fn() -> bool,
-) -> Result<Side, Refusal> {
+) -> Result<(Side, Bytes), Refusal> {
     let mut out = BytesMut::with_capacity(256);
     wire::encode_flow_header(header, &mut out).map_err(|_| Refusal::BadRequest)?;
     let deadline = tokio::time::Instant::now() + reply_timeout;
@@ -494,11 +509,11 @@ async fn open_upstream(
         }
     };
     match reply {
-        Ok(Ok(FlowReply::Connected)) => {
+        Ok(Ok((FlowReply::Connected, early))) => {
             tunnel.clear_suspect();
-            Ok(side)
+            Ok((side, early))
         }
-        Ok(Ok(FlowReply::Failed { kind, .. })) => {
+        Ok(Ok((FlowReply::Failed { kind, .. }, _))) => {
             tunnel.clear_suspect();
             Err(kind.refusal())
         }
@@ -517,10 +532,11 @@ async fn open_upstream(
 /// (generous: a busy edge may read its socket late).
 const ACK_GRACE: Duration = Duration::from_millis(500);
 
-async fn read_reply(recv: &mut RecvHalf) -> Result<FlowReply, ()> {
-    // The connector sends nothing after its reply until we send data.
+/// The connector's reply, and the app's first bytes when they came in the
+/// same read (the connector forwards the app's bytes right after it).
+async fn read_reply(recv: &mut RecvHalf) -> Result<(FlowReply, Bytes), ()> {
     match head::read_head(recv, wire::MAX_HEADER, wire::parse_flow_reply).await {
-        Ok((reply, _)) => Ok(reply),
+        Ok((reply, rest)) => Ok((reply, rest.freeze())),
         Err(_) => Err(()),
     }
 }
