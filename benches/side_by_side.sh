@@ -29,7 +29,8 @@
 #          load and small counts, for CI: tests/side_by_side.rs)
 #   env:   ROUNDS=3 SECONDS_PER_LOAD=8 IDLE_CONNS=1000 STAMPEDE_CLIENTS=1000
 #          PERF=DIR (perf profiles of the QUIC chain's edge and client during
-#          its first 1-stream iperf3 run)  KEEP=1 (keep the work folder)
+#          its first 1-stream iperf3 run; PERF_ARGS="-g" by default, or e.g.
+#          "--call-graph dwarf" for callers)  KEEP=1 (keep the work folder)
 set -euo pipefail
 SHORT=
 if [ "${1:-}" = --short ]; then SHORT=1; shift; fi
@@ -306,9 +307,11 @@ wrk_run() {
 iperf() {
   local c=$1 p=$2 out prof=()
   if [ -n "${PERF:-}" ] && [ "$c" = quic ] && [ "$p" = 1 ] && [ ! -e "$PERF/edge-quic-iperf1.data" ]; then
-    perf record -e cpu-clock -F 999 -g -p "${PID[quic-edge]}" -o "$PERF/edge-quic-iperf1.data" 2>"$PERF/edge.log" &
+    # shellcheck disable=SC2086 # PERF_ARGS: several arguments
+    perf record -e cpu-clock -F 999 ${PERF_ARGS:--g} -p "${PID[quic-edge]}" -o "$PERF/edge-quic-iperf1.data" 2>"$PERF/edge.log" &
     prof+=($!)
-    perf record -e cpu-clock -F 999 -g -p "${PID[quic-client]}" -o "$PERF/client-quic-iperf1.data" 2>"$PERF/client.log" &
+    # shellcheck disable=SC2086
+    perf record -e cpu-clock -F 999 ${PERF_ARGS:--g} -p "${PID[quic-client]}" -o "$PERF/client-quic-iperf1.data" 2>"$PERF/client.log" &
     prof+=($!)
     pids+=("${prof[@]}")
     sleep 0.5
