@@ -18,7 +18,8 @@
 # chain measured first thing on its fresh processes); the DR stampede
 # (`lifeboat loadgen --clients N`, lifeboat only). Prints one table: each
 # figure for haproxy, lifeboat QUIC and lifeboat TLS, and lifeboat's
-# ratios to haproxy (the median of ROUNDS rounds, all from this one run).
+# ratios to haproxy, all from this one run (throughput and latency: the
+# median of ROUNDS rounds; memory and the stampede: measured once).
 #
 # Installs haproxy, iperf3, nginx and wrk (apt-get) when missing. Loopback
 # and ports 29001-29099 only; every load is bounded in count and time;
@@ -391,7 +392,7 @@ rows = [
 ]
 missing = 0
 print()
-print(f"side by side, {rounds} round(s), {secs} s per load; ratio = lifeboat / haproxy")
+print(f"side by side: throughput and latency the median of {rounds} round(s) of {secs} s; ratio = lifeboat / haproxy")
 print()
 print("| load | haproxy | lifeboat QUIC | lifeboat TLS | QUIC / haproxy | TLS / haproxy |")
 print("|---|---|---|---|---|---|")
