@@ -64,6 +64,8 @@ pub async fn run_drill(
     Ok(report)
 }
 
+/// One flow per target through `edge`: over one QUIC tunnel, or over TLS
+/// with a connection (and handshake) per flow.
 async fn drill_edge(
     dialer: &Dialer,
     edge: &EdgeAddr,
@@ -105,44 +107,19 @@ async fn drill_edge(
             Some(c) => {
                 out.transport = Some("quic");
                 out.handshake = Some(handshake);
-                c.open_bi()
-                    .await
-                    .map(|(send, recv)| Side {
-                        recv: RecvHalf::Quic(recv),
-                        send: SendHalf::Quic(send),
-                    })
-                    .map_err(|e| {
-                        let word = word_of(crate::trust::classify_quic(&e));
-                        (word, format!("opening a stream: {e}"))
-                    })
+                quic_side(c).await
             }
             None => {
                 out.transport = Some("tls");
-                match dialer.dial_tls(edge).await {
-                    Ok(s) => {
-                        out.handshake = Some(t0.elapsed());
-                        let (r, w) = tokio::io::split(s);
-                        Ok(Side {
-                            recv: RecvHalf::io(Box::new(r)),
-                            send: SendHalf::Io(Box::new(w)),
-                        })
-                    }
-                    Err(e) => Err((dial_word(&e), format!("TLS to the edge: {e}"))),
+                let side = tls_side(dialer, edge).await;
+                if side.is_ok() {
+                    out.handshake = Some(t0.elapsed());
                 }
+                side
             }
         };
         let (result, detail) = match side {
-            Ok(mut side) => {
-                let r = open_flow(&mut side, &t.dest, limits).await;
-                if r.0 == "ok" {
-                    out.setup = Some(t0.elapsed());
-                    let _ = side.send.finish().await;
-                } else {
-                    side.send.abort(stream_code::ABORTED);
-                }
-                side.recv.abort(stream_code::ABORTED);
-                r
-            }
+            Ok(side) => try_flow(side, &t.dest, limits, t0, &mut out).await,
             Err(e) => e,
         };
         out.result = result;
@@ -153,6 +130,55 @@ async fn drill_edge(
         c.close(0u32.into(), b"drill done");
     }
 }
+
+/// A flow's stream on the edge's QUIC tunnel, or its result word and why not.
+async fn quic_side(c: &quinn::Connection) -> Result<Side, (String, String)> {
+    c.open_bi()
+        .await
+        .map(|(send, recv)| Side {
+            recv: RecvHalf::Quic(recv),
+            send: SendHalf::Quic(send),
+        })
+        .map_err(|e| {
+            let word = word_of(crate::trust::classify_quic(&e));
+            (word, format!("opening a stream: {e}"))
+        })
+}
+
+/// A flow's own TLS connection to the edge, or its result word and why not.
+async fn tls_side(dialer: &Dialer, edge: &EdgeAddr) -> Result<Side, (String, String)> {
+    match dialer.dial_tls(edge).await {
+        Ok(s) => {
+            let (r, w) = tokio::io::split(s);
+            Ok(Side {
+                recv: RecvHalf::io(Box::new(r)),
+                send: SendHalf::Io(Box::new(w)),
+            })
+        }
+        Err(e) => Err((dial_word(&e), format!("TLS to the edge: {e}"))),
+    }
+}
+
+/// Open the flow on `side` and end it: finished when established (setup
+/// time into `out`), aborted when refused.
+async fn try_flow(
+    mut side: Side,
+    dest: &Dest,
+    limits: &Limits,
+    t0: Instant,
+    out: &mut Outcome,
+) -> (String, String) {
+    let r = open_flow(&mut side, dest, limits).await;
+    if r.0 == "ok" {
+        out.setup = Some(t0.elapsed());
+        let _ = side.send.finish().await;
+    } else {
+        side.send.abort(stream_code::ABORTED);
+    }
+    side.recv.abort(stream_code::ABORTED);
+    r
+}
+
 /// Send the CONNECT preamble and read the edge's answer: `("ok", "")` or
 /// the refusal word and reason.
 async fn open_flow(side: &mut Side, dest: &Dest, limits: &Limits) -> (String, String) {
