@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use lifeboat::config::ConfigError;
+use lifeboat::role_error::BindError;
 use lifeboat::trust::Role;
 
 #[derive(Parser)]
@@ -404,11 +405,10 @@ fn main() -> ExitCode {
         Err(e) => {
             // Exit 2 for a configuration error (systemd's
             // RestartPreventExitStatus=2 then stops a restart loop).
-            let code = if e.downcast_ref::<ConfigError>().is_some() {
-                2
-            } else {
-                1
-            };
+            let config = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<BindError>()
+                    .is_some_and(|b| b.config().is_some());
+            let code = if config { 2 } else { 1 };
             let line = error_line(&e);
             match format {
                 // Every line in JSON mode is JSON, the last one included.

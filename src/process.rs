@@ -87,7 +87,7 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
     });
     let result = edge.run(drain).await;
     admin_stop.cancel();
-    result
+    Ok(result?)
 }
 
 /// Not ready while draining, whatever `ready` says.
@@ -125,7 +125,7 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
             count_reload(&m, trust, checked);
         }
     });
-    connector.run(drain).await
+    Ok(connector.run(drain).await?)
 }
 
 /// `lifeboat client -c FILE`.
@@ -162,7 +162,7 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
             count_reload(&m, trust, checked);
         }
     });
-    client.run(drain).await
+    Ok(client.run(drain).await?)
 }
 
 /// Re-read certificates, CA and CRL; refresh the expiry gauges.

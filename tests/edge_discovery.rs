@@ -17,6 +17,7 @@ use lifeboat::connector::Connector;
 use lifeboat::edge::Edge;
 use lifeboat::metrics::Metrics;
 use lifeboat::pki::{self, IssueOptions};
+use lifeboat::role_error::RunError;
 use lifeboat::trust::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,7 @@ struct RunningEdge {
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     drain: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
 }
 
 impl RunningEdge {

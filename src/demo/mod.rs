@@ -21,6 +21,7 @@ use crate::connector::Connector;
 use crate::edge::{Edge, EdgeState};
 use crate::metrics::Metrics;
 use crate::pki::{self, IssueOptions};
+use crate::role_error::RunError;
 use crate::trust::Role;
 
 const EDGE_TOML: &str = include_str!("edge.toml");
@@ -46,7 +47,7 @@ pub struct Topology {
     pub connector_metrics: Arc<Metrics>,
     pub client_metrics: Arc<Metrics>,
     drain: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), RunError>>>,
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<std::path::PathBuf> {

@@ -28,6 +28,7 @@ use lifeboat::dr::{DrMode, Trigger};
 use lifeboat::edge::{Edge, EdgeState};
 use lifeboat::metrics::Metrics;
 use lifeboat::pki::{self, IssueOptions};
+use lifeboat::role_error::RunError;
 use lifeboat::trust::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -477,7 +478,7 @@ pub struct ClientHandle {
     pub socks: SocketAddr,
     pub http: SocketAddr,
     pub metrics: Arc<Metrics>,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), RunError>>,
 }
 
 impl ClientHandle {
@@ -505,7 +506,7 @@ pub struct Topology {
     pub client: Option<ClientHandle>,
     pub dr_file: PathBuf,
     drain: CancellationToken,
-    tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<Result<(), RunError>>)>,
 }
 
 impl Drop for Topology {
@@ -630,7 +631,7 @@ impl Topology {
     fn start_connector(
         &self,
         i: usize,
-    ) -> (Arc<Metrics>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    ) -> (Arc<Metrics>, tokio::task::JoinHandle<Result<(), RunError>>) {
         self.start_connector_with(&self.connector_certs[i], &format!("connector{i}"))
     }
 
@@ -639,7 +640,7 @@ impl Topology {
         &self,
         cert: &CertFiles,
         name: &str,
-    ) -> (Arc<Metrics>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    ) -> (Arc<Metrics>, tokio::task::JoinHandle<Result<(), RunError>>) {
         let d = self.dir.path();
         let hosts = [DR_HOST, WILDCARD_HOST, NON_DR_HOST, UNKNOWN_HOST]
             .map(|h| format!("{h:?} = \"127.0.0.1\""))
@@ -951,7 +952,7 @@ pub struct RigEdge {
     pub tls: Option<SocketAddr>,
     /// Its config file (for [`EdgeState::reload`]).
     pub config: PathBuf,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), RunError>>,
 }
 
 impl Drop for Rig {
