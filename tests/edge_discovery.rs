@@ -3,14 +3,14 @@
 //! test rewrites; two edges on 127.0.0.2 and 127.0.0.3 (same port), one
 //! connector and one client that know the edges only by that name.
 
-mod common_dns;
+mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common_dns::{eventually, Answer, DnsServer, EchoFlow, Logs, DR_HOST, TD};
+use common::{eventually, Answer, DnsServer, EchoFlow, Logs, DR_HOST, TD};
 use lifeboat::client::{Client, ListenerKind};
 use lifeboat::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
 use lifeboat::connector::Connector;
