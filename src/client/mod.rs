@@ -1,5 +1,6 @@
 //! The user-side agent: local SOCKS5, HTTP CONNECT and port-forward
-//! listeners whose flows ride one QUIC tunnel to an edge.
+//! listeners whose flows ride one tunnel to an edge (`tunnel`: QUIC, or
+//! HTTP/2 over TLS).
 
 mod http;
 pub mod socks5;

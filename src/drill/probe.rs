@@ -12,7 +12,9 @@ use crate::head::{self, HeadError};
 use crate::preamble::{self, Dest};
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer, HEAD_START};
-use crate::transport::{quic, resolve_edges, stream_code, tls, EdgeAddr, TunnelError, ALPN_CLIENT};
+use crate::transport::{
+    close_code, quic, resolve_edges, stream_code, tls, EdgeAddr, TunnelError, ALPN_CLIENT,
+};
 use crate::trust::Trust;
 
 use super::{Outcome, Report, Target};
@@ -59,7 +61,7 @@ pub async fn run_drill(
     for edge in &edges {
         drill_edge(&dialer, edge, &cfg.limits, targets, &mut report).await;
     }
-    dialer.quic.close(0u32.into(), b"drill done");
+    dialer.quic.close(close_code::DONE.into(), b"drill done");
     let _ = tokio::time::timeout(Duration::from_secs(1), dialer.quic.wait_idle()).await;
     Ok(report)
 }
@@ -127,7 +129,7 @@ async fn drill_edge(
         report.outcomes.push(out);
     }
     if let Some(c) = conn {
-        c.close(0u32.into(), b"drill done");
+        c.close(close_code::DONE.into(), b"drill done");
     }
 }
 

@@ -1,6 +1,8 @@
-//! The DR Private Service Edge: accepts client and connector tunnels on one
-//! QUIC endpoint, checks identities (done in the TLS handshake by `trust`,
-//! role against ALPN here), and hands each client stream to `flow`.
+//! The DR Private Service Edge: accepts client and connector tunnels on its
+//! QUIC endpoint and its TLS listener (`accept`: one flow per HTTP/1.1
+//! CONNECT connection, many on HTTP/2), checks identities (done in the TLS
+//! handshake by `trust`, role against ALPN in `accept`), and hands each
+//! client flow to `flow`.
 
 mod accept;
 mod flow;
