@@ -332,28 +332,16 @@ fn pki_issue_usage(msg: &str) -> ! {
 
 /// `lifeboat loadgen`: exit 1 when a flow failed or none was served.
 fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
-    let LoadgenArgs {
-        config,
-        target,
-        flows,
-        concurrency,
-        clients,
-        duration,
-        http_get,
-        hold,
-        transport,
-        json,
-    } = args;
-    let target = match lifeboat::preamble::Dest::parse(&target) {
+    let target = match lifeboat::preamble::Dest::parse(&args.target) {
         Ok(t) => t,
         Err(e) => Cli::command()
             .error(
                 clap::error::ErrorKind::InvalidValue,
-                format!("--target `{target}`: {e}"),
+                format!("--target `{}`: {e}", args.target),
             )
             .exit(),
     };
-    let transport = match transport.as_deref() {
+    let transport = match args.transport.as_deref() {
         None => None,
         Some("auto") => Some(lifeboat::config::TransportChoice::Auto),
         Some("quic") => Some(lifeboat::config::TransportChoice::Quic),
@@ -362,12 +350,12 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
     };
     let opts = lifeboat::loadgen::Options {
         target,
-        flows,
-        concurrency,
-        clients,
-        duration,
-        http_get,
-        hold,
+        flows: args.flows,
+        concurrency: args.concurrency,
+        clients: args.clients,
+        duration: args.duration,
+        http_get: args.http_get,
+        hold: args.hold,
         transport,
     };
     if let Err(e) = opts.check() {
@@ -375,8 +363,8 @@ fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
             .error(clap::error::ErrorKind::InvalidValue, e)
             .exit()
     }
-    let report = runtime()?.block_on(lifeboat::loadgen::run(&config, opts))?;
-    if json {
+    let report = runtime()?.block_on(lifeboat::loadgen::run(&args.config, opts))?;
+    if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");

@@ -2,7 +2,7 @@
 //! trigger, the admin listener and signals (SIGTERM/SIGINT drain, SIGHUP
 //! reload), then run the role until it has drained.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -104,7 +104,7 @@ fn unless_draining(ready: admin::Readiness, drain: CancellationToken) -> admin::
 pub async fn connector(file: &Path) -> anyhow::Result<()> {
     let (cfg, _) = load_role::<ConnectorConfig>(file)?;
     let running = cfg.clone();
-    let (drain, mut reload) = signals()?;
+    let (drain, reload) = signals()?;
     let metrics = Arc::new(Metrics::new("connector"));
     let admin_addr = cfg.listen.admin;
     let connector = Connector::bind(cfg, file, Arc::clone(&metrics))?;
@@ -113,18 +113,14 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
         let ready = admin::connector_readiness(Arc::clone(&metrics));
         tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
     }
-    let state = connector.state();
-    let m = Arc::clone(&metrics);
-    let file = file.to_path_buf();
-    tokio::spawn(async move {
-        let mut running = running;
-        while reload.recv().await.is_some() {
-            // Certificates, CA and CRL: always, whatever the config says.
-            let trust = reload_trust(&state.trust, &m);
-            let checked = check_config(&file, &mut running);
-            count_reload(&m, trust, checked);
-        }
-    });
+    let trust = Arc::clone(&connector.state().trust);
+    tokio::spawn(reload_agent(
+        reload,
+        trust,
+        metrics,
+        file.to_path_buf(),
+        running,
+    ));
     Ok(connector.run(drain).await?)
 }
 
@@ -132,7 +128,7 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
 pub async fn client(file: &Path) -> anyhow::Result<()> {
     let (cfg, _) = load_role::<ClientConfig>(file)?;
     let running = cfg.clone();
-    let (drain, mut reload) = signals()?;
+    let (drain, reload) = signals()?;
     let metrics = Arc::new(Metrics::new("client"));
     let mode = crate::dr::trigger::start_for(
         Role::Client,
@@ -148,21 +144,33 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
         let ready = admin::client_readiness(Arc::clone(&metrics));
         tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
     }
-    let state = client.state();
-    let m = Arc::clone(&metrics);
-    let file = file.to_path_buf();
-    tokio::spawn(async move {
-        let mut running = running;
-        while reload.recv().await.is_some() {
-            // Certificates, CA and CRL: always (a renewed certificate is used
-            // by the next handshake); the config is checked so that a bad
-            // edit is reported now, not at the next restart.
-            let trust = reload_trust(&state.trust, &m);
-            let checked = check_config(&file, &mut running);
-            count_reload(&m, trust, checked);
-        }
-    });
+    let trust = Arc::clone(&client.state().trust);
+    tokio::spawn(reload_agent(
+        reload,
+        trust,
+        metrics,
+        file.to_path_buf(),
+        running,
+    ));
     Ok(client.run(drain).await?)
+}
+
+/// A connector's or client's SIGHUP: certificates, CA and CRL re-read
+/// always, whatever the config says (a renewed certificate is used by the
+/// next handshake); the config is checked so that a bad edit is reported
+/// now, not at the next restart.
+async fn reload_agent<T: RoleConfig + RestartNeeded>(
+    mut reload: mpsc::Receiver<()>,
+    trust: Arc<crate::trust::Trust>,
+    m: Arc<Metrics>,
+    file: PathBuf,
+    mut running: T,
+) {
+    while reload.recv().await.is_some() {
+        let trust = reload_trust(&trust, &m);
+        let checked = check_config(&file, &mut running);
+        count_reload(&m, trust, checked);
+    }
 }
 
 /// Re-read certificates, CA and CRL; refresh the expiry gauges.

@@ -7,7 +7,7 @@
 use std::error::Error as _;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::ConfigError;
 use crate::preamble::PreambleError;
@@ -65,6 +65,15 @@ pub enum BindError {
 }
 
 impl BindError {
+    /// [`BindError::Trust`] for the config `file`, to `map_err` a
+    /// `Trust::load` with.
+    pub fn trust(file: &Path) -> impl FnOnce(TrustError) -> Self + '_ {
+        move |source| Self::Trust {
+            file: file.to_path_buf(),
+            source,
+        }
+    }
+
     /// The config error, when the config is at fault (`main` exits 2).
     pub fn config(&self) -> Option<&ConfigError> {
         match self {

@@ -74,10 +74,7 @@ impl Client {
         metrics: Arc<Metrics>,
     ) -> Result<Self, BindError> {
         let trust =
-            Trust::load(cfg.tls.files(), &cfg.trust_domain).map_err(|source| BindError::Trust {
-                file: file.to_path_buf(),
-                source,
-            })?;
+            Trust::load(cfg.tls.files(), &cfg.trust_domain).map_err(BindError::trust(file))?;
         let mut listeners = Vec::new();
         let mut wanted: Vec<(ListenerKind, SocketAddr)> = Vec::new();
         if let Some(a) = cfg.listen.socks {

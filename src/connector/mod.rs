@@ -58,10 +58,7 @@ impl Connector {
         metrics: Arc<Metrics>,
     ) -> Result<Self, BindError> {
         let trust =
-            Trust::load(cfg.tls.files(), &cfg.trust_domain).map_err(|source| BindError::Trust {
-                file: file.to_path_buf(),
-                source,
-            })?;
+            Trust::load(cfg.tls.files(), &cfg.trust_domain).map_err(BindError::trust(file))?;
         let id = trust.local_id();
         if id.role != crate::trust::Role::Connector {
             return Err(BindError::NotAConnector {

@@ -206,10 +206,7 @@ impl Edge {
         metrics: Arc<Metrics>,
     ) -> Result<Self, BindError> {
         let trust =
-            Trust::load(cfg.tls.files(), &cfg.trust_domain).map_err(|source| BindError::Trust {
-                file: file.to_path_buf(),
-                source,
-            })?;
+            Trust::load(cfg.tls.files(), &cfg.trust_domain).map_err(BindError::trust(file))?;
         let limits = cfg.limits.clone();
         let cert_grace = cfg.dr.cert_grace.filter(|g| !g.is_zero());
         let quic_addr = cfg.listen.quic;

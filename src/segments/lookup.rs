@@ -34,21 +34,17 @@ impl Matcher {
             Kind::Exact => MatchKey::Exact(text()),
             Kind::Wildcard => MatchKey::Wildcard(text()),
             Kind::V4 => {
-                let (len, net) = rec.key.split_first().unwrap_or((&0, &[]));
-                let mut a = [0u8; 4];
-                a.copy_from_slice(net.get(..4).unwrap_or(&[0; 4]));
+                let (len, net) = split_key(rec.key);
                 MatchKey::Prefix(Cidr::V4 {
-                    net: u32::from_be_bytes(a),
-                    len: *len,
+                    net: u32::from_be_bytes(net),
+                    len,
                 })
             }
             Kind::V6 => {
-                let (len, net) = rec.key.split_first().unwrap_or((&0, &[]));
-                let mut a = [0u8; 16];
-                a.copy_from_slice(net.get(..16).unwrap_or(&[0; 16]));
+                let (len, net) = split_key(rec.key);
                 MatchKey::Prefix(Cidr::V6 {
-                    net: u128::from_be_bytes(a),
-                    len: *len,
+                    net: u128::from_be_bytes(net),
+                    len,
                 })
             }
         };
@@ -142,4 +138,15 @@ impl Matcher {
             }
         }
     }
+}
+
+/// The prefix length and network bytes of a prefix table key
+/// (`[len, network bytes...]`, see `v4_key`); zeros where it is short.
+fn split_key<const N: usize>(key: &[u8]) -> (u8, [u8; N]) {
+    let (len, net) = key.split_first().unwrap_or((&0, &[]));
+    let mut a = [0u8; N];
+    if let Some(bytes) = net.get(..N) {
+        a.copy_from_slice(bytes);
+    }
+    (*len, a)
 }
