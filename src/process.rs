@@ -2,7 +2,8 @@
 //! trigger, the admin listener and signals (SIGTERM/SIGINT drain, SIGHUP
 //! reload), then run the role until it has drained.
 
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -108,19 +109,9 @@ pub async fn connector(file: &Path) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new("connector"));
     let admin_addr = cfg.listen.admin;
     let connector = Connector::bind(cfg, file, Arc::clone(&metrics))?;
-    if let Some(addr) = admin_addr {
-        let l = admin::bind(addr).await?;
-        let ready = admin::connector_readiness(Arc::clone(&metrics));
-        tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
-    }
-    let trust = Arc::clone(&connector.state().trust);
-    tokio::spawn(reload_agent(
-        reload,
-        trust,
-        metrics,
-        file.to_path_buf(),
-        running,
-    ));
+    let ready = admin::connector_readiness(Arc::clone(&metrics));
+    serve_admin(admin_addr, ready, &metrics, &drain).await?;
+    watch_reloads(reload, &connector.state().trust, metrics, file, running);
     Ok(connector.run(drain).await?)
 }
 
@@ -139,38 +130,46 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
     )?;
     let admin_addr = cfg.listen.admin;
     let client = Client::bind(cfg, file, mode, Arc::clone(&metrics)).await?;
-    if let Some(addr) = admin_addr {
-        let l = admin::bind(addr).await?;
-        let ready = admin::client_readiness(Arc::clone(&metrics));
-        tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
-    }
-    let trust = Arc::clone(&client.state().trust);
-    tokio::spawn(reload_agent(
-        reload,
-        trust,
-        metrics,
-        file.to_path_buf(),
-        running,
-    ));
+    let ready = admin::client_readiness(Arc::clone(&metrics));
+    serve_admin(admin_addr, ready, &metrics, &drain).await?;
+    watch_reloads(reload, &client.state().trust, metrics, file, running);
     Ok(client.run(drain).await?)
+}
+
+/// A connector's or client's admin listener, if `[listen] admin` is set,
+/// answering `/readyz` with `ready` until `stop`.
+async fn serve_admin(
+    addr: Option<SocketAddr>,
+    ready: admin::Readiness,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        let l = admin::bind(addr).await?;
+        tokio::spawn(admin::serve(l, Arc::clone(metrics), ready, stop.clone()));
+    }
+    Ok(())
 }
 
 /// A connector's or client's SIGHUP: certificates, CA and CRL re-read
 /// always, whatever the config says (a renewed certificate is used by the
 /// next handshake); the config is checked so that a bad edit is reported
 /// now, not at the next restart.
-async fn reload_agent<T: RoleConfig + RestartNeeded>(
+fn watch_reloads<T: RoleConfig + RestartNeeded + Send + 'static>(
     mut reload: mpsc::Receiver<()>,
-    trust: Arc<crate::trust::Trust>,
+    trust: &Arc<crate::trust::Trust>,
     m: Arc<Metrics>,
-    file: PathBuf,
+    file: &Path,
     mut running: T,
 ) {
-    while reload.recv().await.is_some() {
-        let trust = reload_trust(&trust, &m);
-        let checked = check_config(&file, &mut running);
-        count_reload(&m, trust, checked);
-    }
+    let (trust, file) = (Arc::clone(trust), file.to_path_buf());
+    tokio::spawn(async move {
+        while reload.recv().await.is_some() {
+            let trust = reload_trust(&trust, &m);
+            let checked = check_config(&file, &mut running);
+            count_reload(&m, trust, checked);
+        }
+    });
 }
 
 /// Re-read certificates, CA and CRL; refresh the expiry gauges.
