@@ -10,6 +10,12 @@ use super::spec::{canonical_ip, mask4, mask6};
 use super::table::{self, Record};
 use super::{has_bit, name, v4_key, v6_key, Cidr, Kind, Lookup, MatchKey, Matcher, Segment};
 
+/// Where a capitalised name is lowercased, on the stack.
+type NameBuf = Option<[u8; MAX_NAME]>;
+
+/// The table record of the key that decided, and the table it is in.
+type Found<'a> = Option<(Record<'a>, Kind)>;
+
 impl Matcher {
     /// The segment for `dest` under the module's rules. Allocation-free;
     /// never panics, whatever `dest` holds (an invalid name is a miss).
@@ -63,11 +69,7 @@ impl Matcher {
     }
 
     #[inline]
-    fn find<'a>(
-        &'a self,
-        dest: &Dest,
-        buf: &mut Option<[u8; MAX_NAME]>,
-    ) -> Option<(Record<'a>, Kind)> {
+    fn find<'a>(&'a self, dest: &Dest, buf: &mut NameBuf) -> Found<'a> {
         match &dest.host {
             Host::Name(name) => self.find_name(name, buf),
             Host::Ip(ip) => self.find_ip(*ip),
@@ -75,11 +77,7 @@ impl Matcher {
     }
 
     #[inline]
-    fn find_name<'a>(
-        &'a self,
-        name: &str,
-        buf: &mut Option<[u8; MAX_NAME]>,
-    ) -> Option<(Record<'a>, Kind)> {
+    fn find_name<'a>(&'a self, name: &str, buf: &mut NameBuf) -> Found<'a> {
         let name = name.strip_suffix('.').unwrap_or(name).as_bytes();
         let mut dots = name::Dots::default();
         let name = name::normalize(name, buf, &mut dots)?;
@@ -102,7 +100,7 @@ impl Matcher {
     }
 
     #[inline]
-    fn find_ip(&self, ip: IpAddr) -> Option<(Record<'_>, Kind)> {
+    fn find_ip(&self, ip: IpAddr) -> Found<'_> {
         match canonical_ip(ip) {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
