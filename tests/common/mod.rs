@@ -18,8 +18,7 @@
 //! - `dns`: the DNS server, a lone DR trigger, log capture, an echo flow;
 //! - `flows`: requests and flows through a client;
 //! - `proc`: the real binary.
-// Each test binary uses a different part of the harness.
-#![allow(dead_code, unused_imports)]
+#![allow(dead_code)] // each test binary uses a different part of the harness
 
 mod certs;
 mod dns;
@@ -33,11 +32,18 @@ use std::time::{Duration, Instant};
 
 use lifeboat::metrics::Metrics;
 
+// Not every test binary uses every part.
+#[allow(unused_imports)]
 pub use certs::{Ca, CertFiles};
+#[allow(unused_imports)]
 pub use dns::*;
+#[allow(unused_imports)]
 pub use flows::*;
+#[allow(unused_imports)]
 pub use parts::{free_port, ClientHandle, EdgeSpec, Rig, RigEdge};
+#[allow(unused_imports)]
 pub use proc::{get as admin_get, Proc, BIN};
+#[allow(unused_imports)]
 pub use topology::{Builder, ClientCert, Dr, Topology};
 
 /// The deployment's trust domain.
