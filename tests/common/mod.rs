@@ -14,12 +14,14 @@
 //!
 //! - `certs`: the CA and its certificates;
 //! - `parts`: the [`Rig`], config text and roles started from it;
-//! - `topology`: the [`Builder`] and the [`Topology`] it starts;
+//! - `builder`: the [`Builder`], the one way to start a [`Topology`];
+//! - `topology`: a running topology, its waits and counters;
 //! - `dns`: the DNS server, a lone DR trigger, log capture, an echo flow;
 //! - `flows`: requests and flows through a client;
 //! - `proc`: the real binary.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod builder;
 mod certs;
 mod dns;
 mod flows;
@@ -34,6 +36,8 @@ use lifeboat::metrics::Metrics;
 
 // Not every test binary uses every part.
 #[allow(unused_imports)]
+pub use builder::{Builder, ClientCert, Dr};
+#[allow(unused_imports)]
 pub use certs::{Ca, CertFiles};
 #[allow(unused_imports)]
 pub use dns::*;
@@ -44,7 +48,7 @@ pub use parts::{free_port, ClientHandle, EdgeSpec, Rig, RigEdge};
 #[allow(unused_imports)]
 pub use proc::{get as admin_get, Proc, BIN};
 #[allow(unused_imports)]
-pub use topology::{Builder, ClientCert, Dr, Topology};
+pub use topology::Topology;
 
 /// The deployment's trust domain.
 pub const TD: &str = "dr.lifeboat.test";
