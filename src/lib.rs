@@ -28,6 +28,7 @@ pub mod pki;
 pub mod preamble;
 pub mod process;
 pub mod refusal;
+pub mod role_error;
 pub mod segments;
 pub mod shutdown;
 pub mod splice;

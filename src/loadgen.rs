@@ -312,19 +312,7 @@ pub async fn run(client_config: &Path, opts: Options) -> anyhow::Result<Report> 
         .with_context(|| format!("loading [tls] of {}", client_config.display()))?;
     let metrics = Arc::new(Metrics::new("client"));
     let stop = CancellationToken::new();
-    let mut dialers = Vec::with_capacity(opts.clients);
-    for _ in 0..opts.clients {
-        let endpoint =
-            quic::client_endpoint("0.0.0.0:0".parse()?, &trust, ALPN_CLIENT, &cfg.limits, 0)
-                .context("a client's QUIC endpoint (is `ulimit -n` above --clients?)")?;
-        dialers.push(Dialer {
-            choice: opts.transport.unwrap_or(cfg.transport),
-            quic: endpoint,
-            tls: tls::connector(&trust, ALPN_H2),
-            timeout: cfg.limits.handshake_timeout,
-            head_start: HEAD_START,
-        });
-    }
+    let dialers = dialers(&cfg, &trust, &opts)?;
     // Every client arrives now: its keeper dials at once, its first flow
     // waits for it; its workers wait for that flow.
     let started = Instant::now();
@@ -371,8 +359,31 @@ pub async fn run(client_config: &Path, opts: Options) -> anyhow::Result<Report> 
         tasks.spawn(async move { c.tunnel.close().await });
     }
     while tasks.join_next().await.is_some() {}
-    let mut t = std::mem::take(&mut *tally.lock().await);
-    let mut a = std::mem::take(&mut *arrivals.lock().await);
+    let t = std::mem::take(&mut *tally.lock().await);
+    let a = std::mem::take(&mut *arrivals.lock().await);
+    Ok(report(&run, t, a, secs))
+}
+
+/// One dialer (its own QUIC endpoint) per client.
+fn dialers(cfg: &ClientConfig, trust: &Arc<Trust>, opts: &Options) -> anyhow::Result<Vec<Dialer>> {
+    let mut dialers = Vec::with_capacity(opts.clients);
+    for _ in 0..opts.clients {
+        let endpoint =
+            quic::client_endpoint("0.0.0.0:0".parse()?, trust, ALPN_CLIENT, &cfg.limits, 0)
+                .context("a client's QUIC endpoint (is `ulimit -n` above --clients?)")?;
+        dialers.push(Dialer {
+            choice: opts.transport.unwrap_or(cfg.transport),
+            quic: endpoint,
+            tls: tls::connector(trust, ALPN_H2),
+            timeout: cfg.limits.handshake_timeout,
+            head_start: HEAD_START,
+        });
+    }
+    Ok(dialers)
+}
+
+/// The report of a finished run that took `secs`.
+fn report(run: &Run, mut t: Tally, mut a: Arrivals, secs: f64) -> Report {
     t.setups.sort();
     a.served_at.sort();
     let clients = run.opts.clients as u64;
@@ -389,7 +400,7 @@ pub async fn run(client_config: &Path, opts: Options) -> anyhow::Result<Report> 
         .map(|r| (r.to_string(), run.handshakes(r)))
         .filter(|(_, n)| *n > 0)
         .collect();
-    Ok(Report {
+    Report {
         flows_ok: t.setups.len() as u64,
         flows_failed: t.failed,
         seconds: secs,
@@ -410,7 +421,7 @@ pub async fn run(client_config: &Path, opts: Options) -> anyhow::Result<Report> 
         handshakes_per_second: handshakes_ok as f64 / arrival_secs.max(1e-3),
         handshakes_refused,
         retried: a.retried,
-    })
+    }
 }
 
 /// The `q` quantile of sorted `v`, in seconds (0 when empty).

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use lifeboat::config::ConfigError;
+use lifeboat::role_error::BindError;
 use lifeboat::trust::Role;
 
 #[derive(Parser)]
@@ -73,45 +74,49 @@ enum Command {
     Drill(lifeboat::drill::Args),
     /// Load against a real edge, as one or many clients: flows/s, setup
     /// latency percentiles, throughput, refusals by word.
-    Loadgen {
-        /// A client config: its certificate, edges and transport are used.
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
-        /// Destination of every flow, HOST:PORT.
-        #[arg(long)]
-        target: String,
-        /// Flows to open in all, each client's first flow included (at least --clients).
-        #[arg(long, default_value_t = 10_000)]
-        flows: u64,
-        /// Flows in progress at once.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Separate clients (tunnels) arriving at once: each retries until its
-        /// first flow is served (or --duration), then the flows spread over them.
-        #[arg(long, default_value_t = 1)]
-        clients: usize,
-        /// Stop after this long whatever is left ("30s").
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
-        /// Each flow sends `GET PATH` and reads the answer to its end.
-        #[arg(long)]
-        http_get: Option<String>,
-        /// Keep each flow open and idle this long ("0s").
-        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-        hold: std::time::Duration,
-        /// Override the config's transport.
-        #[arg(long, value_parser = ["auto", "quic", "tls"])]
-        transport: Option<String>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Loadgen(LoadgenArgs),
     /// The whole DR topology on loopback with an embedded config.
     Demo {
         /// Exit after the walkthrough (status 0 only if everything behaved).
         #[arg(long)]
         once: bool,
     },
+}
+
+/// `lifeboat loadgen` flags.
+#[derive(clap::Args)]
+struct LoadgenArgs {
+    /// A client config: its certificate, edges and transport are used.
+    #[arg(short, long, value_name = "FILE")]
+    config: PathBuf,
+    /// Destination of every flow, HOST:PORT.
+    #[arg(long)]
+    target: String,
+    /// Flows to open in all, each client's first flow included (at least --clients).
+    #[arg(long, default_value_t = 10_000)]
+    flows: u64,
+    /// Flows in progress at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Separate clients (tunnels) arriving at once: each retries until its
+    /// first flow is served (or --duration), then the flows spread over them.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Stop after this long whatever is left ("30s").
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Each flow sends `GET PATH` and reads the answer to its end.
+    #[arg(long)]
+    http_get: Option<String>,
+    /// Keep each flow open and idle this long ("0s").
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    hold: std::time::Duration,
+    /// Override the config's transport.
+    #[arg(long, value_parser = ["auto", "quic", "tls"])]
+    transport: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -222,76 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(lifeboat::process::connector(&config))?
         }
         Command::Client { config } => runtime()?.block_on(lifeboat::process::client(&config))?,
-        Command::Pki { command } => match command {
-            PkiCommand::Init {
-                dir,
-                trust_domain,
-                days,
-            } => {
-                lifeboat::pki::init(&dir, &trust_domain, days)?;
-                println!(
-                    "wrote {} and {}",
-                    dir.join("ca.pem").display(),
-                    dir.join("ca.key").display()
-                );
-            }
-            PkiCommand::Issue {
-                dir,
-                role,
-                name,
-                group,
-                dns,
-                ip,
-                days,
-                force,
-            } => {
-                // Usage errors exit 2, like every other flag error, with
-                // `pki issue`'s own usage line.
-                let usage = |msg: &str| -> ! {
-                    let mut cli = Cli::command();
-                    cli.build();
-                    let issue = cli
-                        .find_subcommand_mut("pki")
-                        .and_then(|p| p.find_subcommand_mut("issue"))
-                        .expect("pki issue is a subcommand");
-                    issue
-                        .error(clap::error::ErrorKind::MissingRequiredArgument, msg)
-                        .exit()
-                };
-                match (role, &group) {
-                    (Role::Connector, None) => {
-                        usage("a connector certificate needs --group <connector group>")
-                    }
-                    (Role::Edge | Role::Client, Some(_)) => {
-                        usage("--group is only for connector certificates")
-                    }
-                    _ => {}
-                }
-                if !force {
-                    lifeboat::pki::refuse_overwrite(&dir, &name)?;
-                }
-                let (cert, key) = lifeboat::pki::issue(&lifeboat::pki::IssueOptions {
-                    dir,
-                    role,
-                    name,
-                    group,
-                    dns,
-                    ips: ip,
-                    days,
-                    not_before: None,
-                    not_after: None,
-                })?;
-                println!("wrote {} and {}", cert.display(), key.display());
-            }
-            PkiCommand::Revoke { dir, cert } => {
-                lifeboat::pki::revoke(&dir, &cert)?;
-                println!(
-                    "revoked {}; CRL at {}",
-                    cert.display(),
-                    dir.join("ca.crl").display()
-                );
-            }
-        },
+        Command::Pki { command } => pki(command)?,
         Command::Check { config, probes } => {
             let report = lifeboat::check::run_with(&config, &probes)?;
             print!("{report}");
@@ -302,60 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 lifeboat::dns_record::run(&args, lifeboat::dr::trigger::unix_now())?
             );
         }
-        Command::Loadgen {
-            config,
-            target,
-            flows,
-            concurrency,
-            clients,
-            duration,
-            http_get,
-            hold,
-            transport,
-            json,
-        } => {
-            let target = match lifeboat::preamble::Dest::parse(&target) {
-                Ok(t) => t,
-                Err(e) => Cli::command()
-                    .error(
-                        clap::error::ErrorKind::InvalidValue,
-                        format!("--target `{target}`: {e}"),
-                    )
-                    .exit(),
-            };
-            let transport = match transport.as_deref() {
-                None => None,
-                Some("auto") => Some(lifeboat::config::TransportChoice::Auto),
-                Some("quic") => Some(lifeboat::config::TransportChoice::Quic),
-                Some("tls") => Some(lifeboat::config::TransportChoice::Tls),
-                Some(other) => anyhow::bail!("--transport `{other}`: use auto, quic or tls"),
-            };
-            let opts = lifeboat::loadgen::Options {
-                target,
-                flows,
-                concurrency,
-                clients,
-                duration,
-                http_get,
-                hold,
-                transport,
-            };
-            if let Err(e) = opts.check() {
-                Cli::command()
-                    .error(clap::error::ErrorKind::InvalidValue, e)
-                    .exit()
-            }
-            let report = runtime()?.block_on(lifeboat::loadgen::run(&config, opts))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            if report.flows_ok == 0 || report.flows_failed > 0 {
-                // A flow failed, or no edge was reachable: a failed run.
-                return Ok(ExitCode::from(1));
-            }
-        }
+        Command::Loadgen(args) => return loadgen(args),
         Command::Drill(args) => {
             if !runtime()?.block_on(lifeboat::drill::run(&args))? {
                 return Ok(ExitCode::from(1));
@@ -367,6 +250,128 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `lifeboat pki init|issue|revoke`.
+fn pki(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init {
+            dir,
+            trust_domain,
+            days,
+        } => {
+            lifeboat::pki::init(&dir, &trust_domain, days)?;
+            println!(
+                "wrote {} and {}",
+                dir.join("ca.pem").display(),
+                dir.join("ca.key").display()
+            );
+        }
+        PkiCommand::Issue {
+            dir,
+            role,
+            name,
+            group,
+            dns,
+            ip,
+            days,
+            force,
+        } => {
+            match (role, &group) {
+                (Role::Connector, None) => {
+                    pki_issue_usage("a connector certificate needs --group <connector group>")
+                }
+                (Role::Edge | Role::Client, Some(_)) => {
+                    pki_issue_usage("--group is only for connector certificates")
+                }
+                _ => {}
+            }
+            if !force {
+                lifeboat::pki::refuse_overwrite(&dir, &name)?;
+            }
+            let (cert, key) = lifeboat::pki::issue(&lifeboat::pki::IssueOptions {
+                dir,
+                role,
+                name,
+                group,
+                dns,
+                ips: ip,
+                days,
+                not_before: None,
+                not_after: None,
+            })?;
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+        PkiCommand::Revoke { dir, cert } => {
+            lifeboat::pki::revoke(&dir, &cert)?;
+            println!(
+                "revoked {}; CRL at {}",
+                cert.display(),
+                dir.join("ca.crl").display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A `pki issue` usage error: exit 2, like every other flag error, with
+/// `pki issue`'s own usage line.
+fn pki_issue_usage(msg: &str) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    let issue = cli
+        .find_subcommand_mut("pki")
+        .and_then(|p| p.find_subcommand_mut("issue"))
+        .expect("pki issue is a subcommand");
+    issue
+        .error(clap::error::ErrorKind::MissingRequiredArgument, msg)
+        .exit()
+}
+
+/// `lifeboat loadgen`: exit 1 when a flow failed or none was served.
+fn loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
+    let target = match lifeboat::preamble::Dest::parse(&args.target) {
+        Ok(t) => t,
+        Err(e) => Cli::command()
+            .error(
+                clap::error::ErrorKind::InvalidValue,
+                format!("--target `{}`: {e}", args.target),
+            )
+            .exit(),
+    };
+    let transport = match args.transport.as_deref() {
+        None => None,
+        Some("auto") => Some(lifeboat::config::TransportChoice::Auto),
+        Some("quic") => Some(lifeboat::config::TransportChoice::Quic),
+        Some("tls") => Some(lifeboat::config::TransportChoice::Tls),
+        Some(other) => anyhow::bail!("--transport `{other}`: use auto, quic or tls"),
+    };
+    let opts = lifeboat::loadgen::Options {
+        target,
+        flows: args.flows,
+        concurrency: args.concurrency,
+        clients: args.clients,
+        duration: args.duration,
+        http_get: args.http_get,
+        hold: args.hold,
+        transport,
+    };
+    if let Err(e) = opts.check() {
+        Cli::command()
+            .error(clap::error::ErrorKind::InvalidValue, e)
+            .exit()
+    }
+    let report = runtime()?.block_on(lifeboat::loadgen::run(&args.config, opts))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    if report.flows_ok == 0 || report.flows_failed > 0 {
+        // A flow failed, or no edge was reachable: a failed run.
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -388,11 +393,10 @@ fn main() -> ExitCode {
         Err(e) => {
             // Exit 2 for a configuration error (systemd's
             // RestartPreventExitStatus=2 then stops a restart loop).
-            let code = if e.downcast_ref::<ConfigError>().is_some() {
-                2
-            } else {
-                1
-            };
+            let config = e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<BindError>()
+                    .is_some_and(|b| b.config().is_some());
+            let code = if config { 2 } else { 1 };
             let line = error_line(&e);
             match format {
                 // Every line in JSON mode is JSON, the last one included.

@@ -134,6 +134,40 @@ pub fn init(dir: &Path, trust_domain: &str, days: u32) -> anyhow::Result<()> {
 /// in `opts.dir`, signed by the CA there; returns their paths. Re-issuing a
 /// name replaces both files (renewal).
 pub fn issue(opts: &IssueOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
+    check_issue_options(opts)?;
+    let ca = Ca::load(&opts.dir)?;
+    let id = SpiffeId {
+        trust_domain: ca.trust_domain.clone(),
+        role: opts.role,
+        name: opts.name.clone(),
+        group: opts.group.clone(),
+    };
+    // The grammar's own check, so `issue` never writes an id `trust` refuses.
+    ensure!(
+        SpiffeId::parse(&id.uri()).as_ref() == Ok(&id),
+        "{id} is not a valid SPIFFE id"
+    );
+
+    let params = leaf_params(opts, &id)?;
+    let key = KeyPair::generate().context("generating the key")?;
+    let cert = params
+        .signed_by(&key, &ca.issuer)
+        .with_context(|| format!("signing {id}"))?;
+    let cert_path = opts.dir.join(format!("{}.pem", opts.name));
+    let key_path = opts.dir.join(format!("{}.key", opts.name));
+    write_file(
+        &key_path,
+        key.serialize_pem().as_bytes(),
+        Secret::Yes,
+        Clobber::Yes,
+    )?;
+    write_file(&cert_path, cert.pem().as_bytes(), Secret::No, Clobber::Yes)?;
+    Ok((cert_path, key_path))
+}
+
+/// The flags of `issue` that need no CA: role and group agree, names are
+/// path-safe SPIFFE segments, the validity is not empty.
+fn check_issue_options(opts: &IssueOptions) -> anyhow::Result<()> {
     match (opts.role, &opts.group) {
         (Role::Connector, None) => bail!("--group is required for a connector"),
         (Role::Edge | Role::Client, Some(_)) => {
@@ -160,20 +194,12 @@ pub fn issue(opts: &IssueOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
         opts.days > 0 || opts.not_after.is_some(),
         "--days must be at least 1"
     );
+    Ok(())
+}
 
-    let ca = Ca::load(&opts.dir)?;
-    let id = SpiffeId {
-        trust_domain: ca.trust_domain.clone(),
-        role: opts.role,
-        name: opts.name.clone(),
-        group: opts.group.clone(),
-    };
-    // The grammar's own check, so `issue` never writes an id `trust` refuses.
-    ensure!(
-        SpiffeId::parse(&id.uri()).as_ref() == Ok(&id),
-        "{id} is not a valid SPIFFE id"
-    );
-
+/// The leaf certificate's parameters: SANs (the SPIFFE id, then `--dns`
+/// and `--ip`), key usages for the role, validity.
+fn leaf_params(opts: &IssueOptions, id: &SpiffeId) -> anyhow::Result<CertificateParams> {
     let mut sans = vec![SanType::URI(Ia5String::try_from(id.uri())?)];
     for dns in &opts.dns {
         rustls_pki_types::DnsName::try_from(dns.as_str())
@@ -205,21 +231,7 @@ pub fn issue(opts: &IssueOptions) -> anyhow::Result<(PathBuf, PathBuf)> {
         params.not_after > params.not_before,
         "the certificate would end before it starts"
     );
-
-    let key = KeyPair::generate().context("generating the key")?;
-    let cert = params
-        .signed_by(&key, &ca.issuer)
-        .with_context(|| format!("signing {id}"))?;
-    let cert_path = opts.dir.join(format!("{}.pem", opts.name));
-    let key_path = opts.dir.join(format!("{}.key", opts.name));
-    write_file(
-        &key_path,
-        key.serialize_pem().as_bytes(),
-        Secret::Yes,
-        Clobber::Yes,
-    )?;
-    write_file(&cert_path, cert.pem().as_bytes(), Secret::No, Clobber::Yes)?;
-    Ok((cert_path, key_path))
+    Ok(params)
 }
 
 /// For `lifeboat pki issue` without `--force`: an error naming the file if

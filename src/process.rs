@@ -2,6 +2,7 @@
 //! trigger, the admin listener and signals (SIGTERM/SIGINT drain, SIGHUP
 //! reload), then run the role until it has drained.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -87,7 +88,7 @@ pub async fn edge(file: &Path) -> anyhow::Result<()> {
     });
     let result = edge.run(drain).await;
     admin_stop.cancel();
-    result
+    Ok(result?)
 }
 
 /// Not ready while draining, whatever `ready` says.
@@ -104,35 +105,21 @@ fn unless_draining(ready: admin::Readiness, drain: CancellationToken) -> admin::
 pub async fn connector(file: &Path) -> anyhow::Result<()> {
     let (cfg, _) = load_role::<ConnectorConfig>(file)?;
     let running = cfg.clone();
-    let (drain, mut reload) = signals()?;
+    let (drain, reload) = signals()?;
     let metrics = Arc::new(Metrics::new("connector"));
     let admin_addr = cfg.listen.admin;
     let connector = Connector::bind(cfg, file, Arc::clone(&metrics))?;
-    if let Some(addr) = admin_addr {
-        let l = admin::bind(addr).await?;
-        let ready = admin::connector_readiness(Arc::clone(&metrics));
-        tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
-    }
-    let state = connector.state();
-    let m = Arc::clone(&metrics);
-    let file = file.to_path_buf();
-    tokio::spawn(async move {
-        let mut running = running;
-        while reload.recv().await.is_some() {
-            // Certificates, CA and CRL: always, whatever the config says.
-            let trust = reload_trust(&state.trust, &m);
-            let checked = check_config(&file, &mut running);
-            count_reload(&m, trust, checked);
-        }
-    });
-    connector.run(drain).await
+    let ready = admin::connector_readiness(Arc::clone(&metrics));
+    serve_admin(admin_addr, ready, &metrics, &drain).await?;
+    watch_reloads(reload, &connector.state().trust, metrics, file, running);
+    Ok(connector.run(drain).await?)
 }
 
 /// `lifeboat client -c FILE`.
 pub async fn client(file: &Path) -> anyhow::Result<()> {
     let (cfg, _) = load_role::<ClientConfig>(file)?;
     let running = cfg.clone();
-    let (drain, mut reload) = signals()?;
+    let (drain, reload) = signals()?;
     let metrics = Arc::new(Metrics::new("client"));
     let mode = crate::dr::trigger::start_for(
         Role::Client,
@@ -143,26 +130,46 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
     )?;
     let admin_addr = cfg.listen.admin;
     let client = Client::bind(cfg, file, mode, Arc::clone(&metrics)).await?;
-    if let Some(addr) = admin_addr {
+    let ready = admin::client_readiness(Arc::clone(&metrics));
+    serve_admin(admin_addr, ready, &metrics, &drain).await?;
+    watch_reloads(reload, &client.state().trust, metrics, file, running);
+    Ok(client.run(drain).await?)
+}
+
+/// A connector's or client's admin listener, if `[listen] admin` is set,
+/// answering `/readyz` with `ready` until `stop`.
+async fn serve_admin(
+    addr: Option<SocketAddr>,
+    ready: admin::Readiness,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
         let l = admin::bind(addr).await?;
-        let ready = admin::client_readiness(Arc::clone(&metrics));
-        tokio::spawn(admin::serve(l, Arc::clone(&metrics), ready, drain.clone()));
+        tokio::spawn(admin::serve(l, Arc::clone(metrics), ready, stop.clone()));
     }
-    let state = client.state();
-    let m = Arc::clone(&metrics);
-    let file = file.to_path_buf();
+    Ok(())
+}
+
+/// A connector's or client's SIGHUP: certificates, CA and CRL re-read
+/// always, whatever the config says (a renewed certificate is used by the
+/// next handshake); the config is checked so that a bad edit is reported
+/// now, not at the next restart.
+fn watch_reloads<T: RoleConfig + RestartNeeded + Send + 'static>(
+    mut reload: mpsc::Receiver<()>,
+    trust: &Arc<crate::trust::Trust>,
+    m: Arc<Metrics>,
+    file: &Path,
+    mut running: T,
+) {
+    let (trust, file) = (Arc::clone(trust), file.to_path_buf());
     tokio::spawn(async move {
-        let mut running = running;
         while reload.recv().await.is_some() {
-            // Certificates, CA and CRL: always (a renewed certificate is used
-            // by the next handshake); the config is checked so that a bad
-            // edit is reported now, not at the next restart.
-            let trust = reload_trust(&state.trust, &m);
+            let trust = reload_trust(&trust, &m);
             let checked = check_config(&file, &mut running);
             count_reload(&m, trust, checked);
         }
     });
-    client.run(drain).await
 }
 
 /// Re-read certificates, CA and CRL; refresh the expiry gauges.

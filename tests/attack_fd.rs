@@ -8,13 +8,11 @@
 //! new TLS tunnel is served. Linux only (`/proc`, `prlimit`); loopback only.
 
 mod common;
-mod common_dns;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use common_dns::EchoFlow;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 

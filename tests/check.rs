@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common_proc;
+mod common;
 
-use common_proc::pki;
+use common::proc::pki;
 use lifeboat::pki::IssueOptions;
 use lifeboat::trust::Role;
 

@@ -1,13 +1,13 @@
 //! DR mode driven by a real DNS server: hickory-server in process on
 //! 127.0.0.1, serving a TXT record the tests rewrite (1 s TTL, 1 s polling).
 
-mod common_dns;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use common_dns::{
-    dns_record_cli, parse_zone, socks_reply, txt_texts, Answer, DnsServer, EchoFlow, Logs,
-    Topology, Watcher, DR_HOST, TRIGGER,
+use common::{
+    dns_record_cli, parse_zone, socks_reply, txt_texts, Answer, Builder, DnsServer, EchoFlow, Logs,
+    Topology, Watcher, ALICE, BOB, DR_HOST, TRIGGER,
 };
 use lifeboat::dr::record::{self, Kind, Spec};
 use lifeboat::dr::{key, DrMode};
@@ -40,7 +40,7 @@ fn signed(k: &ed25519_dalek::SigningKey, mode: DrMode, start: u64, end: Option<u
 async fn until_served(t: &Topology, socks: std::net::SocketAddr) -> Duration {
     let started = Instant::now();
     loop {
-        if socks_reply(socks, DR_HOST, t.port()).await == SERVED {
+        if socks_reply(socks, DR_HOST, t.app_port()).await == SERVED {
             return started.elapsed();
         }
         assert!(
@@ -56,13 +56,19 @@ async fn off_test_on_off_through_the_edge() {
     let (logs, _guard) = Logs::capture();
     let dns = DnsServer::start().await;
     dns.publish(OFF);
-    let t = Topology::start(&dns, "").await;
+    let t = Builder::new().dns(&dns, "").also_client(BOB).start().await;
     t.wait_mode(DrMode::Off).await;
-    let port = t.port();
+    let port = t.app_port();
 
     // off: standby, everybody refused with dr-inactive; the connector is warm.
-    assert_eq!(socks_reply(t.alice.socks, DR_HOST, port).await, DR_INACTIVE);
-    assert_eq!(socks_reply(t.bob.socks, DR_HOST, port).await, DR_INACTIVE);
+    assert_eq!(
+        socks_reply(t.user(ALICE).socks, DR_HOST, port).await,
+        DR_INACTIVE
+    );
+    assert_eq!(
+        socks_reply(t.user(BOB).socks, DR_HOST, port).await,
+        DR_INACTIVE
+    );
     assert_eq!(
         t.edge_metrics
             .segment_ready
@@ -74,15 +80,21 @@ async fn off_test_on_off_through_the_edge() {
     // test: alice (a test user) is served, bob is not allowed.
     dns.publish(TEST);
     t.wait_mode(DrMode::Test).await;
-    assert_eq!(socks_reply(t.alice.socks, DR_HOST, port).await, SERVED);
-    assert_eq!(socks_reply(t.bob.socks, DR_HOST, port).await, NOT_ALLOWED);
-    let mut alice_flow = EchoFlow::open(t.alice.socks, port).await;
+    assert_eq!(
+        socks_reply(t.user(ALICE).socks, DR_HOST, port).await,
+        SERVED
+    );
+    assert_eq!(
+        socks_reply(t.user(BOB).socks, DR_HOST, port).await,
+        NOT_ALLOWED
+    );
+    let mut alice_flow = EchoFlow::open(t.user(ALICE).socks, port).await;
     alice_flow.ping(4096).await.expect("alice's flow in test");
 
     // on: widening keeps alice's flow byte-exact; bob is served.
     let changed = Instant::now();
     dns.publish(ON);
-    let latency = until_served(&t, t.bob.socks).await;
+    let latency = until_served(&t, t.user(BOB).socks).await;
     eprintln!(
         "activation latency (record change -> first served flow, TTL 1 s, poll 1 s): {:.0} ms",
         latency.as_secs_f64() * 1e3
@@ -93,10 +105,13 @@ async fn off_test_on_off_through_the_edge() {
         .ping(64 * 1024)
         .await
         .expect("alice's flow survives test -> on");
-    assert_eq!(socks_reply(t.alice.socks, DR_HOST, port).await, SERVED);
-    let mut bob_flow = EchoFlow::open(t.bob.socks, port).await;
+    assert_eq!(
+        socks_reply(t.user(ALICE).socks, DR_HOST, port).await,
+        SERVED
+    );
+    let mut bob_flow = EchoFlow::open(t.user(BOB).socks, port).await;
     bob_flow.ping(4096).await.expect("bob's flow in on");
-    assert_eq!(t.closed("dr-narrowed"), 0);
+    assert_eq!(t.edge_closed("dr-narrowed"), 0);
 
     // off: both running flows are closed, new ones refused.
     dns.publish(OFF);
@@ -110,12 +125,18 @@ async fn off_test_on_off_through_the_edge() {
         "alice's flow closed on on -> off"
     );
     let m = t.edge_metrics.clone();
-    common_dns::eventually("2 flows closed dr-narrowed", Duration::from_secs(5), || {
+    common::eventually("2 flows closed dr-narrowed", Duration::from_secs(5), || {
         m.flows_closed.with_label_values(&["dr-narrowed"]).get() == 2
     })
     .await;
-    assert_eq!(socks_reply(t.alice.socks, DR_HOST, port).await, DR_INACTIVE);
-    assert_eq!(socks_reply(t.bob.socks, DR_HOST, port).await, DR_INACTIVE);
+    assert_eq!(
+        socks_reply(t.user(ALICE).socks, DR_HOST, port).await,
+        DR_INACTIVE
+    );
+    assert_eq!(
+        socks_reply(t.user(BOB).socks, DR_HOST, port).await,
+        DR_INACTIVE
+    );
 
     assert_eq!(t.transitions(DrMode::Off, DrMode::Test), 1);
     assert_eq!(t.transitions(DrMode::Test, DrMode::On), 1);
@@ -140,11 +161,11 @@ async fn off_test_on_off_through_the_edge() {
 async fn narrowing_on_to_test_closes_only_non_test_users() {
     let dns = DnsServer::start().await;
     dns.publish(ON);
-    let t = Topology::start(&dns, "").await;
+    let t = Builder::new().dns(&dns, "").also_client(BOB).start().await;
     t.wait_mode(DrMode::On).await;
-    let port = t.port();
-    let mut alice_flow = EchoFlow::open(t.alice.socks, port).await;
-    let mut bob_flow = EchoFlow::open(t.bob.socks, port).await;
+    let port = t.app_port();
+    let mut alice_flow = EchoFlow::open(t.user(ALICE).socks, port).await;
+    let mut bob_flow = EchoFlow::open(t.user(BOB).socks, port).await;
     alice_flow.ping(1000).await.expect("alice");
     bob_flow.ping(1000).await.expect("bob");
 
@@ -158,8 +179,11 @@ async fn narrowing_on_to_test_closes_only_non_test_users() {
         .ping(100_000)
         .await
         .expect("alice's flow kept, byte-exact");
-    assert_eq!(socks_reply(t.bob.socks, DR_HOST, port).await, NOT_ALLOWED);
-    assert_eq!(t.closed("dr-narrowed"), 1);
+    assert_eq!(
+        socks_reply(t.user(BOB).socks, DR_HOST, port).await,
+        NOT_ALLOWED
+    );
+    assert_eq!(t.edge_closed("dr-narrowed"), 1);
 }
 
 /// Activation latency over a few off -> on cycles (printed for the notes).
@@ -167,7 +191,7 @@ async fn narrowing_on_to_test_closes_only_non_test_users() {
 async fn activation_latency() {
     let dns = DnsServer::start().await;
     dns.publish(OFF);
-    let t = Topology::start(&dns, "").await;
+    let t = Builder::new().dns(&dns, "").also_client(BOB).start().await;
     let mut samples = Vec::new();
     for _ in 0..5 {
         dns.publish(OFF);
@@ -175,7 +199,7 @@ async fn activation_latency() {
         // Change the record at a random point of the poll cycle.
         tokio::time::sleep(Duration::from_millis(rand_ms(1000))).await;
         dns.publish(ON);
-        samples.push(until_served(&t, t.bob.socks).await);
+        samples.push(until_served(&t, t.user(BOB).socks).await);
     }
     samples.sort();
     let ms: Vec<u128> = samples.iter().map(Duration::as_millis).collect();
@@ -344,7 +368,7 @@ async fn client_spreads_its_reaction_over_the_jitter() {
     let w = Watcher::start_with(
         &dns,
         Role::Client,
-        &common_dns::dr_section(&format!(
+        &common::dr_section(&format!(
             "trigger = \"dns:{TRIGGER}\"\npoll_interval = \"1s\"\njitter = \"2s\"\n"
         )),
     );
@@ -463,7 +487,7 @@ async fn an_unusable_signing_key_is_a_configuration_error() {
     std::fs::write(&bad, "not a key\n").expect("write");
     let dns = DnsServer::start().await;
     for path in [bad, dir.path().join("missing.pub")] {
-        let dr = common_dns::dr_section(&format!(
+        let dr = common::dr_section(&format!(
             "trigger = \"dns:{TRIGGER}\"\nsigning_key = {:?}\n",
             path.display().to_string()
         ));
@@ -499,11 +523,14 @@ async fn absurd_record_times_then_off_the_edge_still_obeys() {
     let state = dir.path().join("dr.state");
     let dns = DnsServer::start().await;
     dns.publish(ON);
-    let t = Topology::start(
-        &dns,
-        &format!("state_file = {:?}\n", state.display().to_string()),
-    )
-    .await;
+    let t = Builder::new()
+        .dns(
+            &dns,
+            &format!("state_file = {:?}\n", state.display().to_string()),
+        )
+        .also_client(BOB)
+        .start()
+        .await;
     t.wait_mode(DrMode::On).await;
     let m = t.edge_metrics.clone();
     let ok = move || m.dr_trigger_lookups.with_label_values(&["ok"]).get();
@@ -511,7 +538,7 @@ async fn absurd_record_times_then_off_the_edge_still_obeys() {
         // Two lookups of it: the trigger task went round its loop since.
         let before = ok();
         dns.publish(&text);
-        common_dns::eventually(
+        common::eventually(
             &format!("two lookups of {text}"),
             Duration::from_secs(10),
             || ok() >= before + 2,
@@ -522,7 +549,10 @@ async fn absurd_record_times_then_off_the_edge_still_obeys() {
             DrMode::On,
             "{text}: t= never comes, x= never ends"
         );
-        assert_eq!(socks_reply(t.bob.socks, DR_HOST, t.port()).await, SERVED);
+        assert_eq!(
+            socks_reply(t.user(BOB).socks, DR_HOST, t.app_port()).await,
+            SERVED
+        );
     }
     let kept = std::fs::read_to_string(&state).expect("state file");
     assert!(kept.contains(&format!("x={}", u64::MAX)), "{kept}");
@@ -530,7 +560,7 @@ async fn absurd_record_times_then_off_the_edge_still_obeys() {
     dns.publish(OFF);
     t.wait_mode(DrMode::Off).await;
     assert_eq!(
-        socks_reply(t.bob.socks, DR_HOST, t.port()).await,
+        socks_reply(t.user(BOB).socks, DR_HOST, t.app_port()).await,
         DR_INACTIVE
     );
 }
@@ -545,7 +575,7 @@ async fn a_state_file_with_an_absurd_end_restores_and_still_follows_dns() {
     dns.publish(&absurd);
     let w = Watcher::start(&dns, Role::Edge, &extra);
     w.wait_mode(DrMode::On, Duration::from_secs(5)).await;
-    common_dns::eventually("state file written", Duration::from_secs(5), || {
+    common::eventually("state file written", Duration::from_secs(5), || {
         std::fs::read_to_string(&state).is_ok_and(|s| s.contains(&absurd))
     })
     .await;
@@ -598,10 +628,10 @@ async fn the_file_trigger_takes_dns_record_output_both_ways() {
 async fn with_nothing_outside_an_edge_in_on_keeps_serving() {
     let dns = DnsServer::start().await;
     dns.publish(ON);
-    let t = Topology::start(&dns, "").await;
+    let t = Builder::new().dns(&dns, "").also_client(BOB).start().await;
     t.wait_mode(DrMode::On).await;
-    let port = t.port();
-    let mut running = EchoFlow::open(t.bob.socks, port).await;
+    let port = t.app_port();
+    let mut running = EchoFlow::open(t.user(BOB).socks, port).await;
     running.ping(10_000).await.expect("echo before");
 
     dns.set(Answer::Silent);
@@ -614,6 +644,9 @@ async fn with_nothing_outside_an_edge_in_on_keeps_serving() {
         .ping(10_000)
         .await
         .expect("the running flow goes on");
-    assert_eq!(socks_reply(t.bob.socks, DR_HOST, port).await, SERVED);
-    assert_eq!(socks_reply(t.alice.socks, DR_HOST, port).await, SERVED);
+    assert_eq!(socks_reply(t.user(BOB).socks, DR_HOST, port).await, SERVED);
+    assert_eq!(
+        socks_reply(t.user(ALICE).socks, DR_HOST, port).await,
+        SERVED
+    );
 }

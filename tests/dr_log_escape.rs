@@ -3,11 +3,11 @@
 //! thread-local subscriber, which other tests' threads in the same process
 //! could race (tracing caches each call site's interest process-wide).
 
-mod common_dns;
+mod common;
 
 use std::time::Duration;
 
-use common_dns::{Answer, DnsServer, Logs, Watcher, TRIGGER};
+use common::{Answer, DnsServer, Logs, Watcher, TRIGGER};
 use lifeboat::dr::DrMode;
 use lifeboat::trust::Role;
 

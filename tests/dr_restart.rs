@@ -4,15 +4,13 @@
 //! an activation and not counted as a transition; a later real change to
 //! `on` still logs `DR mode is activated!` once and counts once.
 
-mod common_dns;
-mod common_proc;
+mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common_dns::{Answer, DnsServer, DR_HOST, TD, TRIGGER};
-use common_proc::Proc;
+use common::{Answer, DnsServer, Proc, DR_HOST, TD, TRIGGER};
 use lifeboat::pki::{self, IssueOptions};
 use lifeboat::trust::Role;
 
@@ -23,7 +21,7 @@ const RESTORED_ON: &str = "DR mode restored: on";
 
 /// `GET /metrics`: the answer, checked to be a 200.
 async fn scrape(admin: SocketAddr) -> String {
-    let resp = common_proc::get(admin, "/metrics").await;
+    let resp = common::proc::get(admin, "/metrics").await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     resp
 }

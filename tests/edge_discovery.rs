@@ -3,20 +3,21 @@
 //! test rewrites; two edges on 127.0.0.2 and 127.0.0.3 (same port), one
 //! connector and one client that know the edges only by that name.
 
-mod common_dns;
+mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common_dns::{eventually, Answer, DnsServer, EchoFlow, Logs, DR_HOST, TD};
+use common::{eventually, Answer, DnsServer, EchoFlow, Logs, DR_HOST, TD};
 use lifeboat::client::{Client, ListenerKind};
 use lifeboat::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
 use lifeboat::connector::Connector;
 use lifeboat::edge::Edge;
 use lifeboat::metrics::Metrics;
 use lifeboat::pki::{self, IssueOptions};
+use lifeboat::role_error::RunError;
 use lifeboat::trust::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,7 @@ struct RunningEdge {
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     drain: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
 }
 
 impl RunningEdge {

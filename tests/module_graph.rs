@@ -244,6 +244,8 @@ const CORES: &[&str] = &[
     "dr/record.rs",
     "dr/machine/mod.rs",
     "segments/mod.rs",
+    "segments/compile.rs",
+    "segments/lookup.rs",
     "segments/name.rs",
     "segments/table.rs",
 ];

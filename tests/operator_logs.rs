@@ -3,11 +3,11 @@
 //! (client) and unreachable apps (connector) are logged with their result
 //! word; JSON mode writes only JSON, a fatal error included.
 
-mod common_proc;
+mod common;
 
 use std::time::{Duration, Instant};
 
-use common_proc::{pki, Proc, BIN};
+use common::proc::{pki, Proc, BIN};
 use lifeboat::pki::IssueOptions;
 use lifeboat::trust::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,43 +5,12 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::proc::{run, text};
 use common::*;
 use lifeboat::trust::Role;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
-
-/// Run the binary to completion (at most 60 s).
-async fn run(args: &[&str], cwd: &Path) -> Output {
-    let child = tokio::process::Command::new(BIN)
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn lifeboat");
-    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("lifeboat {args:?} still running after 60 s"))
-        .expect("wait lifeboat")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)
@@ -412,71 +381,6 @@ async fn demo_once_exits_0_and_everything_behaved() {
     assert!(stdout.contains("everything behaved"), "{}", text(&out));
     assert!(!stdout.contains("FAIL"), "{}", text(&out));
     eprintln!("demo --once took {:?}", started.elapsed());
-}
-
-/// A running `lifeboat` process: its stderr lines are collected, and it is
-/// killed (and its output printed) if the test ends early.
-struct Proc {
-    child: tokio::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], cwd: &Path) -> Self {
-        let mut child = tokio::process::Command::new(BIN)
-            .args(args)
-            .current_dir(cwd)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn lifeboat");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let sink = Arc::clone(&lines);
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = reader.next_line().await {
-                sink.lock().expect("lines").push(l);
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().expect("lines").join("\n")
-    }
-
-    /// The address of the first `listening <kind> ADDR` line, waiting up to 20 s.
-    async fn listening(&self, kind: &str) -> std::net::SocketAddr {
-        let needle = format!("listening {kind} ");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = self.lines.lock().expect("lines").iter().find_map(|l| {
-                let rest = &l[l.find(&needle)? + needle.len()..];
-                rest.split_whitespace().next()?.parse().ok()
-            });
-            if let Some(a) = found {
-                return a;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no `{needle}ADDR` line in 20 s:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- lifeboat stderr\n{}", self.log());
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

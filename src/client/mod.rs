@@ -1,16 +1,16 @@
 //! The user-side agent: local SOCKS5, HTTP CONNECT and port-forward
-//! listeners whose flows ride one QUIC tunnel to an edge.
+//! listeners whose flows ride one tunnel to an edge (`tunnel`: QUIC, or
+//! HTTP/2 over TLS).
 
 mod http;
 pub mod socks5;
 pub mod tunnel;
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,7 @@ use crate::dr::DrMode;
 use crate::metrics::{LogGate, Metrics, NO_SEGMENT};
 use crate::preamble::Dest;
 use crate::refusal::Refusal;
+use crate::role_error::{BindError, RunError};
 use crate::splice::{self, RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialer, HEAD_START};
 use crate::transport::{quic, stream_code, tls, ALPN_CLIENT, ALPN_H2};
@@ -71,9 +72,9 @@ impl Client {
         file: &Path,
         mode: watch::Receiver<DrMode>,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
-        let trust = Trust::load(cfg.tls.files(), &cfg.trust_domain)
-            .with_context(|| format!("loading [tls] of {}", file.display()))?;
+    ) -> Result<Self, BindError> {
+        let trust =
+            Trust::load(cfg.tls.files(), &cfg.trust_domain).map_err(BindError::trust(file))?;
         let mut listeners = Vec::new();
         let mut wanted: Vec<(ListenerKind, SocketAddr)> = Vec::new();
         if let Some(a) = cfg.listen.socks {
@@ -83,20 +84,25 @@ impl Client {
             wanted.push((ListenerKind::Http, a));
         }
         for f in &cfg.forwards {
-            let dest =
-                Dest::parse(&f.to).map_err(|e| anyhow::anyhow!("forward to `{}`: {e}", f.to))?;
+            let dest = Dest::parse(&f.to).map_err(|reason| BindError::Forward {
+                to: f.to.clone(),
+                reason,
+            })?;
             wanted.push((ListenerKind::Forward(dest), f.listen));
         }
         for (kind, addr) in wanted {
-            let l = crate::transport::tcp_listener(addr)
-                .with_context(|| format!("binding {} listener {addr}", kind.as_str()))?;
+            let l = crate::transport::tcp_listener(addr).map_err(|source| BindError::Listener {
+                kind: kind.as_str(),
+                addr,
+                source,
+            })?;
             info!("listening {} {}", kind.as_str(), l.local_addr()?);
             listeners.push((kind, l));
         }
-        let bind: SocketAddr = if cfg.edges.iter().any(|e| e.starts_with('[')) {
-            "[::]:0".parse()?
+        let bind = if cfg.edges.iter().any(|e| e.starts_with('[')) {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
         } else {
-            "0.0.0.0:0".parse()?
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
         };
         let endpoint = quic::client_endpoint(bind, &trust, ALPN_CLIENT, &cfg.limits, 0)?;
         let dialer = Dialer {
@@ -143,7 +149,7 @@ impl Client {
         Arc::clone(&self.state)
     }
 
-    pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, drain: CancellationToken) -> Result<(), RunError> {
         let tracker = TaskTracker::new();
         // Certificates, CA and CRL are re-read when they change on disk.
         let (trust, m) = (&self.state.trust, &self.state.metrics);

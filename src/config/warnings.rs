@@ -89,22 +89,15 @@ pub fn edge_warnings(
     file: &Path,
     text: &str,
 ) -> Vec<ConfigWarning> {
-    let locator = Locator::new(text);
-    let mut out = Vec::new();
-    let mut warn = |key: String, segment: &str, kind: WarningKind, message: String| {
-        out.push(ConfigWarning {
-            file: file.to_path_buf(),
-            line: locator.line(&key),
-            key,
-            segment: segment.to_owned(),
-            kind,
-            message,
-        });
+    let mut w = Warnings {
+        file,
+        locator: Locator::new(text),
+        out: Vec::new(),
     };
     if matches!(cfg.dr.trigger, Some(crate::dr_mode::Trigger::Dns(_)))
         && cfg.dr.signing_key.is_none()
     {
-        warn(
+        w.push(
             "dr.trigger".into(),
             "-",
             WarningKind::UnsignedTrigger,
@@ -114,85 +107,18 @@ pub fn edge_warnings(
         );
     }
     for (i, seg) in cfg.segments.iter().enumerate() {
-        if seg.dr {
-            if seg.domains.is_empty() && seg.cidrs.is_empty() {
-                warn(
-                    format!("segment[{i}]"),
-                    &seg.name,
-                    WarningKind::Unreachable,
-                    format!(
-                        "DR segment `{}` has no domains and no cidrs: it matches nothing",
-                        seg.name
-                    ),
-                );
-            }
-            continue;
-        }
-        let serving = dr_connector_groups(cfg, seg);
-        let mut why = format!(
-            "segment `{}` is not a DR segment (`dr = false`): unreachable while DR is on \
-             (refused 403 not-dr-segment)",
-            seg.name
-        );
-        if !serving.is_empty() {
-            why.push_str(&format!(
-                "; its server groups reach DR connector group(s) {}: set `dr = true` to serve it in DR",
-                serving.join(", ")
-            ));
-        } else if seg.server_groups.is_empty() {
-            why.push_str("; it has no server groups either");
-        } else {
-            why.push_str("; its server groups reach no DR connector group either");
-        }
-        let spec = SegmentSpec {
-            name: seg.name.clone(),
-            domains: seg.domains.clone(),
-            cidrs: seg.cidrs.clone(),
-            tcp_ports: seg.tcp_ports.clone(),
-            connector_groups: serving,
-        };
-        let alone = match Matcher::compile(std::slice::from_ref(&spec)) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                why.push_str(&format!("; as a DR segment it would be refused: {e}"));
-                None
-            }
-        };
-        // `dr` absent means false: the line is then the segment's header.
-        warn(
-            format!("segment[{i}].dr"),
-            &seg.name,
-            WarningKind::Unreachable,
-            why,
-        );
-        if let Some(alone) = alone {
-            let shadows = reachable_anyway(matcher, &alone);
-            if let Some(first) = shadows.first() {
-                let mut msg = format!(
-                    "non-DR segment `{}`: {} reachable in DR through broader DR segments: ",
-                    seg.name,
-                    if shadows.len() == 1 {
-                        "this entry is"
-                    } else {
-                        "these entries are"
-                    }
-                );
-                let list: Vec<String> = shadows
-                    .iter()
-                    .take(SHADOW_LIST)
-                    .map(|s| s.1.clone())
-                    .collect();
-                msg.push_str(&list.join("; "));
-                if shadows.len() > SHADOW_LIST {
-                    msg.push_str(&format!("; and {} more", shadows.len() - SHADOW_LIST));
-                }
-                warn(
-                    first.0.replace("{i}", &i.to_string()),
-                    &seg.name,
-                    WarningKind::ReachableAnyway,
-                    msg,
-                );
-            }
+        if !seg.dr {
+            non_dr_segment(&mut w, cfg, matcher, i, seg);
+        } else if seg.domains.is_empty() && seg.cidrs.is_empty() {
+            w.push(
+                format!("segment[{i}]"),
+                &seg.name,
+                WarningKind::Unreachable,
+                format!(
+                    "DR segment `{}` has no domains and no cidrs: it matches nothing",
+                    seg.name
+                ),
+            );
         }
     }
     let index: std::collections::HashMap<&str, usize> = cfg
@@ -204,19 +130,109 @@ pub fn edge_warnings(
     let hidden = super::shadow::hidden_ports(
         matcher,
         |name| index.get(name).copied(),
-        |key| locator.line(key),
+        |key| w.locator.line(key),
     );
     for h in hidden {
-        out.push(ConfigWarning {
-            file: file.to_path_buf(),
-            line: locator.line(&h.key),
-            key: h.key,
-            segment: h.segment,
-            kind: WarningKind::HidesPorts,
-            message: h.message,
+        w.push(h.key, &h.segment, WarningKind::HidesPorts, h.message);
+    }
+    w.out
+}
+
+/// The warnings of one file, each placed on its key's line.
+struct Warnings<'a> {
+    file: &'a Path,
+    locator: Locator<'a>,
+    out: Vec<ConfigWarning>,
+}
+
+impl Warnings<'_> {
+    fn push(&mut self, key: String, segment: &str, kind: WarningKind, message: String) {
+        self.out.push(ConfigWarning {
+            file: self.file.to_path_buf(),
+            line: self.locator.line(&key),
+            key,
+            segment: segment.to_owned(),
+            kind,
+            message,
         });
     }
-    out
+}
+
+/// A non-DR segment (`segment[i]`): unreachable while DR is on, and why;
+/// then the entries of it that broader DR segments serve anyway.
+fn non_dr_segment(
+    w: &mut Warnings<'_>,
+    cfg: &EdgeConfig,
+    matcher: &Matcher,
+    i: usize,
+    seg: &SegmentConfig,
+) {
+    let serving = dr_connector_groups(cfg, seg);
+    let mut why = format!(
+        "segment `{}` is not a DR segment (`dr = false`): unreachable while DR is on \
+         (refused 403 not-dr-segment)",
+        seg.name
+    );
+    if !serving.is_empty() {
+        why.push_str(&format!(
+            "; its server groups reach DR connector group(s) {}: set `dr = true` to serve it in DR",
+            serving.join(", ")
+        ));
+    } else if seg.server_groups.is_empty() {
+        why.push_str("; it has no server groups either");
+    } else {
+        why.push_str("; its server groups reach no DR connector group either");
+    }
+    let spec = SegmentSpec {
+        name: seg.name.clone(),
+        domains: seg.domains.clone(),
+        cidrs: seg.cidrs.clone(),
+        tcp_ports: seg.tcp_ports.clone(),
+        connector_groups: serving,
+    };
+    let alone = match Matcher::compile(std::slice::from_ref(&spec)) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            why.push_str(&format!("; as a DR segment it would be refused: {e}"));
+            None
+        }
+    };
+    // `dr` absent means false: the line is then the segment's header.
+    w.push(
+        format!("segment[{i}].dr"),
+        &seg.name,
+        WarningKind::Unreachable,
+        why,
+    );
+    let shadows = alone.map_or_else(Vec::new, |alone| reachable_anyway(matcher, &alone));
+    if let Some(first) = shadows.first() {
+        let key = first.0.replace("{i}", &i.to_string());
+        let msg = reachable_anyway_message(&seg.name, &shadows);
+        w.push(key, &seg.name, WarningKind::ReachableAnyway, msg);
+    }
+}
+
+/// "non-DR segment `name`: these entries are reachable in DR through
+/// broader DR segments: ..." listing at most [`SHADOW_LIST`] of `shadows`.
+fn reachable_anyway_message(name: &str, shadows: &[(String, String)]) -> String {
+    let mut msg = format!(
+        "non-DR segment `{name}`: {} reachable in DR through broader DR segments: ",
+        if shadows.len() == 1 {
+            "this entry is"
+        } else {
+            "these entries are"
+        }
+    );
+    let list: Vec<String> = shadows
+        .iter()
+        .take(SHADOW_LIST)
+        .map(|s| s.1.clone())
+        .collect();
+    msg.push_str(&list.join("; "));
+    if shadows.len() > SHADOW_LIST {
+        msg.push_str(&format!("; and {} more", shadows.len() - SHADOW_LIST));
+    }
+    msg
 }
 
 /// Entries of the (compiled, alone) non-DR segment that the DR matcher

@@ -6,12 +6,11 @@ mod flow;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
@@ -19,6 +18,7 @@ use tracing::{info, warn, Instrument};
 use crate::backoff::Backoff;
 use crate::config::{ConnectorConfig, DnsSection, Limits, TransportChoice};
 use crate::metrics::Metrics;
+use crate::role_error::{BindError, RunError};
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::stall::Stalls;
 use crate::transport::dial::{Dialed, Dialer, HEAD_START};
@@ -52,21 +52,24 @@ pub struct Connector {
 }
 
 impl Connector {
-    pub fn bind(cfg: ConnectorConfig, file: &Path, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let trust = Trust::load(cfg.tls.files(), &cfg.trust_domain)
-            .with_context(|| format!("loading [tls] of {}", file.display()))?;
+    pub fn bind(
+        cfg: ConnectorConfig,
+        file: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BindError> {
+        let trust =
+            Trust::load(cfg.tls.files(), &cfg.trust_domain).map_err(BindError::trust(file))?;
         let id = trust.local_id();
         if id.role != crate::trust::Role::Connector {
-            anyhow::bail!(
-                "{}: [tls] cert is a {} certificate ({id}); a connector needs a connector certificate",
-                file.display(),
-                id.role.as_str()
-            );
+            return Err(BindError::NotAConnector {
+                file: file.to_path_buf(),
+                id,
+            });
         }
-        let bind: SocketAddr = if cfg.edges.iter().any(|e| e.starts_with('[')) {
-            "[::]:0".parse()?
+        let bind = if cfg.edges.iter().any(|e| e.starts_with('[')) {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
         } else {
-            "0.0.0.0:0".parse()?
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
         };
         let endpoint = quic::client_endpoint(
             bind,
@@ -113,7 +116,7 @@ impl Connector {
     /// tunnel; one that left the record is drained (no new flows, running
     /// ones finish). Nothing resolving is not fatal: the names are retried
     /// with backoff. At `drain`, flows finish for up to `drain_timeout`.
-    pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, drain: CancellationToken) -> Result<(), RunError> {
         let tracker = TaskTracker::new();
         // Certificates, CA and CRL are re-read when they change on disk.
         let (trust, m) = (&self.state.trust, &self.state.metrics);

@@ -21,6 +21,7 @@ use crate::connector::Connector;
 use crate::edge::{Edge, EdgeState};
 use crate::metrics::Metrics;
 use crate::pki::{self, IssueOptions};
+use crate::role_error::RunError;
 use crate::trust::Role;
 
 const EDGE_TOML: &str = include_str!("edge.toml");
@@ -46,7 +47,7 @@ pub struct Topology {
     pub connector_metrics: Arc<Metrics>,
     pub client_metrics: Arc<Metrics>,
     drain: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), RunError>>>,
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -263,6 +264,21 @@ pub async fn socks_get(
     Ok((status, resp[end + 4..].to_vec()))
 }
 
+/// The walkthrough's verdicts: one line each, and whether all were good.
+struct Checks {
+    ok: bool,
+}
+
+impl Checks {
+    fn check(&mut self, what: &str, good: bool, detail: String) {
+        println!(
+            "  [{}] {what}: {detail}",
+            if good { " ok " } else { "FAIL" }
+        );
+        self.ok &= good;
+    }
+}
+
 /// Run the demo. Returns whether everything behaved as expected.
 pub async fn run(once: bool) -> anyhow::Result<bool> {
     println!("lifeboat demo: a DR edge, an App Connector, a client and an app, all on loopback");
@@ -275,21 +291,40 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
         t.socks,
         t.app
     );
-    let port = t.app.port();
-    let mut ok = true;
-    let mut check = |what: &str, good: bool, detail: String| {
+    let mut checks = Checks { ok: true };
+    check_segments(&t, &mut checks).await;
+    check_concurrent_flows(&t, &mut checks).await;
+    print_edge_counters(&t.edge_metrics);
+    let ok = checks.ok;
+    if once {
+        t.shutdown().await?;
         println!(
-            "  [{}] {what}: {detail}",
-            if good { " ok " } else { "FAIL" }
+            "{}",
+            if ok {
+                "demo: everything behaved"
+            } else {
+                "demo: something misbehaved (see FAIL above)"
+            }
         );
-        ok &= good;
-    };
+        return Ok(ok);
+    }
+    print_try_lines(&t);
+    println!("running until Ctrl-C");
+    tokio::signal::ctrl_c().await?;
+    t.shutdown().await?;
+    Ok(ok)
+}
 
+/// One flow each: the DR segment by exact name and by wildcard (1 MiB,
+/// byte-exact) are served; a non-DR name and a port outside the segment
+/// are refused.
+async fn check_segments(t: &Topology, c: &mut Checks) {
+    let port = t.app.port();
     let t0 = Instant::now();
     let r = socks_get(t.socks, DR_HOST, port, "/").await;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     match r {
-        Ok((200, body)) => check(
+        Ok((200, body)) => c.check(
             "DR segment `payroll` served",
             true,
             format!(
@@ -297,7 +332,7 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
                 String::from_utf8_lossy(&body).trim()
             ),
         ),
-        other => check("DR segment `payroll` served", false, format!("{other:?}")),
+        other => c.check("DR segment `payroll` served", false, format!("{other:?}")),
     }
 
     let r = socks_get(t.socks, WILDCARD_HOST, port, "/bytes/1048576").await;
@@ -308,13 +343,13 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
                     .iter()
                     .enumerate()
                     .all(|(i, &b)| b == app::pattern_byte(i as u64));
-            check(
+            c.check(
                 "wildcard `*.hr.demo.internal` served",
                 good,
                 format!("1 MiB from {WILDCARD_HOST}, byte-exact: {good}"),
             );
         }
-        other => check(
+        other => c.check(
             "wildcard `*.hr.demo.internal` served",
             false,
             format!("{other:?}"),
@@ -323,28 +358,32 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
 
     let r = socks_get(t.socks, NON_DR_HOST, port, "/").await;
     match r {
-        Err(e) if e.contains("reply code 2") => check(
+        Err(e) if e.contains("reply code 2") => c.check(
             "non-DR segment `wiki` refused",
             true,
             "SOCKS5 reply 2 (not allowed): the edge answered 403 not-dr-segment".into(),
         ),
-        other => check("non-DR segment `wiki` refused", false, format!("{other:?}")),
+        other => c.check("non-DR segment `wiki` refused", false, format!("{other:?}")),
     }
 
     let r = socks_get(t.socks, DR_HOST, 1, "/").await;
     match r {
-        Err(e) if e.contains("reply code 2") => check(
+        Err(e) if e.contains("reply code 2") => c.check(
             "port outside the segment refused",
             true,
             format!("{DR_HOST}:1 -> 403 not-dr-segment"),
         ),
-        other => check(
+        other => c.check(
             "port outside the segment refused",
             false,
             format!("{other:?}"),
         ),
     }
+}
 
+/// 200 flows at once over the client's one tunnel.
+async fn check_concurrent_flows(t: &Topology, c: &mut Checks) {
+    let port = t.app.port();
     let n = 200;
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -359,7 +398,7 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    check(
+    c.check(
         "concurrent flows over one tunnel",
         good == n,
         format!(
@@ -368,8 +407,10 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
             n as f64 / secs
         ),
     );
+}
 
-    let m = &t.edge_metrics;
+/// What the edge counted: served, refused, flow setups.
+fn print_edge_counters(m: &Metrics) {
     println!(
         "  edge counters: payroll ok={}, refused not-dr-segment={}, flow setups observed={}",
         m.flows_total.with_label_values(&["payroll", "ok"]).get(),
@@ -381,18 +422,11 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
                 .get(),
         m.flow_setup.get_sample_count(),
     );
-    if once {
-        t.shutdown().await?;
-        println!(
-            "{}",
-            if ok {
-                "demo: everything behaved"
-            } else {
-                "demo: something misbehaved (see FAIL above)"
-            }
-        );
-        return Ok(ok);
-    }
+}
+
+/// The admin address and the commands a person can try by hand.
+fn print_try_lines(t: &Topology) {
+    let port = t.app.port();
     if let Some(a) = t.edge_admin {
         println!("  edge admin: http://{a}/metrics  http://{a}/readyz");
     }
@@ -412,8 +446,4 @@ pub async fn run(once: bool) -> anyhow::Result<bool> {
             tls.port()
         );
     }
-    println!("running until Ctrl-C");
-    tokio::signal::ctrl_c().await?;
-    t.shutdown().await?;
-    Ok(ok)
 }

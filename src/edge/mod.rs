@@ -1,6 +1,8 @@
-//! The DR Private Service Edge: accepts client and connector tunnels on one
-//! QUIC endpoint, checks identities (done in the TLS handshake by `trust`,
-//! role against ALPN here), and hands each client stream to `flow`.
+//! The DR Private Service Edge: accepts client and connector tunnels on its
+//! QUIC endpoint and its TLS listener (`accept`: one flow per HTTP/1.1
+//! CONNECT connection, many on HTTP/2), checks identities (done in the TLS
+//! handshake by `trust`, role against ALPN in `accept`), and hands each
+//! client flow to `flow`.
 
 mod accept;
 mod certs;
@@ -16,16 +18,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{compile_segments, EdgeConfig, Limits, RestartNeeded};
+use crate::config::{compile_segments, ConfigError, EdgeConfig, Limits, RestartNeeded};
 use crate::dr::DrMode;
 use crate::metrics::{Metrics, SegmentMetrics};
+use crate::role_error::{BindError, ReloadError, RunError};
 use crate::segments::Matcher;
 use crate::transport::{close_code, quic};
 use crate::trust::{SpiffeId, Trust};
@@ -48,7 +50,7 @@ impl Policy {
         file: &Path,
         text: &str,
         metrics: &Metrics,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, ConfigError> {
         let matcher = compile_segments(&cfg, file, text)?;
         metrics.init_connector_groups(
             cfg.connector_groups
@@ -107,24 +109,23 @@ pub enum ReloadOutcome {
 impl EdgeState {
     /// Re-read certificates, CA and CRL (always), then the config: a bad
     /// file keeps the old one; policy changes are refused while DR is `on`.
-    pub fn reload(&self, file: &Path) -> anyhow::Result<ReloadOutcome> {
+    pub fn reload(&self, file: &Path) -> Result<ReloadOutcome, ReloadError> {
         let m = &self.metrics;
         let trust = self.trust.reload();
         if trust.is_ok() {
             self.trust_changed.send_replace(());
         }
         let parsed = crate::config::load_with_text::<EdgeConfig>(file)
-            .map_err(anyhow::Error::from)
             .and_then(|(cfg, text)| Policy::compile(cfg, file, &text, m));
         let policy = match (trust, parsed) {
             (Ok(()), Ok(p)) => p,
             (Err(e), _) => {
                 m.config_reloads.with_label_values(&["error"]).inc();
-                return Err(anyhow::Error::from(e).context("reload: certificate files"));
+                return Err(ReloadError::Trust(e));
             }
             (_, Err(e)) => {
                 m.config_reloads.with_label_values(&["error"]).inc();
-                return Err(e.context("reload: config kept as it was"));
+                return Err(ReloadError::Config(e));
             }
         };
         self.metrics.observe_trust(&self.trust);
@@ -206,9 +207,9 @@ impl Edge {
         text: &str,
         mode: watch::Receiver<DrMode>,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
-        let trust = Trust::load(cfg.tls.files(), &cfg.trust_domain)
-            .with_context(|| format!("loading [tls] of {}", file.display()))?;
+    ) -> Result<Self, BindError> {
+        let trust =
+            Trust::load(cfg.tls.files(), &cfg.trust_domain).map_err(BindError::trust(file))?;
         let limits = cfg.limits.clone();
         let cert_grace = cfg.dr.cert_grace.filter(|g| !g.is_zero());
         let quic_addr = cfg.listen.quic;
@@ -282,7 +283,7 @@ impl Edge {
 
     /// Serve until `drain` is cancelled, then let flows finish for up to
     /// `drain_timeout`, abort the rest and close.
-    pub async fn run(self, drain: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, drain: CancellationToken) -> Result<(), RunError> {
         let tracker = TaskTracker::new();
         let mut loops = tokio::task::JoinSet::new();
         // Certificates, CA and CRL are re-read when they change on disk.
@@ -377,15 +378,19 @@ fn bind_listeners(
     tls_addr: Option<SocketAddr>,
     trust: &Arc<Trust>,
     limits: &Limits,
-) -> anyhow::Result<(Option<quinn::Endpoint>, Option<TlsListener>)> {
+) -> Result<(Option<quinn::Endpoint>, Option<TlsListener>), BindError> {
     let bind_quic = |addr: SocketAddr| {
         quic::server_endpoint(addr, trust, limits)
-            .with_context(|| format!("binding QUIC listener {addr}"))
+            .map_err(|source| BindError::QuicListener { addr, source })
     };
     let bind_tls = |addr: SocketAddr| {
         crate::transport::tcp_listener(addr)
             .map(|l| (l, crate::transport::tls::server_config(trust)))
-            .with_context(|| format!("binding TLS listener {addr}"))
+            .map_err(|source| BindError::Listener {
+                kind: "TLS",
+                addr,
+                source,
+            })
     };
     match (quic_addr, tls_addr) {
         (Some(q), Some(t)) if q == t && q.port() == 0 => {
@@ -398,7 +403,7 @@ fn bind_listeners(
                     Err(e) => last = Some(e),
                 }
             }
-            Err(last.unwrap_or_else(|| anyhow::anyhow!("no port free for both QUIC and TLS")))
+            Err(last.unwrap_or(BindError::NoSharedPort))
         }
         _ => Ok((
             quic_addr.map(bind_quic).transpose()?,

@@ -2,7 +2,9 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 
+use super::spec::mask4;
 use super::*;
+use crate::preamble::{Dest, Host};
 
 fn spec(name: &str, domains: &[&str], cidrs: &[&str], ports: &[&str]) -> SegmentSpec {
     let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect();

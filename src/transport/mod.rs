@@ -1,7 +1,10 @@
 //! Tunnel transports. QUIC (`quic`) carries many flows per connection as
-//! bidirectional streams, HTTP/2 over TLS (`mux`) as streams of one TCP
-//! connection. They share the ALPN names, the tunnel error type and the
-//! flow halves (`half`).
+//! bidirectional streams; TLS over TCP (`tls`) carries one flow per
+//! connection (HTTP/1.1 CONNECT) or many as HTTP/2 streams (`mux`). `dial`
+//! races the two, `keeper` keeps a tunnel up, `resolve` follows the edge
+//! names, `shed` tells a refused peer when to come back, `link` is the
+//! tunnel flows are opened on. Both legs share the ALPN names, the tunnel
+//! error type and the flow halves (`half`).
 
 pub mod dial;
 pub mod half;
@@ -23,7 +26,9 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN of connector tunnels: lets the edge tell connectors from clients before any flow.
 pub const ALPN_CONNECTOR: &[u8] = b"lifeboat-connector/1";
 
-/// QUIC application close codes the edge and agents use.
+/// QUIC application close codes the edge and agents use (HTTP/2 tunnels
+/// end with GOAWAY instead). Every code is in use; `word` names each but
+/// `DONE` in DESIGN's result vocabulary.
 pub mod close_code {
     /// Normal shutdown.
     pub const DONE: u32 = 0;

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 
 use super::TrustError;
@@ -54,6 +55,27 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Every `T` block of a PEM file (other blocks are skipped), or the whole
+/// file as one DER item; none for an empty file.
+pub(crate) fn read_pem_or_der<T>(path: &Path) -> Result<Vec<T>, TrustError>
+where
+    T: PemObject + From<Vec<u8>>,
+{
+    let bytes = read(path)?;
+    if is_pem(&bytes) {
+        T::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| TrustError::Pem {
+                path: path.to_owned(),
+                source,
+            })
+    } else if bytes.is_empty() {
+        Ok(Vec::new())
+    } else {
+        Ok(vec![T::from(bytes)])
+    }
 }
 
 pub(crate) fn is_pem(bytes: &[u8]) -> bool {

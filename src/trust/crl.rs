@@ -16,11 +16,10 @@
 use std::path::Path;
 
 use rustls::crypto::CryptoProvider;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateRevocationListDer, TrustAnchor};
 use webpki::{CertRevocationList, OwnedCertRevocationList};
 
-use super::anchors::{is_pem, read, Anchors};
+use super::anchors::{read_pem_or_der, Anchors};
 use super::{CrlFlaw, TrustError};
 
 /// The CRLs in `path` (PEM blocks, or one DER CRL), and the earliest
@@ -116,19 +115,7 @@ pub(crate) fn parse(
 }
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TrustError> {
-    let bytes = read(path)?;
-    let crls = if is_pem(&bytes) {
-        CertificateRevocationListDer::pem_slice_iter(&bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| TrustError::Pem {
-                path: path.to_owned(),
-                source,
-            })?
-    } else if bytes.is_empty() {
-        Vec::new()
-    } else {
-        vec![CertificateRevocationListDer::from(bytes)]
-    };
+    let crls = read_pem_or_der(path)?;
     if crls.is_empty() {
         return Err(TrustError::NoCrl {
             path: path.to_owned(),

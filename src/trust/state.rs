@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
 use webpki::CertRevocationList;
 
-use super::anchors::{anchors, is_pem, read, Anchors, Validity};
+use super::anchors::{anchors, read, read_pem_or_der, Anchors, Validity};
 use super::spiffe::{spiffe_id_of, SpiffeId};
 use super::{TlsFiles, TrustError};
 
@@ -71,19 +71,7 @@ pub(crate) fn stamps(files: &TlsFiles) -> Vec<Stamp> {
 /// All certificates in a PEM file (non-certificate blocks are skipped), or
 /// the file as one DER certificate.
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
-    let bytes = read(path)?;
-    let certs = if is_pem(&bytes) {
-        CertificateDer::pem_slice_iter(&bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| TrustError::Pem {
-                path: path.to_owned(),
-                source,
-            })?
-    } else if bytes.is_empty() {
-        Vec::new()
-    } else {
-        vec![CertificateDer::from(bytes)]
-    };
+    let certs = read_pem_or_der(path)?;
     if certs.is_empty() {
         return Err(TrustError::NoCertificate {
             path: path.to_owned(),

@@ -1,16 +1,15 @@
-//! Harness for the DNS-trigger tests: an authoritative DNS server in
-//! process (hickory-server on 127.0.0.1, UDP and TCP on one port) whose
-//! answer the test swaps (records parsed from zone-file text, SERVFAIL,
-//! NXDOMAIN, or silence), a DR topology whose edge follows it (edge, one
-//! connector, clients `alice` (a test user) and `bob`), and a log capture.
-#![allow(dead_code)] // not every test uses every helper
+//! DNS for the trigger tests: an authoritative server in process
+//! (hickory-server on 127.0.0.1, UDP and TCP on one port) whose answer the
+//! test swaps (records parsed from zone-file text, SERVFAIL, NXDOMAIN, or
+//! silence); a DR trigger alone ([`Watcher`]); a log capture ([`Logs`]);
+//! a long-running echo flow; `lifeboat dns-record` through the binary.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::proto::op::{Header, ResponseCode};
@@ -18,32 +17,19 @@ use hickory_server::proto::rr::{LowerName, Name, Record};
 use hickory_server::proto::serialize::txt::Parser;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::ServerFuture;
-use lifeboat::client::{Client, ListenerKind};
-use lifeboat::config::{self, ClientConfig, ConnectorConfig, DnsSection, DrSection, EdgeConfig};
-use lifeboat::connector::Connector;
+use lifeboat::config::{self, DnsSection, DrSection};
 use lifeboat::dr::DrMode;
-use lifeboat::edge::Edge;
 use lifeboat::metrics::Metrics;
-use lifeboat::pki::{self, IssueOptions};
 use lifeboat::trust::Role;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::{eventually, DR_HOST};
+
 /// The trigger record's name in every test.
 pub const TRIGGER: &str = "_dr.example.test";
-pub const TD: &str = "dr.lifeboat.test";
-pub const DR_HOST: &str = "payroll.corp.example";
-
-/// Poll `cond` every 10 ms until it holds; panic naming `what` after `within`.
-pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// What the server answers to every query.
 #[derive(Debug, Clone)]
@@ -303,292 +289,6 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
     type Writer = Self;
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
-    }
-}
-
-const LIMITS: &str =
-    "handshake_timeout = \"5s\"\nconnect_timeout = \"3s\"\ndrain_timeout = \"2s\"\n";
-
-fn toml_path(p: &Path) -> String {
-    format!("{:?}", p.display().to_string())
-}
-
-/// A running client.
-pub struct ClientHandle {
-    pub socks: SocketAddr,
-    pub metrics: Arc<Metrics>,
-}
-
-/// Edge (DR from DNS), one connector, clients alice and bob, an app.
-pub struct Topology {
-    pub dir: tempfile::TempDir,
-    pub app: SocketAddr,
-    pub edge_quic: SocketAddr,
-    pub edge_mode: watch::Receiver<DrMode>,
-    pub edge_metrics: Arc<Metrics>,
-    pub alice: ClientHandle,
-    pub bob: ClientHandle,
-    drain: CancellationToken,
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        self.drain.cancel();
-    }
-}
-
-impl Topology {
-    /// Start it all; the edge's `[dr]` has `trigger = "dns:_dr.example.test"`,
-    /// `test_users = ["alice"]`, `poll_interval = "1s"` and `extra`.
-    pub async fn start(dns: &DnsServer, extra_dr: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        let pki_dir = d.join("pki");
-        pki::init(&pki_dir, TD, 2).expect("pki init");
-        let issue = |role, name: &str, group: Option<&str>| {
-            pki::issue(&IssueOptions {
-                dir: pki_dir.clone(),
-                role,
-                name: name.into(),
-                group: group.map(Into::into),
-                dns: vec!["localhost".into()],
-                ips: vec!["127.0.0.1".parse().expect("literal")],
-                days: 2,
-                not_before: None,
-                not_after: None,
-            })
-            .expect("pki issue")
-        };
-        let (edge_cert, edge_key) = issue(Role::Edge, "edge1", None);
-        let (conn_cert, conn_key) = issue(Role::Connector, "connector0", Some("dc1-dr"));
-        let ca = pki_dir.join("ca.pem");
-        let app = lifeboat::demo::app::spawn("127.0.0.1:0".parse().expect("literal"), "hello")
-            .await
-            .expect("app");
-        let drain = CancellationToken::new();
-
-        let edge_text = format!(
-            r#"trust_domain = "{TD}"
-
-[tls]
-ca = {ca}
-cert = {cert}
-key = {key}
-
-[listen]
-quic = "127.0.0.1:0"
-
-[dr]
-trigger = "dns:{TRIGGER}"
-test_users = ["alice"]
-poll_interval = "1s"
-{extra_dr}
-
-[dns]
-nameservers = ["{ns}"]
-
-[limits]
-{LIMITS}
-[[connector_group]]
-name = "dc1-dr"
-dr = true
-
-[[server_group]]
-name = "dc1"
-connector_groups = ["dc1-dr"]
-
-[[segment]]
-name = "payroll"
-dr = true
-domains = ["{DR_HOST}"]
-tcp_ports = ["{port}"]
-server_groups = ["dc1"]
-"#,
-            ca = toml_path(&ca),
-            cert = toml_path(&edge_cert),
-            key = toml_path(&edge_key),
-            ns = dns.addr,
-            port = app.port(),
-        );
-        let edge_path = d.join("edge.toml");
-        std::fs::write(&edge_path, &edge_text).expect("write edge.toml");
-        let edge_cfg: EdgeConfig = config::from_text(&edge_path, &edge_text)
-            .unwrap_or_else(|e| panic!("edge config: {e}\n{edge_text}"));
-        let edge_metrics = Arc::new(Metrics::new("edge"));
-        let edge_mode = lifeboat::dr::trigger::start_for(
-            Role::Edge,
-            &edge_cfg.dr,
-            &edge_cfg.dns,
-            Arc::clone(&edge_metrics),
-            drain.clone(),
-        )
-        .expect("edge DR trigger");
-        let edge = Edge::bind(
-            edge_cfg,
-            &edge_path,
-            &edge_text,
-            edge_mode.clone(),
-            Arc::clone(&edge_metrics),
-        )
-        .expect("edge bind");
-        let edge_quic = edge.quic_addr().expect("edge QUIC address");
-        tokio::spawn(edge.run(drain.clone()));
-
-        let conn_text = format!(
-            r#"trust_domain = "{TD}"
-edges = ["{edge_quic}"]
-transport = "quic"
-
-[tls]
-ca = {ca}
-cert = {cert}
-key = {key}
-
-[dns]
-hosts = {{ "{DR_HOST}" = "127.0.0.1" }}
-
-[limits]
-{LIMITS}"#,
-            ca = toml_path(&ca),
-            cert = toml_path(&conn_cert),
-            key = toml_path(&conn_key),
-        );
-        let conn_path = d.join("connector.toml");
-        std::fs::write(&conn_path, &conn_text).expect("write connector.toml");
-        let conn_cfg: ConnectorConfig =
-            config::from_text(&conn_path, &conn_text).expect("connector config");
-        let c = Connector::bind(conn_cfg, &conn_path, Arc::new(Metrics::new("connector")))
-            .expect("connector bind");
-        tokio::spawn(c.run(drain.clone()));
-
-        let mut clients = Vec::new();
-        for user in ["alice", "bob"] {
-            let (cert, key) = issue(Role::Client, user, None);
-            clients.push(start_client(d, user, edge_quic, &ca, &cert, &key, &drain).await);
-        }
-        let bob = clients.pop().expect("bob");
-        let alice = clients.pop().expect("alice");
-        let t = Self {
-            dir,
-            app,
-            edge_quic,
-            edge_mode,
-            edge_metrics,
-            alice,
-            bob,
-            drain,
-        };
-        let m = Arc::clone(&t.edge_metrics);
-        eventually("connector registered", Duration::from_secs(10), || {
-            m.connectors_connected.with_label_values(&["dc1-dr"]).get() == 1
-        })
-        .await;
-        for c in [&t.alice, &t.bob] {
-            let m = Arc::clone(&c.metrics);
-            eventually("client tunnel up", Duration::from_secs(10), || {
-                m.tunnels_active.with_label_values(&["edge", "quic"]).get() == 1
-            })
-            .await;
-        }
-        t
-    }
-
-    pub fn port(&self) -> u16 {
-        self.app.port()
-    }
-
-    pub fn mode(&self) -> DrMode {
-        *self.edge_mode.borrow()
-    }
-
-    pub async fn wait_mode(&self, mode: DrMode) {
-        let rx = self.edge_mode.clone();
-        eventually(
-            &format!("edge DR mode {mode}"),
-            Duration::from_secs(10),
-            || *rx.borrow() == mode,
-        )
-        .await;
-    }
-
-    pub fn transitions(&self, from: DrMode, to: DrMode) -> u64 {
-        self.edge_metrics
-            .dr_transitions
-            .with_label_values(&[from.as_str(), to.as_str()])
-            .get()
-    }
-
-    pub fn closed(&self, reason: &str) -> u64 {
-        self.edge_metrics
-            .flows_closed
-            .with_label_values(&[reason])
-            .get()
-    }
-}
-
-async fn start_client(
-    d: &Path,
-    user: &str,
-    edge: SocketAddr,
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
-    drain: &CancellationToken,
-) -> ClientHandle {
-    let text = format!(
-        r#"trust_domain = "{TD}"
-edges = ["{edge}"]
-transport = "quic"
-
-[tls]
-ca = {ca}
-cert = {cert}
-key = {key}
-
-[listen]
-socks = "127.0.0.1:0"
-
-[limits]
-{LIMITS}"#,
-        ca = toml_path(ca),
-        cert = toml_path(cert),
-        key = toml_path(key),
-    );
-    let path: PathBuf = d.join(format!("{user}.toml"));
-    std::fs::write(&path, &text).expect("write client.toml");
-    let cfg: ClientConfig = config::from_text(&path, &text).expect("client config");
-    let metrics = Arc::new(Metrics::new("client"));
-    let mode = lifeboat::dr::trigger::start_for(
-        Role::Client,
-        &cfg.dr,
-        &cfg.dns,
-        Arc::clone(&metrics),
-        drain.clone(),
-    )
-    .expect("client DR mode");
-    let client = Client::bind(cfg, &path, mode, Arc::clone(&metrics))
-        .await
-        .expect("client bind");
-    let socks = client
-        .local_addrs()
-        .into_iter()
-        .find(|(k, _)| matches!(k, ListenerKind::Socks))
-        .expect("socks listener")
-        .1;
-    tokio::spawn(client.run(drain.clone()));
-    ClientHandle { socks, metrics }
-}
-
-/// The SOCKS5 reply code of a CONNECT to `host:port` (0 when it succeeded).
-pub async fn socks_reply(socks: SocketAddr, host: &str, port: u16) -> u8 {
-    use lifeboat::demo::socks_client::{connect, SocksConnectError};
-    match tokio::time::timeout(Duration::from_secs(15), connect(socks, host, port))
-        .await
-        .expect("SOCKS answer within 15 s")
-    {
-        Ok(_) => 0,
-        Err(SocksConnectError::Reply(code)) => code,
-        Err(e) => panic!("SOCKS connect to {host}:{port}: {e}"),
     }
 }
 

@@ -2,19 +2,54 @@
 //! a running process whose stderr lines are collected, the addresses of its
 //! `listening <kind> ADDR` lines, signals, and `GET` on its admin listener.
 //! On drop the process is continued (if stopped) and killed, and its log is
-//! printed if the test failed. tests/common includes it (as `common::Proc`);
-//! tests/process.rs carries an older copy.
-#![allow(dead_code)] // not every test uses every helper
+//! printed if the test failed. [`run`] runs it to the end instead.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lifeboat");
+
+/// `lifeboat ARGS` in `cwd` run to completion (at most 60 s).
+pub async fn run(args: &[&str], cwd: &Path) -> Output {
+    let child = command(args, cwd)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn lifeboat");
+    tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("lifeboat {args:?} still running after 60 s"))
+        .expect("wait lifeboat")
+}
+
+/// Status, stdout and stderr of a finished run, for failure messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `lifeboat ARGS` in `cwd`: no colours, the default log level, stderr
+/// piped, killed when dropped.
+fn command(args: &[&str], cwd: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(BIN);
+    c.args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    c
+}
 
 /// A CA for `dr.example.com` in `dir` (ten years) with `edge1` (edge),
 /// `dc1-a` (connector of `dc1-dr`) and `alice` (client).
@@ -42,17 +77,7 @@ pub struct Proc {
 impl Proc {
     /// `lifeboat ARGS` in `cwd`, logs at the default level, no colours.
     pub fn spawn(args: &[&str], cwd: &Path) -> Self {
-        let mut child = tokio::process::Command::new(BIN)
-            .args(args)
-            .current_dir(cwd)
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn lifeboat");
+        let mut child = command(args, cwd).spawn().expect("spawn lifeboat");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let mut reader = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let sink = Arc::clone(&lines);
