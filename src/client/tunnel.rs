@@ -120,6 +120,13 @@ impl Tunnel {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.dialer.quic.wait_idle()).await;
     }
 
+    /// How long a flow waits for the keeper's tunnel: one whole attempt (the
+    /// handshake, then over TLS the edge's verdict), so a flow does not give
+    /// up on an attempt that is still allowed to succeed.
+    fn tunnel_wait(&self) -> Duration {
+        self.limits.handshake_timeout + crate::transport::dial::VERDICT_WAIT
+    }
+
     /// The current way to the edge: waits while the keeper is connecting
     /// (up to the handshake timeout). When no edge was reachable, the flow
     /// asks the keeper to dial now and waits for that attempt's outcome.
@@ -142,7 +149,7 @@ impl Tunnel {
                 }
             }
         };
-        match tokio::time::timeout(self.limits.handshake_timeout, wait).await {
+        match tokio::time::timeout(self.tunnel_wait(), wait).await {
             Ok(r) => r,
             Err(_) => Err(OpenError::NoTunnel("no edge answered in time".into())),
         }
@@ -181,7 +188,7 @@ impl Tunnel {
 
     /// The current tunnel once it is another than `used`.
     async fn next_tunnel(&self, used: &Link) -> Result<Link, OpenError> {
-        let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + self.tunnel_wait();
         loop {
             let link = self.current().await?;
             if !link.same(used) {

@@ -19,6 +19,10 @@ use crate::config::TransportChoice;
 /// How long QUIC runs alone before TLS joins the race.
 pub const HEAD_START: Duration = Duration::from_millis(250);
 
+/// How long a dialler waits, after its TLS handshake, for an HTTP/2 edge's
+/// first bytes (its verdict on our certificate).
+pub const VERDICT_WAIT: Duration = Duration::from_secs(2);
+
 /// A TLS tunnel as dialled: the stream, with whatever was read from it
 /// while waiting for the edge's verdict put back in front.
 pub type TlsTunnel = tls::Prefixed<TlsStream<TcpStream>>;
@@ -92,7 +96,7 @@ impl Dialer {
         let edge_speaks_first = alpn == Some(super::ALPN_CONNECTOR) || alpn == Some(super::ALPN_H2);
         let grace = if edge_speaks_first {
             // Ends as soon as the edge speaks; long only for a slow edge.
-            Duration::from_secs(2)
+            VERDICT_WAIT
         } else {
             (handshake * 3).clamp(Duration::from_millis(20), Duration::from_secs(1))
         };
