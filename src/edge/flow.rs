@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Span};
 
 use super::quota::{Kind, QuotaGuard};
-use super::registry::{share_of, ActiveGuard, ConnectorTunnel, Link};
+use super::registry::{share_of, ActiveGuard, ConnectorTunnel};
 use super::{EdgeState, Policy};
 use crate::head::{self, HeadError};
 use crate::metrics::FlowGuard;
@@ -461,10 +461,7 @@ async fn open_upstream(
     let mut out = BytesMut::with_capacity(256);
     wire::encode_flow_header(header, &mut out).map_err(|_| Refusal::BadRequest)?;
     let deadline = tokio::time::Instant::now() + reply_timeout;
-    let rx_before = match &tunnel.link {
-        Link::Quic(c) => Some(c.stats().udp_rx.datagrams),
-        Link::H2(_) => None,
-    };
+    let rx_before = tunnel.link.datagrams_in();
     let opened = tokio::time::timeout_at(deadline, async {
         let mut side = tunnel
             .link
@@ -487,11 +484,12 @@ async fn open_upstream(
     // Only worth asking when another connector could take the flow; alone,
     // a slow connector is still the best there is.
     let alive = async {
-        match (&tunnel.link, rx_before) {
-            (Link::Quic(c), Some(before)) => {
-                let wait = (c.rtt() * 3 + ACK_GRACE).clamp(ACK_GRACE, Duration::from_secs(2));
+        match (tunnel.link.rtt(), rx_before) {
+            (Some(rtt), Some(before)) => {
+                let wait = (rtt * 3 + ACK_GRACE).clamp(ACK_GRACE, Duration::from_secs(2));
                 tokio::time::sleep(wait).await;
-                if c.stats().udp_rx.datagrams > before || !another() {
+                let heard = tunnel.link.datagrams_in().is_some_and(|n| n > before);
+                if heard || !another() {
                     std::future::pending::<()>().await;
                 }
             }
@@ -517,7 +515,10 @@ async fn open_upstream(
             tunnel.clear_suspect();
             Err(kind.refusal())
         }
-        Ok(Err(())) => Err(Refusal::UpstreamFailed),
+        Ok(Err(e)) => {
+            debug!(connector = %tunnel.peer, "no reply from the connector: {e}");
+            Err(Refusal::UpstreamFailed)
+        }
         Err(_) => {
             side.send.abort(stream_code::ABORTED);
             side.recv.abort(stream_code::ABORTED);
@@ -534,11 +535,9 @@ const ACK_GRACE: Duration = Duration::from_millis(500);
 
 /// The connector's reply, and the app's first bytes when they came in the
 /// same read (the connector forwards the app's bytes right after it).
-async fn read_reply(recv: &mut RecvHalf) -> Result<(FlowReply, Bytes), ()> {
-    match head::read_head(recv, wire::MAX_HEADER, wire::parse_flow_reply).await {
-        Ok((reply, rest)) => Ok((reply, rest.freeze())),
-        Err(_) => Err(()),
-    }
+async fn read_reply(recv: &mut RecvHalf) -> Result<(FlowReply, Bytes), HeadError<wire::WireError>> {
+    let (reply, rest) = head::read_head(recv, wire::MAX_HEADER, wire::parse_flow_reply).await?;
+    Ok((reply, rest.freeze()))
 }
 
 /// Answer a refusal (nothing for a stream that ended first): counted under

@@ -40,6 +40,24 @@ impl Link {
         }
     }
 
+    /// Datagrams received on the tunnel so far: QUIC's sign of life from a
+    /// peer that acknowledges what it got. `None` over HTTP/2 (TCP
+    /// acknowledges below us).
+    pub fn datagrams_in(&self) -> Option<u64> {
+        match self {
+            Self::Quic(c) => Some(c.stats().udp_rx.datagrams),
+            Self::H2(_) => None,
+        }
+    }
+
+    /// The tunnel's round-trip estimate (QUIC).
+    pub fn rtt(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Quic(c) => Some(c.rtt()),
+            Self::H2(_) => None,
+        }
+    }
+
     /// Whether `self` and `other` are the same tunnel.
     pub fn same(&self, other: &Self) -> bool {
         match (self, other) {
