@@ -255,6 +255,40 @@ async fn sigkill_and_restart_peers_notice_by_stateless_reset() {
     drop(edge);
 }
 
+/// SIGKILL and restart under a client's HTTP/2 tunnel (`transport =
+/// "tls"`): the kernel closes the dead process's TCP connections, the
+/// client sees its tunnel end at once, and the restarted edge serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_and_restart_under_an_http2_client_tunnel() {
+    let rig = Rig::new().await;
+    let port = free_port();
+    let edge_addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = edge_config(&rig, "edge", "127.0.0.1", port, true, "20s");
+    let mut edge = Proc::role("edge", &config);
+    edge.listening("tls").await;
+    let _conn = rig.start_connector(0, edge_addr, AUTO, "");
+    let client = rig.start_client(&rig.user(BOB), edge_addr, "tls", "").await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
+    let m = std::sync::Arc::clone(&client.metrics);
+    let before = handshakes_of(&m, "edge", "tls", "ok");
+    assert_eq!(tunnels_of(&m, "edge", "tls"), 1);
+
+    edge.signal("-KILL");
+    edge.exited(Duration::from_secs(5)).await;
+    eventually(
+        "the client saw its HTTP/2 tunnel end",
+        Duration::from_secs(5),
+        || tunnels_of(&m, "edge", "tls") == 0,
+    )
+    .await;
+    let edge = Proc::role("edge", &config);
+    edge.listening("tls").await;
+    first_flow_after(client.http, rig.app.port(), Duration::from_secs(15)).await;
+    assert!(handshakes_of(&m, "edge", "tls", "ok") > before);
+    assert_eq!(tunnels_of(&m, "edge", "tls"), 1);
+    drop(edge);
+}
+
 /// Two edges; the client's tunnel is on edge A. SIGTERM on A while a flow
 /// runs: the flow finishes byte-exact, new flows go to edge B with no
 /// refusal, and A exits once its flow is done.

@@ -646,6 +646,47 @@ async fn revoking_a_client_closes_its_http2_tunnel_and_flows() {
     assert_ne!(socks_reply(client.socks, DR_HOST, port).await, 0);
 }
 
+/// One user floods the HTTP/2 tunnel: over `max_flows_per_identity` a
+/// CONNECT stream is answered 429 `quota` and nothing of it is forwarded;
+/// another user on another tunnel is served, and the flood's slots come
+/// back when its flows end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_an_http2_tunnel_gets_quota_and_leaves_others_served() {
+    let rig = Rig::new().await;
+    let limits = "max_flows_per_identity = 4";
+    let edge = rig.start_edge(&rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", limits));
+    let tls = edge.tls.expect("tls");
+    rig.start_connector(0, tls, "auto", "");
+    let bob = rig.start_client(&rig.user(BOB), tls, "auto", "").await;
+    let alice = rig.start_client(&rig.user(ALICE), tls, "auto", "").await;
+    let port = rig.app.port();
+    first_flow_after(bob.http, port, Duration::from_secs(20)).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let s = lifeboat::demo::socks_client::connect(bob.socks, DR_HOST, port)
+            .await
+            .expect("bob's flow within his quota");
+        held.push(s);
+    }
+    let refused = raw_connect(bob.http, &format!("{DR_HOST}:{port}")).await;
+    assert!(refused.starts_with("HTTP/1.1 429 "), "{refused}");
+    assert!(refused.contains("Lifeboat-Error: quota"), "{refused}");
+    let m = &edge.metrics;
+    assert_eq!(
+        m.refused_unmatched(lifeboat::refusal::Refusal::Quota).get(),
+        1
+    );
+    // Alice, on her own tunnel, is served meanwhile.
+    first_flow_after(alice.http, port, Duration::from_secs(10)).await;
+    drop(held);
+    first_flow_after(bob.http, port, Duration::from_secs(10)).await;
+    assert_eq!(
+        handshakes_of(m, "client", "tls", "ok"),
+        2,
+        "one tunnel each"
+    );
+}
+
 /// Runs tests/tlslite_client.py as alice against the edge's TLS listener.
 async fn tlslite_client(rig: &Rig, edge: &RigEdge, bytes: u64) -> (bool, String) {
     let alice = rig.user(ALICE);

@@ -270,7 +270,13 @@ async fn connect_h2(link: &MuxLink, dest: &Dest, limit: usize) -> Result<Side, O
         refusal: Some(Refusal::GoingAway),
         reason: format!("the edge's tunnel takes no new flows: {e}"),
     };
-    let (answer, send) = link.connect(&dest.to_string()).await.map_err(going_away)?;
+    // A destination the HTTP/2 layer cannot carry never leaves here.
+    let authority = http::Uri::try_from(dest.to_string()).map_err(|e| OpenError::Refused {
+        status: Refusal::BadRequest.status(),
+        refusal: Some(Refusal::BadRequest),
+        reason: format!("not a CONNECT authority: {e}"),
+    })?;
+    let (answer, send) = link.connect(authority).await.map_err(going_away)?;
     let answer = answer.await.map_err(|e| {
         if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
             going_away(e)

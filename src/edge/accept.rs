@@ -597,7 +597,7 @@ async fn tls_conn(
         Arc::clone(&state),
         Arc::new(peer),
         id,
-        (side, flow::Ask::Preamble),
+        (side, flow::Ask::preamble()),
         permit,
         flow::FromTunnel {
             cert_refused,

@@ -218,7 +218,7 @@ impl Carrier for QuicCarrier {
             recv: RecvHalf::Quic(recv),
             send: SendHalf::Quic(send),
         };
-        (side, Ask::Preamble)
+        (side, Ask::preamble())
     }
 
     /// Bounded: a peer that reads nothing is cut after a second.

@@ -36,16 +36,31 @@ pub(super) struct FromTunnel {
 }
 
 /// How a flow names its destination, and how it is answered.
-pub(super) enum Ask {
+pub(super) struct Ask {
+    /// Already named by the request (or refused for what it is); `None`:
+    /// the preamble comes first on the stream.
+    named: Option<Result<Dest, Refusal>>,
+    answer: Answer,
+}
+
+impl Ask {
     /// A CONNECT preamble comes first on the stream (a QUIC stream, a TLS
     /// connection); the answer is written on the stream.
-    Preamble,
-    /// An HTTP/2 CONNECT stream: the request named the destination (or is
-    /// refused for what it is); the answer is its response.
-    H2 {
-        dest: Result<Dest, Refusal>,
-        respond: h2::server::SendResponse<Bytes>,
-    },
+    pub fn preamble() -> Self {
+        Self {
+            named: None,
+            answer: Answer::OnStream,
+        }
+    }
+
+    /// An HTTP/2 CONNECT stream: its request named `dest`; the answer is
+    /// its response.
+    pub fn h2(dest: Result<Dest, Refusal>, respond: h2::server::SendResponse<Bytes>) -> Self {
+        Self {
+            named: Some(dest),
+            answer: Answer::H2(respond),
+        }
+    }
 }
 
 /// Where the answer to a flow goes.
@@ -85,14 +100,18 @@ impl Answer {
                     let _ = client.send.finish().await;
                 }
             }
-            Self::H2(mut respond) => {
-                let body = r.reason_line(reason);
-                if let Ok(mut send) = respond.send_response(r.h2_head(&body), false) {
-                    let _ = send.send_data(body, true);
-                }
-            }
+            Self::H2(respond) => refuse_h2(respond, r, reason),
         }
         client.recv.abort(stream_code::ABORTED);
+    }
+}
+
+/// Answer an HTTP/2 CONNECT stream with refusal `r`: its head, then the
+/// reason line as the stream's data.
+pub(super) fn refuse_h2(mut respond: h2::server::SendResponse<Bytes>, r: Refusal, reason: &str) {
+    let body = r.reason_line(reason);
+    if let Ok(mut send) = respond.send_response(r.h2_head(&body), false) {
+        let _ = send.send_data(body, true);
     }
 }
 
@@ -115,10 +134,7 @@ pub(super) async fn serve(
         client_id: slot.1.id(),
         started: Instant::now(),
     };
-    let (named, answer) = match ask {
-        Ask::Preamble => (None, Answer::OnStream),
-        Ask::H2 { dest, respond } => (Some(dest), Answer::H2(respond)),
-    };
+    let Ask { named, answer } = ask;
     let admitted = match admit(&cx, &mut client, named).await {
         Ok(a) => a,
         Err(refused) => return refuse(&cx, (&mut client, answer), refused).await,
@@ -324,25 +340,25 @@ async fn carry(
     flow: FlowGuard<'_>,
 ) {
     let app_side = &mut upstream.side;
-    if answer.established(&mut client).await.is_err() {
-        app_side.send.abort(stream_code::ABORTED);
-        app_side.recv.abort(stream_code::ABORTED);
-        return;
-    }
     let m = &cx.state.metrics;
     let seg_m = &cx.policy.segment_metrics[admitted.segment.index];
+    // Counted before the client hears of it: the count never lags what
+    // the client saw.
     m.flow_setup.observe(cx.started.elapsed().as_secs_f64());
     seg_m.ok.inc();
-    let early_down = upstream.early.len() as u64;
-    if early_down > 0 {
-        seg_m.bytes_down.inc_by(early_down);
-        let early = std::mem::take(&mut upstream.early);
-        if client.send.write(early).await.is_err() {
-            app_side.send.abort(stream_code::ABORTED);
-            app_side.recv.abort(stream_code::ABORTED);
-            flow.close("reset");
-            return;
-        }
+    // The answer, then the app's first bytes if they came with the reply.
+    let early_down = std::mem::take(&mut upstream.early);
+    let early_down_len = early_down.len() as u64;
+    seg_m.bytes_down.inc_by(early_down_len);
+    let mut told = answer.established(&mut client).await.is_ok();
+    if told && !early_down.is_empty() {
+        told = client.send.write(early_down).await.is_ok();
+    }
+    if !told {
+        app_side.send.abort(stream_code::ABORTED);
+        app_side.recv.abort(stream_code::ABORTED);
+        flow.close("reset");
+        return;
     }
     let early_up = admitted.early.len() as u64;
     if early_up > 0 {
@@ -385,16 +401,16 @@ async fn carry(
         }
     }
     flow.close(reason);
-    let up = outcome.up + early_up;
+    let (up, down) = (outcome.up + early_up, outcome.down + early_down_len);
     if cx.policy.access_log {
         info!(
             client = %cx.peer, %segment, %dest, connector = %upstream.tunnel.peer,
-            up, down = outcome.down,
+            up, down,
             duration_ms = cx.started.elapsed().as_millis() as u64, result = reason,
             "flow"
         );
     } else {
-        debug!(up, down = outcome.down, result = reason, "flow ended");
+        debug!(up, down, result = reason, "flow ended");
     }
 }
 

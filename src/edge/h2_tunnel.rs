@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use super::client_tunnel::Carrier;
-use super::flow::Ask;
+use super::flow::{refuse_h2, Ask};
 use crate::config::Limits;
 use crate::preamble::Dest;
 use crate::refusal::Refusal;
@@ -88,11 +88,11 @@ impl Carrier for H2Carrier {
             // Opened by the answer.
             send: SendHalf::Closed,
         };
-        (side, Ask::H2 { dest, respond })
+        (side, Ask::h2(dest, respond))
     }
 
     async fn refuse((_, respond): Self::Stream, r: Refusal) {
-        refuse(respond, r).await
+        refuse_h2(respond, r, "");
     }
 
     /// Refused unprocessed, as a QUIC stream is reset.
@@ -128,14 +128,6 @@ fn connect_dest<B>(req: &http::Request<B>) -> Result<Dest, Refusal> {
     }
     let authority = req.uri().authority().ok_or(Refusal::BadRequest)?;
     Dest::parse(authority.as_str()).map_err(Refusal::from)
-}
-
-/// Answer a stream refused before it became a flow.
-async fn refuse(mut respond: Respond, r: Refusal) {
-    let body = r.reason_line("");
-    if let Ok(mut send) = respond.send_response(r.h2_head(&body), false) {
-        let _ = send.send_data(body, true);
-    }
 }
 
 #[cfg(test)]

@@ -23,16 +23,6 @@ impl Link {
         }
     }
 
-    /// Resolves when the tunnel ends.
-    pub async fn closed(&self) {
-        match self {
-            Self::Quic(c) => {
-                c.closed().await;
-            }
-            Self::H2(m) => m.closed().await,
-        }
-    }
-
     pub fn kind(&self) -> TransportKind {
         match self {
             Self::Quic(_) => TransportKind::Quic,

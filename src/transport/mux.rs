@@ -56,17 +56,14 @@ impl MuxLink {
         self.id
     }
 
-    /// Open a CONNECT stream to `authority` (`host:port`), as RFC 9113 8.5
-    /// has it: no `:scheme`, no `:path`. Waits while the edge's limit of
-    /// concurrent streams is reached.
-    pub async fn connect(&self, authority: &str) -> Result<Connecting, h2::Error> {
+    /// Open a CONNECT stream to `authority` (a `host:port` URI), as RFC
+    /// 9113 8.5 has it: no `:scheme`, no `:path`. Waits while the edge's
+    /// limit of concurrent streams is reached.
+    pub async fn connect(&self, authority: http::Uri) -> Result<Connecting, h2::Error> {
         let mut send = self.send.clone().ready().await?;
-        let req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(authority)
-            .body(())
-            // Only a destination that is not a `host:port` fails here.
-            .map_err(|_| h2::Error::from(h2::Reason::PROTOCOL_ERROR))?;
+        let mut req = http::Request::new(());
+        *req.method_mut() = http::Method::CONNECT;
+        *req.uri_mut() = authority;
         send.send_request(req, false)
     }
 
