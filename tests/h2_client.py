@@ -10,7 +10,9 @@ On one connection, at once:
   - CONNECT DR_AUTHORITY, then `POST /echo` of BYTES patterned bytes through
     the flow (half-closed after the body), the app's echo read back;
   - CONNECT NON_DR_AUTHORITY (refused: not a DR segment);
-  - a GET (not CONNECT: refused `method`).
+  - a GET (not CONNECT: refused `method`);
+  - CONNECT DR_AUTHORITY with a 10,000-byte header (over the edge's 8 KiB
+    `preamble_bytes`: refused `too-large`).
 Prints one JSON object: the ALPN, the echo's outcome, and each refusal's
 status, `lifeboat-error` word and body line.
 """
@@ -86,6 +88,7 @@ def main():
         [(":method", "GET"), (":scheme", "https"), (":authority", dr), (":path", "/")],
         end_stream=True,
     )
+    big = request([(":method", "CONNECT"), (":authority", dr), ("x-pad", "p" * 10000)])
     while streams[flow].status is None:
         pump()
     result = {"alpn": sock.selected_alpn_protocol(), "flow_status": streams[flow].status}
@@ -114,7 +117,7 @@ def main():
         result["echo_len"] = len(echoed)
         result["echo_exact"] = echoed == body
         result["flow_reset"] = streams[flow].reset
-    while not (streams[refused].ended and streams[get].ended):
+    while not (streams[refused].ended and streams[get].ended and streams[big].ended):
         pump()
     result["refusals"] = [
         {
@@ -122,7 +125,7 @@ def main():
             "word": streams[s].headers.get("lifeboat-error"),
             "line": bytes(streams[s].data).decode(errors="replace"),
         }
-        for s in (refused, get)
+        for s in (refused, get, big)
     ]
     conn.close_connection()
     sock.sendall(conn.data_to_send())

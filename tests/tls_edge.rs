@@ -518,6 +518,9 @@ async fn a_third_party_http2_client_connects_through_the_edge() {
     );
     assert_eq!(refusals[1]["status"], 405);
     assert_eq!(refusals[1]["word"], "method");
+    // A header list over `preamble_bytes` gets the contract's word too.
+    assert_eq!(refusals[2]["status"], 431);
+    assert_eq!(refusals[2]["word"], "too-large");
     // One TLS handshake, one client tunnel; the flow and both refusals counted.
     let m = &edge.metrics;
     assert_eq!(edge_tls_handshakes(&edge, "ok"), 1);
@@ -525,6 +528,11 @@ async fn a_third_party_http2_client_connects_through_the_edge() {
     assert!(m.flow_bytes.with_label_values(&["payroll", "up"]).get() >= N as u64);
     assert_eq!(
         m.refused_unmatched(lifeboat::refusal::Refusal::Method)
+            .get(),
+        1
+    );
+    assert_eq!(
+        m.refused_unmatched(lifeboat::refusal::Refusal::TooLarge)
             .get(),
         1
     );

@@ -27,6 +27,19 @@ use crate::transport::{close_code, mux, TransportKind};
 type Request = http::Request<h2::RecvStream>;
 type Respond = h2::server::SendResponse<Bytes>;
 
+/// A header list over `preamble_bytes` is refused `too-large` by the edge,
+/// with its word; HTTP/2 itself bounds the list at this many times that and
+/// answers a larger one with a bare 431.
+const HEADER_LIST_HARD_LIMIT: usize = 4;
+
+/// One flow stream: the request, its answer, and whether its header list
+/// is over `preamble_bytes`.
+pub(super) struct Stream {
+    req: Request,
+    respond: Respond,
+    too_large: bool,
+}
+
 /// How long a closing tunnel may take to deliver its last frames.
 const CLOSE_WITHIN: Duration = Duration::from_secs(2);
 
@@ -37,16 +50,18 @@ pub(super) struct H2Carrier {
     keepalive: Pin<Box<dyn Future<Output = String> + Send>>,
     /// GOAWAY sent: the connection ends once its streams are done.
     going_away: bool,
+    /// `preamble_bytes`: the largest header list a CONNECT may have.
+    header_list: usize,
 }
 
 impl H2Carrier {
     /// The HTTP/2 handshake on an accepted connection, within
     /// `handshake_timeout`: `max_flows_per_tunnel` streams at once, header
-    /// lists up to `preamble_bytes`.
+    /// lists up to `preamble_bytes` (see [`HEADER_LIST_HARD_LIMIT`]).
     pub async fn handshake(io: TlsStream<TcpStream>, limits: &Limits) -> Result<Self, String> {
-        let header_list = u32::try_from(limits.preamble_bytes).unwrap_or(u32::MAX);
+        let hard = limits.preamble_bytes.saturating_mul(HEADER_LIST_HARD_LIMIT);
         let handshake = mux::server(limits, limits.max_flows_per_tunnel)
-            .max_header_list_size(header_list)
+            .max_header_list_size(u32::try_from(hard).unwrap_or(u32::MAX))
             .handshake::<_, Bytes>(io);
         let mut conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
             Ok(Ok(c)) => c,
@@ -58,12 +73,13 @@ impl H2Carrier {
             conn,
             keepalive: Box::pin(ka),
             going_away: false,
+            header_list: limits.preamble_bytes,
         })
     }
 }
 
 impl Carrier for H2Carrier {
-    type Stream = (Request, Respond);
+    type Stream = Stream;
     const KIND: TransportKind = TransportKind::Tls;
 
     /// Also drives the connection: every stream's frames move while the
@@ -71,7 +87,11 @@ impl Carrier for H2Carrier {
     async fn accept(&mut self) -> Result<Self::Stream, String> {
         tokio::select! {
             next = self.conn.accept() => match next {
-                Some(Ok(s)) => Ok(s),
+                Some(Ok((req, respond))) => Ok(Stream {
+                    too_large: header_list_size(&req) > self.header_list,
+                    req,
+                    respond,
+                }),
                 Some(Err(e)) => Err(e.to_string()),
                 // After a GOAWAY: every stream is done.
                 None if self.going_away => Err("edge going away; its flows finished".to_string()),
@@ -81,8 +101,18 @@ impl Carrier for H2Carrier {
         }
     }
 
-    fn flow((req, respond): Self::Stream) -> (Side, Ask) {
-        let dest = connect_dest(&req);
+    fn flow(
+        Stream {
+            req,
+            respond,
+            too_large,
+        }: Stream,
+    ) -> (Side, Ask) {
+        let dest = if too_large {
+            Err(Refusal::TooLarge)
+        } else {
+            connect_dest(&req)
+        };
         let side = Side {
             recv: RecvHalf::H2(req.into_body()),
             // Opened by the answer.
@@ -91,13 +121,13 @@ impl Carrier for H2Carrier {
         (side, Ask::h2(dest, respond))
     }
 
-    async fn refuse((_, respond): Self::Stream, r: Refusal) {
-        refuse_h2(respond, r, "");
+    async fn refuse(s: Stream, r: Refusal) {
+        refuse_h2(s.respond, r, "");
     }
 
     /// Refused unprocessed, as a QUIC stream is reset.
-    fn reject((_, mut respond): Self::Stream) {
-        respond.send_reset(h2::Reason::REFUSED_STREAM);
+    fn reject(mut s: Stream) {
+        s.respond.send_reset(h2::Reason::REFUSED_STREAM);
     }
 
     fn go_away(&mut self) {
@@ -118,6 +148,35 @@ impl Carrier for H2Carrier {
         let closed = std::future::poll_fn(|cx| conn.poll_closed(cx));
         let _ = tokio::time::timeout(CLOSE_WITHIN, closed).await;
     }
+}
+
+/// The size of a request's header list as HTTP/2 counts it (RFC 9113
+/// 6.5.2): each field's name and value plus 32, pseudo-header fields too.
+fn header_list_size<B>(req: &http::Request<B>) -> usize {
+    const FIELD: usize = 32;
+    let pseudo = [
+        (":method".len(), req.method().as_str().len()),
+        (
+            ":authority".len(),
+            req.uri().authority().map_or(0, |a| a.as_str().len()),
+        ),
+        (":scheme".len(), req.uri().scheme_str().map_or(0, str::len)),
+        (
+            ":path".len(),
+            req.uri().path_and_query().map_or(0, |p| p.as_str().len()),
+        ),
+    ];
+    let pseudo: usize = pseudo
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(n, v)| n + v + FIELD)
+        .sum();
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + FIELD)
+        .sum();
+    pseudo + fields
 }
 
 /// The destination of a CONNECT request: its `:authority`, checked as a
@@ -141,6 +200,21 @@ mod tests {
             .body(())
             .unwrap();
         connect_dest(&req)
+    }
+
+    #[test]
+    fn a_header_list_is_sized_as_http2_counts_it() {
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("app.example.test:443")
+            .header("x-pad", "p".repeat(100))
+            .body(())
+            .unwrap();
+        // :method CONNECT, :authority app.example.test:443, x-pad: 32 each.
+        assert_eq!(
+            header_list_size(&req),
+            (7 + 7 + 32) + (10 + 20 + 32) + (5 + 100 + 32)
+        );
     }
 
     #[test]
