@@ -19,7 +19,7 @@ use crate::backoff::Backoff;
 use crate::config::{DnsSection, Limits, TransportChoice};
 use crate::head::{self, HeadError};
 use crate::metrics::Metrics;
-use crate::preamble::{self, ConnectResponse, Dest};
+use crate::preamble::{self, Dest, PreambleError};
 use crate::refusal::Refusal;
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer};
@@ -54,7 +54,33 @@ pub enum OpenError {
         reason: String,
     },
     #[error("tunnel failed while opening the flow: {0}")]
-    Broken(String),
+    Broken(#[from] Broken),
+}
+
+/// What broke while a flow was being opened, before the edge answered.
+#[derive(Debug, thiserror::Error)]
+pub enum Broken {
+    /// The QUIC tunnel would not open a stream.
+    #[error("{0}")]
+    Quic(#[from] quinn::ConnectionError),
+    /// The HTTP/2 tunnel failed the CONNECT stream.
+    #[error("{0}")]
+    H2(#[from] h2::Error),
+    /// The CONNECT preamble could not be written.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The edge's answer did not come whole, or could not be read.
+    #[error("{}", answer_problem(.0))]
+    Answer(HeadError<PreambleError>),
+}
+
+/// The user's words for an unreadable answer.
+fn answer_problem(e: &HeadError<PreambleError>) -> String {
+    match e {
+        HeadError::Cut { reset: None, .. } => "edge closed the flow without an answer".into(),
+        HeadError::Cut { reset: Some(e), .. } => format!("edge reset the flow: {e}"),
+        e @ (HeadError::Parse(_) | HeadError::TooLarge) => format!("bad answer from edge: {e}"),
+    }
 }
 
 /// Shared handle to the way to an edge.
@@ -208,10 +234,7 @@ impl Tunnel {
         let answer_timeout = self.limits.connect_timeout + Duration::from_secs(5);
         let mut side = match link {
             Link::Quic(conn) => {
-                let (send, recv) = conn
-                    .open_bi()
-                    .await
-                    .map_err(|e| OpenError::Broken(e.to_string()))?;
+                let (send, recv) = conn.open_bi().await.map_err(Broken::from)?;
                 Side {
                     recv: RecvHalf::Quic(recv),
                     send: SendHalf::Quic(send),
@@ -228,10 +251,10 @@ impl Tunnel {
         side.send
             .write(preamble::encode_request(dest))
             .await
-            .map_err(|e| OpenError::Broken(e.to_string()))?;
+            .map_err(Broken::from)?;
         let answer = tokio::time::timeout(
             answer_timeout,
-            read_answer(&mut side.recv, self.limits.preamble_bytes),
+            head::read_answer(&mut side.recv, self.limits.preamble_bytes),
         )
         .await;
         match answer {
@@ -241,7 +264,7 @@ impl Tunnel {
                 refusal: resp.error,
                 reason: String::from_utf8_lossy(&rest).trim().to_string(),
             }),
-            Ok(Err(e)) => Err(OpenError::Broken(e)),
+            Ok(Err(e)) => Err(Broken::Answer(e).into()),
             Err(_) => {
                 side.send.abort(crate::transport::stream_code::ABORTED);
                 Err(no_answer_in_time())
@@ -281,7 +304,7 @@ async fn connect_h2(link: &MuxLink, dest: &Dest, limit: usize) -> Result<Side, O
         if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
             going_away(e)
         } else {
-            OpenError::Broken(e.to_string())
+            Broken::H2(e).into()
         }
     });
     let (head, mut body) = answer?.into_parts();
@@ -312,18 +335,6 @@ async fn connect_h2(link: &MuxLink, dest: &Dest, limit: usize) -> Result<Side, O
         status: head.status.as_u16(),
         refusal,
         reason: String::from_utf8_lossy(&reason).trim().to_string(),
-    })
-}
-
-/// Read the edge's answer head; for a refusal also its one-line body.
-async fn read_answer(
-    recv: &mut RecvHalf,
-    limit: usize,
-) -> Result<(ConnectResponse, Bytes), String> {
-    head::read_answer(recv, limit).await.map_err(|e| match e {
-        HeadError::Cut { reset: None, .. } => "edge closed the flow without an answer".into(),
-        HeadError::Cut { reset: Some(e), .. } => format!("edge reset the flow: {e}"),
-        e @ (HeadError::Parse(_) | HeadError::TooLarge) => format!("bad answer from edge: {e}"),
     })
 }
 
