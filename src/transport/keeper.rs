@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::dial::{Dialed, Dialer};
-use super::EdgeAddr;
+use super::{EdgeAddr, TransportKind};
 use crate::backoff::Backoff;
 use crate::config::TransportChoice;
 use crate::metrics::Metrics;
@@ -162,18 +162,18 @@ impl Keeper {
                 .with_label_values(&["edge", kind.as_str(), "ok"])
                 .inc();
             let auto = self.dialer.choice == TransportChoice::Auto;
-            match &dialed {
-                Dialed::Quic(_) => {
+            match kind {
+                TransportKind::Quic => {
                     quic_bad.remove(&edge.addr);
                 }
-                Dialed::Tls(_) if auto && quic_bad.insert(edge.addr) => {
+                TransportKind::Tls if auto && quic_bad.insert(edge.addr) => {
                     self.metrics
                         .transport_fallbacks
                         .with_label_values(&[R::NAME])
                         .inc();
                     warn!(edge = %edge.addr, "QUIC did not come up within {:?}; using TLS and re-probing QUIC", self.dialer.head_start);
                 }
-                Dialed::Tls(_) => {}
+                TransportKind::Tls => {}
             }
             let since = Instant::now();
             let tunnels = self
@@ -183,9 +183,8 @@ impl Keeper {
             tunnels.inc();
             info!(edge = %edge.addr, transport = kind.as_str(), "edge tunnel up");
             let moving = self.stop.child_token();
-            let on_tls = matches!(dialed, Dialed::Tls(_));
             let probe = async {
-                if auto && on_tls {
+                if auto && kind == TransportKind::Tls {
                     reprobe_quic(&self.dialer, &edge).await
                 } else {
                     std::future::pending().await

@@ -3,9 +3,15 @@
 //! TLS (`mux`, a stream per flow). The edge holds one per connector tunnel;
 //! the client one towards its edge.
 
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::connect::{self, OpenError};
 use super::half::{RecvHalf, SendHalf, Side};
 use super::mux::MuxLink;
 use super::TransportKind;
+use crate::preamble::Dest;
 
 /// One tunnel, on either transport.
 #[derive(Clone)]
@@ -41,7 +47,7 @@ impl Link {
     }
 
     /// The tunnel's round-trip estimate (QUIC).
-    pub fn rtt(&self) -> Option<std::time::Duration> {
+    pub fn rtt(&self) -> Option<Duration> {
         match self {
             Self::Quic(c) => Some(c.rtt()),
             Self::H2(_) => None,
@@ -77,6 +83,36 @@ impl Link {
                 })
             }
             Self::H2(m) => m.open().await.map_err(std::io::Error::other),
+        }
+    }
+
+    /// Open a flow to `dest` as the client (see `connect`): the edge's
+    /// answer within `answer_timeout`, its head within `limit` bytes; the
+    /// flow's halves and any bytes the edge sent after its answer.
+    pub async fn connect(
+        &self,
+        dest: &Dest,
+        limit: usize,
+        answer_timeout: Duration,
+    ) -> Result<(Side, Bytes), OpenError> {
+        match self {
+            Self::Quic(c) => connect::quic(c, dest, limit, answer_timeout).await,
+            Self::H2(m) => connect::h2(m, dest, limit, answer_timeout).await,
+        }
+    }
+
+    /// Log the QUIC path's figures at debug (when a tunnel ends).
+    pub fn log_path(&self) {
+        if let Self::Quic(conn) = self {
+            let st = conn.stats().path;
+            tracing::debug!(
+                mtu = st.current_mtu,
+                lost = st.lost_packets,
+                cwnd = st.cwnd,
+                congestion_events = st.congestion_events,
+                sent = st.sent_packets,
+                "QUIC path"
+            );
         }
     }
 }
