@@ -25,18 +25,13 @@ const SETUP_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Handshake results counted in `lifeboat_handshakes_total{result}`.
-pub const HANDSHAKE_RESULTS: &[&str] = &[
-    "ok",
-    "unknown-ca",
-    "expired",
-    "not-yet-valid",
-    "revoked",
-    "wrong-role",
-    "foreign-trust-domain",
-    "no-identity",
-    "bad-certificate",
-    "no-certificate",
+/// Handshake results counted in `lifeboat_handshakes_total{result}`: `ok`,
+/// the certificate words of [`crate::trust::WORDS`] but its `other`, then
+/// the tunnel's own words ([`TUNNEL_RESULTS`]).
+pub const HANDSHAKE_RESULTS: &[&str] = &handshake_results();
+
+/// The handshake results that are not about the peer's certificate.
+const TUNNEL_RESULTS: [&str; 11] = [
     "timeout",
     "unreachable",
     "no-welcome",
@@ -52,6 +47,25 @@ pub const HANDSHAKE_RESULTS: &[&str] = &[
     "fd-limit",
     "other",
 ];
+
+/// The certificate words of `trust::WORDS`: all but its last, `other`.
+const CERT_RESULTS: usize = crate::trust::WORDS.len() - 1;
+
+const fn handshake_results() -> [&'static str; 1 + CERT_RESULTS + TUNNEL_RESULTS.len()] {
+    let mut out = [""; 1 + CERT_RESULTS + TUNNEL_RESULTS.len()];
+    out[0] = "ok";
+    let mut i = 0;
+    while i < CERT_RESULTS {
+        out[1 + i] = crate::trust::WORDS[i];
+        i += 1;
+    }
+    let mut i = 0;
+    while i < TUNNEL_RESULTS.len() {
+        out[1 + CERT_RESULTS + i] = TUNNEL_RESULTS[i];
+        i += 1;
+    }
+    out
+}
 
 /// Reasons counted in `lifeboat_flows_closed_total{reason}`.
 pub const CLOSE_REASONS: &[&str] = &[
