@@ -153,7 +153,5 @@ async fn go_away(state: &EdgeState, t: &ConnectorTunnel) {
         () = idle => {}
         () = state.abort.cancelled() => {}
     }
-    if let Link::Quic(conn) = &t.link {
-        conn.close(close_code::GOING_AWAY.into(), b"edge going away");
-    }
+    t.link.go_away();
 }

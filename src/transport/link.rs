@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::connect::{self, OpenError};
 use super::half::{RecvHalf, SendHalf, Side};
 use super::mux::MuxLink;
-use super::TransportKind;
+use super::{close_code, TransportKind};
 use crate::preamble::Dest;
 
 /// One tunnel, on either transport.
@@ -68,6 +68,15 @@ impl Link {
         match self {
             Self::Quic(c) => c.close(code.into(), reason.as_bytes()),
             Self::H2(m) => m.kill(),
+        }
+    }
+
+    /// Tell the peer this end is going away, once no flow needs the tunnel:
+    /// a QUIC tunnel closes with `GOING_AWAY`; an HTTP/2 one sends its
+    /// GOAWAY when its last handle is dropped.
+    pub fn go_away(&self) {
+        if let Self::Quic(c) = self {
+            c.close(close_code::GOING_AWAY.into(), b"edge going away");
         }
     }
 
