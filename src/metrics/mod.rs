@@ -27,7 +27,7 @@ const SETUP_BUCKETS: &[f64] = &[
 
 /// Handshake results counted in `lifeboat_handshakes_total{result}`: `ok`,
 /// the certificate words of [`crate::trust::WORDS`] but its `other`, then
-/// the tunnel's own words ([`TUNNEL_RESULTS`]).
+/// the tunnel's own words (`TUNNEL_RESULTS`).
 pub const HANDSHAKE_RESULTS: &[&str] = &handshake_results();
 
 /// The handshake results that are not about the peer's certificate.

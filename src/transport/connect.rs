@@ -100,7 +100,7 @@ pub async fn quic(
     }
 }
 
-/// [`connect_h2`] within `answer_timeout`; no bytes follow an HTTP/2 answer.
+/// `connect_h2` within `answer_timeout`; no bytes follow an HTTP/2 answer.
 pub async fn h2(
     link: &MuxLink,
     dest: &Dest,
