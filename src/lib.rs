@@ -21,7 +21,6 @@ pub mod drill;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod head;
 pub mod loadgen;
 pub mod metrics;
 pub mod pki;

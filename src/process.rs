@@ -6,17 +6,18 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::client::Client;
 use crate::config::{
-    self, ClientConfig, ConfigError, ConnectorConfig, EdgeConfig, RestartNeeded, RoleConfig,
-    Validity,
+    self, ClientConfig, ConfigError, ConnectorConfig, DnsSection, DrSection, EdgeConfig,
+    RestartNeeded, RoleConfig, Validity,
 };
 use crate::connector::Connector;
+use crate::dr_mode::DrMode;
 use crate::edge::{Edge, ReloadOutcome};
 use crate::metrics::Metrics;
 use crate::trust::Role;
@@ -26,6 +27,19 @@ fn signals() -> anyhow::Result<(CancellationToken, mpsc::Receiver<()>)> {
     let (tx, rx) = mpsc::channel(1);
     crate::shutdown::install(drain.clone(), tx)?;
     Ok((drain, rx))
+}
+
+/// A role's metrics and its view of the DR mode, its trigger started
+/// (stopped at `drain`).
+fn metrics_and_mode(
+    role: Role,
+    dr: &DrSection,
+    dns: &DnsSection,
+    drain: &CancellationToken,
+) -> anyhow::Result<(Arc<Metrics>, watch::Receiver<DrMode>)> {
+    let metrics = Arc::new(Metrics::new(role.as_str()));
+    let mode = crate::dr::trigger::start_for(role, dr, dns, Arc::clone(&metrics), drain.clone())?;
+    Ok((metrics, mode))
 }
 
 /// Reads and validates `file`, then loads every file it names as
@@ -44,14 +58,7 @@ fn load_role<T: RoleConfig>(file: &Path) -> Result<(T, String), ConfigError> {
 pub async fn edge(file: &Path) -> anyhow::Result<()> {
     let (cfg, text) = load_role::<EdgeConfig>(file)?;
     let (drain, mut reload) = signals()?;
-    let metrics = Arc::new(Metrics::new("edge"));
-    let mode = crate::dr::trigger::start_for(
-        Role::Edge,
-        &cfg.dr,
-        &cfg.dns,
-        Arc::clone(&metrics),
-        drain.clone(),
-    )?;
+    let (metrics, mode) = metrics_and_mode(Role::Edge, &cfg.dr, &cfg.dns, &drain)?;
     let admin_addr = cfg.listen.admin;
     let edge = Edge::bind(cfg, file, &text, mode, Arc::clone(&metrics))?;
     let state = edge.state();
@@ -120,14 +127,7 @@ pub async fn client(file: &Path) -> anyhow::Result<()> {
     let (cfg, _) = load_role::<ClientConfig>(file)?;
     let running = cfg.clone();
     let (drain, reload) = signals()?;
-    let metrics = Arc::new(Metrics::new("client"));
-    let mode = crate::dr::trigger::start_for(
-        Role::Client,
-        &cfg.dr,
-        &cfg.dns,
-        Arc::clone(&metrics),
-        drain.clone(),
-    )?;
+    let (metrics, mode) = metrics_and_mode(Role::Client, &cfg.dr, &cfg.dns, &drain)?;
     let admin_addr = cfg.listen.admin;
     let client = Client::bind(cfg, file, mode, Arc::clone(&metrics)).await?;
     let ready = admin::client_readiness(Arc::clone(&metrics));

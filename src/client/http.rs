@@ -197,7 +197,10 @@ pub(super) async fn flow(state: &ClientState, mut sock: TcpStream) {
                     reason,
                     ..
                 } => (Refusal::UpstreamFailed, reason),
-                OpenError::NoTunnel(why) | OpenError::Broken(why) => {
+                OpenError::NoTunnel(why) => {
+                    (Refusal::NoConnector, format!("no tunnel to an edge: {why}"))
+                }
+                OpenError::Broken(why) => {
                     (Refusal::NoConnector, format!("no tunnel to an edge: {why}"))
                 }
             };

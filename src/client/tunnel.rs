@@ -17,15 +17,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{DnsSection, Limits, TransportChoice};
-use crate::head::{self, HeadError};
 use crate::metrics::Metrics;
-use crate::preamble::{self, ConnectResponse, Dest};
+use crate::preamble::Dest;
 use crate::refusal::Refusal;
-use crate::splice::{RecvHalf, SendHalf, Side};
+use crate::splice::Side;
+pub use crate::transport::connect::{Broken, OpenError};
 use crate::transport::dial::{Dialed, Dialer};
-use crate::transport::keeper::{self, Ended, Keeper, TunnelRole};
+use crate::transport::keeper::{Ended, Keeper, TunnelRole};
 use crate::transport::link::Link;
-use crate::transport::mux::{self, MuxLink};
 use crate::transport::resolve::{failover_order, EdgeWatch};
 use crate::transport::{close_code, EdgeAddr};
 
@@ -40,21 +39,6 @@ pub enum TunnelState {
     /// A tunnel carrying every flow: QUIC, or HTTP/2 over TLS.
     Up(Link),
     Down(String),
-}
-
-/// Why a flow could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("no tunnel to an edge: {0}")]
-    NoTunnel(String),
-    #[error("edge refused: {status} {}", .refusal.map_or("", |r| r.word()))]
-    Refused {
-        status: u16,
-        refusal: Option<Refusal>,
-        reason: String,
-    },
-    #[error("tunnel failed while opening the flow: {0}")]
-    Broken(String),
 }
 
 /// Shared handle to the way to an edge.
@@ -206,125 +190,9 @@ impl Tunnel {
     async fn open_on(&self, link: &Link, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
         // The edge answers within its connect timeout plus margin; bound our wait above that.
         let answer_timeout = self.limits.connect_timeout + Duration::from_secs(5);
-        let mut side = match link {
-            Link::Quic(conn) => {
-                let (send, recv) = conn
-                    .open_bi()
-                    .await
-                    .map_err(|e| OpenError::Broken(e.to_string()))?;
-                Side {
-                    recv: RecvHalf::Quic(recv),
-                    send: SendHalf::Quic(send),
-                }
-            }
-            Link::H2(link) => {
-                let connect = connect_h2(link, dest, self.limits.preamble_bytes);
-                return match tokio::time::timeout(answer_timeout, connect).await {
-                    Ok(r) => r.map(|side| (side, Bytes::new())),
-                    Err(_) => Err(no_answer_in_time()),
-                };
-            }
-        };
-        side.send
-            .write(preamble::encode_request(dest))
+        link.connect(dest, self.limits.preamble_bytes, answer_timeout)
             .await
-            .map_err(|e| OpenError::Broken(e.to_string()))?;
-        let answer = tokio::time::timeout(
-            answer_timeout,
-            read_answer(&mut side.recv, self.limits.preamble_bytes),
-        )
-        .await;
-        match answer {
-            Ok(Ok((resp, rest))) if resp.status == 200 => Ok((side, rest)),
-            Ok(Ok((resp, rest))) => Err(OpenError::Refused {
-                status: resp.status,
-                refusal: resp.error,
-                reason: String::from_utf8_lossy(&rest).trim().to_string(),
-            }),
-            Ok(Err(e)) => Err(OpenError::Broken(e)),
-            Err(_) => {
-                side.send.abort(crate::transport::stream_code::ABORTED);
-                Err(no_answer_in_time())
-            }
-        }
     }
-}
-
-fn no_answer_in_time() -> OpenError {
-    OpenError::Refused {
-        status: 504,
-        refusal: Some(Refusal::UpstreamTimeout),
-        reason: "the edge did not answer in time".into(),
-    }
-}
-
-/// Open a CONNECT stream to `dest` on an HTTP/2 tunnel and wait for the
-/// edge's answer: the flow's halves on 200, else the refusal with its word
-/// and reason line (at most `limit` bytes of it). A stream the tunnel no
-/// longer takes (the edge's GOAWAY came) or that the edge refused
-/// unprocessed is refused `going-away`: it never reached the edge, and is
-/// opened on the next tunnel.
-async fn connect_h2(link: &MuxLink, dest: &Dest, limit: usize) -> Result<Side, OpenError> {
-    let going_away = |e: h2::Error| OpenError::Refused {
-        status: 503,
-        refusal: Some(Refusal::GoingAway),
-        reason: format!("the edge's tunnel takes no new flows: {e}"),
-    };
-    // A destination the HTTP/2 layer cannot carry never leaves here.
-    let authority = http::Uri::try_from(dest.to_string()).map_err(|e| OpenError::Refused {
-        status: Refusal::BadRequest.status(),
-        refusal: Some(Refusal::BadRequest),
-        reason: format!("not a CONNECT authority: {e}"),
-    })?;
-    let (answer, send) = link.connect(authority).await.map_err(going_away)?;
-    let answer = answer.await.map_err(|e| {
-        if e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM) {
-            going_away(e)
-        } else {
-            OpenError::Broken(e.to_string())
-        }
-    });
-    let (head, mut body) = answer?.into_parts();
-    if head.status == http::StatusCode::OK {
-        return Ok(Side {
-            recv: RecvHalf::H2(body),
-            send: SendHalf::H2(send),
-        });
-    }
-    let refusal = head
-        .headers
-        .get("lifeboat-error")
-        .and_then(|w| w.to_str().ok())
-        .and_then(|w| Refusal::from_word(w.trim()));
-    // The reason line, as far as it comes within `limit`.
-    let mut reason = Vec::new();
-    while reason.len() < limit {
-        match body.data().await {
-            Some(Ok(chunk)) => {
-                let _ = body.flow_control().release_capacity(chunk.len());
-                reason.extend_from_slice(&chunk);
-            }
-            _ => break,
-        }
-    }
-    reason.truncate(limit);
-    Err(OpenError::Refused {
-        status: head.status.as_u16(),
-        refusal,
-        reason: String::from_utf8_lossy(&reason).trim().to_string(),
-    })
-}
-
-/// Read the edge's answer head; for a refusal also its one-line body.
-async fn read_answer(
-    recv: &mut RecvHalf,
-    limit: usize,
-) -> Result<(ConnectResponse, Bytes), String> {
-    head::read_answer(recv, limit).await.map_err(|e| match e {
-        HeadError::Cut { reset: None, .. } => "edge closed the flow without an answer".into(),
-        HeadError::Cut { reset: Some(e), .. } => format!("edge reset the flow: {e}"),
-        e @ (HeadError::Parse(_) | HeadError::TooLarge) => format!("bad answer from edge: {e}"),
-    })
 }
 
 /// Resolves once the edge set, not empty, no longer holds `addr` (the
@@ -387,51 +255,19 @@ impl TunnelRole for ClientRole {
     ) -> impl Future<Output = Ended> + Send {
         let addr = edge.addr;
         async move {
-            let ended = match tunnel {
-                Dialed::Quic(conn) => {
-                    self.tx
-                        .send_replace(TunnelState::Up(Link::Quic(conn.clone())));
-                    // Running flows keep the old connection open through their streams.
-                    let ended = tokio::select! {
-                        e = conn.closed() => keeper::quic_ended(&e),
-                        () = keeper::quic_notice(&conn) => Ended::going_away("the edge is going away"),
-                        () = self.tunnel.edge_going.notified() => Ended::going_away("the edge refused a flow: going away"),
-                        () = left_record(&mut self.known, addr) => Ended::new("the edge address left the record"),
-                        () = moving.cancelled() => Ended::new("client stopping"),
-                    };
-                    let st = conn.stats().path;
-                    tracing::debug!(
-                        mtu = st.current_mtu,
-                        lost = st.lost_packets,
-                        cwnd = st.cwnd,
-                        congestion_events = st.congestion_events,
-                        sent = st.sent_packets,
-                        "QUIC path"
-                    );
-                    ended
-                }
-                Dialed::Tls(stream) => {
-                    let (link, driver) = match mux::client_side(*stream, &self.tunnel.limits).await
-                    {
-                        Ok(l) => l,
-                        Err(e) => return Ended::new(format!("HTTP/2 handshake: {e}")),
-                    };
-                    let driver = tokio::spawn(driver);
-                    self.tx
-                        .send_replace(TunnelState::Up(Link::H2(link.clone())));
-                    // Running flows keep the connection open through their streams.
-                    let ended = tokio::select! {
-                        () = link.closed() => {
-                            let why = driver.await.unwrap_or_else(|e| e.to_string());
-                            Ended::new(why)
-                        }
-                        () = self.tunnel.edge_going.notified() => Ended::going_away("the edge refused a flow: going away"),
-                        () = left_record(&mut self.known, addr) => Ended::new("the edge address left the record"),
-                        () = moving.cancelled() => Ended::new("client stopping"),
-                    };
-                    ended
-                }
+            let (link, ending) = match tunnel.into_client_link(&self.tunnel.limits).await {
+                Ok(up) => up,
+                Err(e) => return Ended::new(format!("HTTP/2 handshake: {e}")),
             };
+            self.tx.send_replace(TunnelState::Up(link.clone()));
+            // Running flows keep the old connection open through their streams.
+            let ended = tokio::select! {
+                ended = ending.wait() => ended,
+                () = self.tunnel.edge_going.notified() => Ended::going_away("the edge refused a flow: going away"),
+                () = left_record(&mut self.known, addr) => Ended::new("the edge address left the record"),
+                () = moving.cancelled() => Ended::new("client stopping"),
+            };
+            link.log_path();
             // New flows wait for the next tunnel, not the one going away.
             self.tx.send_replace(TunnelState::Connecting);
             ended

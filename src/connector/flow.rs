@@ -12,11 +12,11 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::ConnectorState;
-use crate::head::{self, HeadError};
 use crate::metrics::{LogGate, NO_SEGMENT};
 use crate::preamble::Host;
 use crate::splice::{self, RecvHalf, SendHalf, Side};
 use crate::stall::{FlowStalls, Stalls};
+use crate::transport::head::{self, HeadError};
 use crate::transport::stream_code;
 use crate::wire::{self, FailKind, FlowHeader, FlowReply};
 

@@ -19,12 +19,11 @@ use crate::backoff::Backoff;
 use crate::config::{ConnectorConfig, DnsSection, Limits, TransportChoice};
 use crate::metrics::Metrics;
 use crate::role_error::{BindError, RunError};
-use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::stall::Stalls;
 use crate::transport::dial::{Dialed, Dialer, HEAD_START};
-use crate::transport::keeper::{self, Ended, Keeper, TunnelRole};
+use crate::transport::keeper::{Ended, Keeper, TunnelRole};
 use crate::transport::resolve::EdgeWatch;
-use crate::transport::{close_code, mux, quic, stream_code, tls, EdgeAddr, ALPN_CONNECTOR};
+use crate::transport::{close_code, quic, tls, EdgeAddr, ALPN_CONNECTOR};
 
 /// Background retries of a connector grow to this: an edge restarted
 /// during an outage is rejoined within a couple of seconds (connectors are
@@ -239,16 +238,13 @@ impl TunnelRole for ConnectorRole {
     ) -> impl Future<Output = Ended> + Send {
         let (state, tracker) = (Arc::clone(&self.state), self.tracker.clone());
         async move {
-            match tunnel {
-                Dialed::Quic(conn) => serve_quic(&state, &conn, &tracker, &moving).await,
-                Dialed::Tls(stream) => {
-                    // Spawned: when the keeper moves back to QUIC (`moving`),
-                    // the TLS tunnel drains its running flows in the background.
-                    let task = tracker.spawn(serve_tls(state, *stream, tracker.clone(), moving));
-                    task.await
-                        .unwrap_or_else(|e| Ended::new(format!("TLS tunnel task failed: {e}")))
-                }
-            }
+            let stalls = tunnel_stalls(&state.limits);
+            let limits = state.limits.clone();
+            let flow = move |side| {
+                flow::serve(Arc::clone(&state), side, Arc::clone(&stalls))
+                    .instrument(tracing::debug_span!("flow"))
+            };
+            tunnel.serve_flows(&limits, &tracker, moving, flow).await
         }
     }
 }
@@ -260,68 +256,4 @@ fn tunnel_stalls(limits: &Limits) -> Arc<Stalls> {
         limits.effective_tunnel_window(),
         limits.flow_window,
     ))
-}
-
-/// Serve flows on a TLS tunnel until it ends or `stop` (then gracefully).
-async fn serve_tls(
-    state: Arc<ConnectorState>,
-    stream: crate::transport::dial::TlsTunnel,
-    tracker: TaskTracker,
-    stop: CancellationToken,
-) -> Ended {
-    let limits = state.limits.clone();
-    let st = Arc::clone(&state);
-    let stalls = tunnel_stalls(&limits);
-    mux::connector_side(stream, &limits, stop, move |side| {
-        let flow = flow::serve(Arc::clone(&st), side, Arc::clone(&stalls));
-        tracker.spawn(flow.instrument(tracing::debug_span!("flow")));
-    })
-    .await
-}
-
-/// Accept flows on a QUIC tunnel until it closes or `stop` (its address
-/// left the record, or shutdown). A stopped tunnel takes no new flow: each
-/// stream the edge still opens is refused at once, so the edge tries
-/// another connector instead of waiting; running flows finish (bounded by
-/// the shutdown deadline through `abort`), then the tunnel closes.
-async fn serve_quic(
-    state: &Arc<ConnectorState>,
-    conn: &quinn::Connection,
-    tracker: &TaskTracker,
-    stop: &CancellationToken,
-) -> Ended {
-    let flows = TaskTracker::new();
-    let stalls = tunnel_stalls(&state.limits);
-    let mut credit = quic::StreamCredit::new(state.limits.max_flows_per_connector_tunnel);
-    loop {
-        tokio::select! {
-            r = conn.accept_bi() => match r {
-                Ok((send, recv)) => {
-                    let side = Side { recv: RecvHalf::Quic(recv), send: SendHalf::Quic(send) };
-                    let flow = flow::serve(Arc::clone(state), side, Arc::clone(&stalls))
-                        .instrument(tracing::debug_span!("flow"));
-                    tracker.spawn(flows.track_future(flow));
-                    credit.grow_on(conn, flows.len());
-                }
-                Err(e) => return keeper::quic_ended(&e),
-            },
-            _ = stop.cancelled() => break,
-        }
-    }
-    flows.close();
-    info!(flows = flows.len(), "edge tunnel draining");
-    loop {
-        tokio::select! {
-            r = conn.accept_bi() => match r {
-                Ok((mut send, mut recv)) => {
-                    let _ = send.reset(stream_code::ABORTED.into());
-                    let _ = recv.stop(stream_code::ABORTED.into());
-                }
-                Err(e) => return keeper::quic_ended(&e),
-            },
-            _ = flows.wait() => break,
-        }
-    }
-    conn.close(close_code::DRAINING.into(), b"draining");
-    Ended::new("draining")
 }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::config::{ClientConfig, Limits, TransportChoice};
-use crate::head::{self, HeadError};
 use crate::preamble::{self, Dest};
 use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer, HEAD_START};
+use crate::transport::head::{self, HeadError};
 use crate::transport::{
     close_code, quic, resolve_edges, stream_code, tls, EdgeAddr, TunnelError, ALPN_CLIENT,
 };

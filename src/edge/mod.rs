@@ -7,6 +7,7 @@
 mod accept;
 mod certs;
 mod client_tunnel;
+mod connector_tunnel;
 mod flow;
 mod h2_tunnel;
 pub mod quota;
@@ -30,8 +31,8 @@ use crate::metrics::{Metrics, SegmentMetrics};
 use crate::role_error::{BindError, ReloadError, RunError};
 use crate::segments::Matcher;
 use crate::transport::{close_code, quic};
-use crate::trust::{SpiffeId, Trust};
-use registry::{ConnectorTunnel, Link, Registry};
+use crate::trust::Trust;
+use registry::Registry;
 
 /// What a reload may swap: the compiled segments and the policy around them.
 pub struct Policy {
@@ -409,134 +410,5 @@ fn bind_listeners(
             quic_addr.map(bind_quic).transpose()?,
             tls_addr.map(bind_tls).transpose()?,
         )),
-    }
-}
-
-/// Register a connector tunnel (either transport) until `closed` resolves.
-/// It is taken out when a newer tunnel of the same identity arrives (a
-/// restarted connector), closed when a trust reload no longer accepts its
-/// certificate (a revoked connector), and at `drain` closed with
-/// `GOING_AWAY` (QUIC) or GOAWAY (HTTP/2) once no flow runs on the edge
-/// (see `go_away`).
-async fn connector_tunnel(
-    state: Arc<EdgeState>,
-    link: Link,
-    peer: SpiffeId,
-    certs: Vec<rustls::pki_types::CertificateDer<'static>>,
-    closed: impl std::future::Future<Output = String>,
-    drain: CancellationToken,
-) {
-    let Some(group) = peer.group.clone() else {
-        warn!(peer = %peer, "connector identity without a group; tunnel ignored");
-        return;
-    };
-    let known = state
-        .policy
-        .load()
-        .source
-        .connector_groups
-        .iter()
-        .any(|g| g.name == group && g.dr);
-    if !known {
-        warn!(peer = %peer, "connector of group `{group}`, which is not a DR connector group here: it will carry no flows");
-    }
-    let kind = link.kind();
-    let t = Arc::new(ConnectorTunnel {
-        id: state.next_id(),
-        peer: peer.clone(),
-        group: group.clone(),
-        link,
-        active: Default::default(),
-        superseded: CancellationToken::new(),
-        suspect_until: Default::default(),
-        stalls: {
-            let l = &state.policy.load().limits;
-            Arc::new(crate::stall::Stalls::new(
-                l.effective_tunnel_window(),
-                l.flow_window,
-            ))
-        },
-        shares: Default::default(),
-    });
-    let m = &state.metrics;
-    let tunnels = m
-        .tunnels_active
-        .with_label_values(&["connector", kind.as_str()]);
-    // The group label comes from the peer's certificate: count only groups the
-    // config names, so labels stay bounded by the config.
-    let connected = known.then(|| m.connectors_connected.with_label_values(&[group.as_str()]));
-    tunnels.inc();
-    if let Some(c) = &connected {
-        c.inc();
-    }
-    state.registry.add(Arc::clone(&t));
-    state.update_ready();
-    info!(peer = %peer, transport = kind.as_str(), "connector tunnel up");
-    // Counted as connected (and routable) until this is false.
-    let mut counted = true;
-    let uncount = |counted: &mut bool| {
-        if std::mem::take(counted) {
-            state.registry.remove(&group, t.id);
-            state.update_ready();
-            tunnels.dec();
-            if let Some(c) = &connected {
-                c.dec();
-            }
-        }
-    };
-    let mut trust_changed = state.trust_changed.subscribe();
-    tokio::pin!(closed);
-    let why = loop {
-        tokio::select! {
-            why = &mut closed => break why,
-            () = t.superseded.cancelled(), if counted => {
-                // The old tunnel of a restarted connector is dead but not yet
-                // timed out: it takes no flow and counts no more; it ends
-                // by itself (its running flows first).
-                uncount(&mut counted);
-                info!(peer = %peer, transport = kind.as_str(), "connector tunnel superseded by a newer tunnel of the same identity");
-            }
-            Ok(()) = trust_changed.changed() => {
-                if let Err(reason) = certs::still_accepted(&state, &certs, crate::trust::Role::Connector) {
-                    uncount(&mut counted);
-                    t.link.close(close_code::CERT_REFUSED, reason);
-                    break format!("certificate no longer accepted after a trust reload: {reason}");
-                }
-            }
-            () = drain.cancelled() => {
-                go_away(&state, &t).await;
-                uncount(&mut counted);
-                // HTTP/2: the last handle on the link goes with `t`, and the
-                // connection ends with a GOAWAY.
-                drop(t);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut closed).await;
-                info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: edge going away");
-                return;
-            }
-        }
-    };
-    uncount(&mut counted);
-    info!(peer = %peer, transport = kind.as_str(), "connector tunnel down: {why}");
-}
-
-/// A draining edge's goodbye to one connector tunnel. It stays registered
-/// while any flow runs on this edge, so a flow that crossed a client's
-/// going-away notice is still carried; once none runs (or the drain
-/// deadline aborted them), the QUIC tunnel is closed with `GOING_AWAY`.
-async fn go_away(state: &EdgeState, t: &ConnectorTunnel) {
-    use std::sync::atomic::Ordering;
-    let idle = async {
-        while (state.metrics.flows_active.get() > 0 || t.active.load(Ordering::Relaxed) > 0)
-            && !t.link.is_closed()
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    };
-    tokio::select! {
-        () = idle => {}
-        () = state.abort.cancelled() => {}
-    }
-    if let Link::Quic(conn) = &t.link {
-        conn.close(close_code::GOING_AWAY.into(), b"edge going away");
     }
 }

@@ -9,7 +9,10 @@ use anyhow::{bail, Context};
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, SerialNumber, SigningKey};
 use time::OffsetDateTime;
 
-use super::{read_crl, write_file, Ca, Clobber, Secret, CRL_VALIDITY};
+use super::ca::Ca;
+use super::crl::read_crl;
+use super::files::{write_file, Clobber, Secret};
+use super::CRL_VALIDITY;
 use crate::trust::crl::tlv_len;
 use crate::trust::CrlFlaw;
 

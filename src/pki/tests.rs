@@ -1,3 +1,7 @@
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use super::crl::read_crl;
 use super::*;
 
 fn mode(path: &Path) -> u32 {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::dial::{Dialed, Dialer};
-use super::EdgeAddr;
+use super::{EdgeAddr, TransportKind};
 use crate::backoff::Backoff;
 use crate::config::TransportChoice;
 use crate::metrics::Metrics;
@@ -134,16 +134,7 @@ impl Keeper {
                         Err(None) => break,
                         Err(Some((err, shed))) => {
                             not_before = shed.map(|h| Instant::now() + super::shed::jittered(h));
-                            if shed.is_some() {
-                                // The edge is up and busy (a stampede): counted
-                                // in handshakes_total{result="shed"}, not a warning.
-                                debug!("the edge shed our handshake: {err}; back after its hint");
-                            } else if last_error.as_deref() != Some(err.as_str()) {
-                                warn!("{}: {err}; retrying with backoff", R::UNREACHABLE);
-                                last_error = Some(err.clone());
-                            }
-                            role.down(&err);
-                            role.refresh();
+                            no_edge(&mut role, &err, shed.is_some(), &mut last_error);
                             None
                         }
                     }
@@ -157,24 +148,8 @@ impl Keeper {
             };
             last_error = None;
             let kind = dialed.kind();
-            self.metrics
-                .handshakes
-                .with_label_values(&["edge", kind.as_str(), "ok"])
-                .inc();
+            self.handshake_ok::<R>(kind, &edge, &mut quic_bad);
             let auto = self.dialer.choice == TransportChoice::Auto;
-            match &dialed {
-                Dialed::Quic(_) => {
-                    quic_bad.remove(&edge.addr);
-                }
-                Dialed::Tls(_) if auto && quic_bad.insert(edge.addr) => {
-                    self.metrics
-                        .transport_fallbacks
-                        .with_label_values(&[R::NAME])
-                        .inc();
-                    warn!(edge = %edge.addr, "QUIC did not come up within {:?}; using TLS and re-probing QUIC", self.dialer.head_start);
-                }
-                Dialed::Tls(_) => {}
-            }
             let since = Instant::now();
             let tunnels = self
                 .metrics
@@ -183,9 +158,8 @@ impl Keeper {
             tunnels.inc();
             info!(edge = %edge.addr, transport = kind.as_str(), "edge tunnel up");
             let moving = self.stop.child_token();
-            let on_tls = matches!(dialed, Dialed::Tls(_));
             let probe = async {
-                if auto && on_tls {
+                if auto && kind == TransportKind::Tls {
                     reprobe_quic(&self.dialer, &edge).await
                 } else {
                     std::future::pending().await
@@ -230,6 +204,35 @@ impl Keeper {
             {
                 break;
             }
+        }
+    }
+
+    /// A tunnel came up on `kind`: counted; with `auto`, QUIC to the edge is
+    /// remembered as working, or as failing when TLS won (a fallback,
+    /// counted and warned once).
+    fn handshake_ok<R: TunnelRole>(
+        &self,
+        kind: TransportKind,
+        edge: &EdgeAddr,
+        quic_bad: &mut HashSet<SocketAddr>,
+    ) {
+        self.metrics
+            .handshakes
+            .with_label_values(&["edge", kind.as_str(), "ok"])
+            .inc();
+        let auto = self.dialer.choice == TransportChoice::Auto;
+        match kind {
+            TransportKind::Quic => {
+                quic_bad.remove(&edge.addr);
+            }
+            TransportKind::Tls if auto && quic_bad.insert(edge.addr) => {
+                self.metrics
+                    .transport_fallbacks
+                    .with_label_values(&[R::NAME])
+                    .inc();
+                warn!(edge = %edge.addr, "QUIC did not come up within {:?}; using TLS and re-probing QUIC", self.dialer.head_start);
+            }
+            TransportKind::Tls => {}
         }
     }
 
@@ -303,6 +306,21 @@ impl Keeper {
             () = self.stop.cancelled() => false,
         }
     }
+}
+
+/// No edge took our handshake (`err`): warned once per distinct error, or
+/// only logged at debug when every address `shed` us (the edge is up and
+/// busy, a stampede: counted in `handshakes_total{result="shed"}`); the
+/// role hears of it and asks for the addresses again.
+fn no_edge<R: TunnelRole>(role: &mut R, err: &str, shed: bool, last_error: &mut Option<String>) {
+    if shed {
+        debug!("the edge shed our handshake: {err}; back after its hint");
+    } else if last_error.as_deref() != Some(err) {
+        warn!("{}: {err}; retrying with backoff", R::UNREACHABLE);
+        *last_error = Some(err.to_string());
+    }
+    role.down(err);
+    role.refresh();
 }
 
 /// Try QUIC now and then (jittered, growing to a minute) until it works.

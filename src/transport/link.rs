@@ -3,9 +3,15 @@
 //! TLS (`mux`, a stream per flow). The edge holds one per connector tunnel;
 //! the client one towards its edge.
 
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::connect::{self, OpenError};
 use super::half::{RecvHalf, SendHalf, Side};
 use super::mux::MuxLink;
-use super::TransportKind;
+use super::{close_code, TransportKind};
+use crate::preamble::Dest;
 
 /// One tunnel, on either transport.
 #[derive(Clone)]
@@ -41,7 +47,7 @@ impl Link {
     }
 
     /// The tunnel's round-trip estimate (QUIC).
-    pub fn rtt(&self) -> Option<std::time::Duration> {
+    pub fn rtt(&self) -> Option<Duration> {
         match self {
             Self::Quic(c) => Some(c.rtt()),
             Self::H2(_) => None,
@@ -65,6 +71,15 @@ impl Link {
         }
     }
 
+    /// Tell the peer this end is going away, once no flow needs the tunnel:
+    /// a QUIC tunnel closes with `GOING_AWAY`; an HTTP/2 one sends its
+    /// GOAWAY when its last handle is dropped.
+    pub fn go_away(&self) {
+        if let Self::Quic(c) = self {
+            c.close(close_code::GOING_AWAY.into(), b"edge going away");
+        }
+    }
+
     /// Open a flow stream towards the connector (the edge's side of a
     /// connector tunnel): the first bytes written are the flow header.
     pub async fn open(&self) -> std::io::Result<Side> {
@@ -77,6 +92,36 @@ impl Link {
                 })
             }
             Self::H2(m) => m.open().await.map_err(std::io::Error::other),
+        }
+    }
+
+    /// Open a flow to `dest` as the client (see `connect`): the edge's
+    /// answer within `answer_timeout`, its head within `limit` bytes; the
+    /// flow's halves and any bytes the edge sent after its answer.
+    pub async fn connect(
+        &self,
+        dest: &Dest,
+        limit: usize,
+        answer_timeout: Duration,
+    ) -> Result<(Side, Bytes), OpenError> {
+        match self {
+            Self::Quic(c) => connect::quic(c, dest, limit, answer_timeout).await,
+            Self::H2(m) => connect::h2(m, dest, limit, answer_timeout).await,
+        }
+    }
+
+    /// Log the QUIC path's figures at debug (when a tunnel ends).
+    pub fn log_path(&self) {
+        if let Self::Quic(conn) = self {
+            let st = conn.stats().path;
+            tracing::debug!(
+                mtu = st.current_mtu,
+                lost = st.lost_packets,
+                cwnd = st.cwnd,
+                congestion_events = st.congestion_events,
+                sent = st.sent_packets,
+                "QUIC path"
+            );
         }
     }
 }

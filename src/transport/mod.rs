@@ -1,18 +1,23 @@
 //! Tunnel transports. QUIC (`quic`) carries many flows per connection as
 //! bidirectional streams; TLS over TCP (`tls`) carries one flow per
 //! connection (HTTP/1.1 CONNECT) or many as HTTP/2 streams (`mux`). `dial`
-//! races the two, `keeper` keeps a tunnel up, `resolve` follows the edge
-//! names, `shed` tells a refused peer when to come back, `link` is the
-//! tunnel flows are opened on. Both legs share the ALPN names, the tunnel
-//! error type and the flow halves (`half`).
+//! races the two, `keeper` keeps a tunnel up, `serve` is what a role does
+//! with a dialled tunnel, `resolve` follows the edge names, `shed` tells a
+//! refused peer when to come back, `link` is the tunnel flows are opened on
+//! (`connect`: the client's CONNECT on it). Both legs share the ALPN names,
+//! the tunnel error type, the flow halves (`half`) and the head reader
+//! (`head`).
 
+pub mod connect;
 pub mod dial;
 pub mod half;
+pub mod head;
 pub mod keeper;
 pub mod link;
 pub mod mux;
 pub mod quic;
 pub mod resolve;
+pub mod serve;
 pub mod shed;
 pub mod tls;
 

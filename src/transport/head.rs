@@ -9,8 +9,8 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 
+use super::half::RecvHalf;
 use crate::preamble::{self, ConnectResponse, PreambleError};
-use crate::splice::RecvHalf;
 
 /// Why no head was read.
 #[derive(thiserror::Error, Debug)]

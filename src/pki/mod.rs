@@ -8,24 +8,28 @@
 //! same directory and renamed, so a crash never leaves half a key or CRL.
 //! Never talks to the network.
 
+mod ca;
+mod crl;
+mod files;
+
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, ensure, Context};
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    PublicKeyData, RevocationReason, RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 use x509_parser::num_bigint::BigUint;
 
 use crate::trust::{check_trust_domain, Role, SpiffeId};
+use ca::Ca;
+pub use crl::revoke;
+use crl::write_crl;
+use files::{write_file, Clobber, Secret};
 
 /// Certificates start this long before "now", to absorb clock skew between
 /// the machine that issues and the machines that verify.
@@ -250,193 +254,6 @@ pub fn refuse_overwrite(dir: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds the certificate in `cert` to `dir/ca.crl`, keeping every entry already
-/// there, with the CRL number incremented and a fresh 30-day nextUpdate.
-/// Revoking an already revoked certificate just re-signs the CRL.
-pub fn revoke(dir: &Path, cert: &Path) -> anyhow::Result<()> {
-    let ca = Ca::load(dir)?;
-    ensure!(
-        crate::trust::may_sign_crls(&ca.der) == Some(true),
-        "{}: the CA's key usage lacks cRLSign, so edges, connectors and clients would refuse its CRL; issue a new CA with `lifeboat pki init`",
-        dir.join("ca.pem").display()
-    );
-    let der = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .next()
-        .ok_or_else(|| anyhow!("{}: no certificate found", cert.display()))?
-        .with_context(|| format!("reading {}", cert.display()))?;
-    let (_, x509) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| anyhow!("{}: cannot parse certificate: {e}", cert.display()))?;
-    ensure!(
-        !x509.is_ca(),
-        "{} is a CA certificate; revoking it has no effect (replace the CA instead)",
-        cert.display()
-    );
-    ensure!(
-        crate::trust::issued_by(&der, &ca.der),
-        "{} was not issued by the CA in {}",
-        cert.display(),
-        dir.display()
-    );
-    let serial = x509.serial.to_bytes_be();
-
-    let crl_path = dir.join("ca.crl");
-    let (mut revoked, number) = if crl_path.exists() {
-        read_crl(&crl_path, &ca.subject)?
-    } else {
-        (Vec::new(), BigUint::from(0u8))
-    };
-    if !revoked.iter().any(|r| r.serial_number.as_ref() == serial) {
-        revoked.push(RevokedCertParams {
-            serial_number: SerialNumber::from(serial),
-            revocation_time: OffsetDateTime::now_utc(),
-            reason_code: None,
-            invalidity_date: None,
-        });
-    }
-    write_crl(dir, &ca.issuer, revoked, &(number + 1u8))
-}
-
-/// The CA of a directory, ready to sign.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    trust_domain: String,
-    /// Raw DER subject name, to match the issuer of a CRL.
-    subject: Vec<u8>,
-    der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn load(dir: &Path) -> anyhow::Result<Self> {
-        let cert_path = dir.join("ca.pem");
-        let key_path = dir.join("ca.key");
-        let pem = fs::read_to_string(&cert_path)
-            .with_context(|| format!("reading {}", cert_path.display()))?;
-        let key_pem = fs::read_to_string(&key_path)
-            .with_context(|| format!("reading {}", key_path.display()))?;
-        let key = KeyPair::from_pem(&key_pem)
-            .with_context(|| format!("{}: bad private key", key_path.display()))?;
-        let der = CertificateDer::from_pem_slice(pem.as_bytes())
-            .with_context(|| format!("{}: no certificate", cert_path.display()))?;
-        let (_, x509) = x509_parser::parse_x509_certificate(&der)
-            .map_err(|e| anyhow!("{}: cannot parse certificate: {e}", cert_path.display()))?;
-        ensure!(
-            x509.public_key().raw == key.subject_public_key_info().as_slice(),
-            "{} does not belong to {}",
-            key_path.display(),
-            cert_path.display()
-        );
-        let trust_domain = ca_trust_domain(&der).with_context(|| {
-            format!(
-                "{}: no spiffe://<trust domain> URI SAN",
-                cert_path.display()
-            )
-        })?;
-        let subject = x509.subject().as_raw().to_vec();
-        let issuer = Issuer::from_ca_cert_der(&der, key)
-            .with_context(|| format!("{}: unusable CA certificate", cert_path.display()))?;
-        Ok(Self {
-            issuer,
-            trust_domain,
-            subject,
-            der,
-        })
-    }
-}
-
-/// The trust domain named by the CA's `spiffe://<td>` URI SAN.
-fn ca_trust_domain(der: &[u8]) -> anyhow::Result<String> {
-    let (_, x509) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| anyhow!("bad certificate: {e}"))?;
-    let san = x509
-        .subject_alternative_name()
-        .map_err(|e| anyhow!("bad subjectAltName: {e}"))?
-        .ok_or_else(|| anyhow!("no subjectAltName"))?;
-    for name in &san.value.general_names {
-        if let x509_parser::extensions::GeneralName::URI(uri) = name {
-            if let Some(td) = uri.strip_prefix("spiffe://") {
-                let td = td.trim_end_matches('/');
-                check_trust_domain(td)?;
-                return Ok(td.to_owned());
-            }
-        }
-    }
-    bail!("no spiffe:// URI SAN")
-}
-
-/// Entries and CRL number of an existing CRL (PEM or DER) of this CA.
-fn read_crl(path: &Path, ca_subject: &[u8]) -> anyhow::Result<(Vec<RevokedCertParams>, BigUint)> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let der = if bytes.starts_with(b"-----BEGIN") {
-        rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&bytes)
-            .with_context(|| format!("{}: bad PEM", path.display()))?
-            .as_ref()
-            .to_vec()
-    } else {
-        bytes
-    };
-    let (_, crl) = x509_parser::parse_x509_crl(&der)
-        .map_err(|e| anyhow!("{}: cannot parse CRL: {e}", path.display()))?;
-    ensure!(
-        crl.issuer().as_raw() == ca_subject,
-        "{} is not a CRL of this CA; refusing to merge it",
-        path.display()
-    );
-    let entries = crl
-        .iter_revoked_certificates()
-        .map(|r| RevokedCertParams {
-            serial_number: SerialNumber::from(r.user_certificate.to_bytes_be()),
-            revocation_time: r.revocation_date.to_datetime(),
-            reason_code: r.reason_code().and_then(|(_, code)| reason(code.0)),
-            invalidity_date: r.invalidity_date().map(|(_, t)| t.to_datetime()),
-        })
-        .collect();
-    let number = crl.crl_number().cloned().unwrap_or_default();
-    Ok((entries, number))
-}
-
-fn reason(code: u8) -> Option<RevocationReason> {
-    use RevocationReason as R;
-    Some(match code {
-        0 => R::Unspecified,
-        1 => R::KeyCompromise,
-        2 => R::CaCompromise,
-        3 => R::AffiliationChanged,
-        4 => R::Superseded,
-        5 => R::CessationOfOperation,
-        6 => R::CertificateHold,
-        8 => R::RemoveFromCrl,
-        9 => R::PrivilegeWithdrawn,
-        10 => R::AaCompromise,
-        _ => return None,
-    })
-}
-
-fn write_crl(
-    dir: &Path,
-    issuer: &Issuer<'_, KeyPair>,
-    revoked_certs: Vec<RevokedCertParams>,
-    number: &BigUint,
-) -> anyhow::Result<()> {
-    let now = OffsetDateTime::now_utc();
-    let params = CertificateRevocationListParams {
-        this_update: now,
-        next_update: now + CRL_VALIDITY,
-        crl_number: SerialNumber::from(number.to_bytes_be()),
-        issuing_distribution_point: None,
-        revoked_certs,
-        key_identifier_method: KeyIdMethod::Sha256,
-    };
-    let crl = params.signed_by(issuer).context("signing the CRL")?;
-    let pem = crl.pem().context("encoding the CRL")?;
-    write_file(
-        &dir.join("ca.crl"),
-        pem.as_bytes(),
-        Secret::No,
-        Clobber::Yes,
-    )
-}
-
 fn common_name(cn: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -449,49 +266,6 @@ fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     bytes[0] = (bytes[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&bytes)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Secret {
-    Yes,
-    No,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Clobber {
-    Yes,
-    No,
-}
-
-/// Writes via a temporary file in the same directory and a rename; secrets
-/// are 0600 from creation on, never world-readable even for an instant.
-fn write_file(
-    path: &Path,
-    contents: &[u8],
-    secret: Secret,
-    clobber: Clobber,
-) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = if secret == Secret::Yes { 0o600 } else { 0o644 };
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting the mode of {}", path.display()))?;
-    }
-    tmp.write_all(contents)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    let persisted = match clobber {
-        Clobber::Yes => tmp.persist(path).map(drop),
-        Clobber::No => tmp.persist_noclobber(path).map(drop),
-    };
-    persisted
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 mod flawed;
