@@ -86,13 +86,23 @@ async fn tls_conn(
 ) {
     let t = TransportKind::Tls;
     let limits = state.policy.load().limits.clone();
-    let Some((start, asked)) =
-        client_hello(&state, (tcp, remote), &limits, hello, &gates, &drain).await
+    // Each step's future is boxed: this task lives as long as the tunnel,
+    // and unboxed it would be the size of its largest step (about 14 KiB)
+    // for all of that time, whatever the connection turns out to carry.
+    let Some((start, asked)) = Box::pin(client_hello(
+        &state,
+        (tcp, remote),
+        &limits,
+        hello,
+        &gates,
+        &drain,
+    ))
+    .await
     else {
         return;
     };
     // The tunnel slot is held while the connection lives.
-    let Some((mut stream, _tunnel)) = handshake(
+    let Some((mut stream, _tunnel)) = Box::pin(handshake(
         &state,
         (start, acceptor),
         remote,
@@ -100,7 +110,7 @@ async fn tls_conn(
         &limits,
         &gates,
         &drain,
-    )
+    ))
     .await
     else {
         return;
@@ -115,30 +125,46 @@ async fn tls_conn(
         .peer_certificates()
         .map(<[_]>::to_vec)
         .unwrap_or_default();
-    let Some((peer, quota)) = admit(&state, &mut stream, (claimed, one_flow), &certs).await else {
+    let admitted = Box::pin(admit(&state, &mut stream, (claimed, one_flow), &certs)).await;
+    let Some((peer, quota)) = admitted else {
         return;
     };
     count(&state, claimed, t, "ok");
     if claimed == Role::Connector {
         let _quota = quota;
-        match mux::client_side(stream, &limits).await {
+        match Box::pin(mux::client_side(stream, &limits)).await {
             Ok((link, driver)) => {
                 let closed = tokio::spawn(driver);
                 let closed = async move { closed.await.unwrap_or_else(|e| e.to_string()) };
-                connector_tunnel(state, Link::H2(link), peer, certs, closed, drain).await;
+                Box::pin(connector_tunnel(
+                    state,
+                    Link::H2(link),
+                    peer,
+                    certs,
+                    closed,
+                    drain,
+                ))
+                .await;
             }
             Err(e) => debug!(peer = %peer, "connector tunnel setup failed: {e}"),
         }
     } else if multiplexed {
         let _quota = quota;
-        match H2Carrier::handshake(stream, &limits).await {
+        match Box::pin(H2Carrier::handshake(stream, &limits)).await {
             Ok(carrier) => {
-                client_tunnel::run(state, carrier, peer, certs, (tracker, drain)).await;
+                Box::pin(client_tunnel::run(
+                    state,
+                    carrier,
+                    peer,
+                    certs,
+                    (tracker, drain),
+                ))
+                .await;
             }
             Err(e) => debug!(peer = %peer, "{e}"),
         }
     } else {
-        serve_one_flow(state, stream, peer, certs, quota, &drain).await;
+        Box::pin(serve_one_flow(state, stream, peer, certs, quota, &drain)).await;
     }
 }
 
