@@ -222,7 +222,12 @@ server_groups = ["dc1"]
 
     /// Write `text` as `edge.toml`, bind the edge in process and run it.
     pub fn start_edge(&self, text: &str) -> RigEdge {
-        let path = self.dir.path().join("edge.toml");
+        self.start_edge_as("edge", text)
+    }
+
+    /// [`Rig::start_edge`] with `<name>.toml` as its config file.
+    pub fn start_edge_as(&self, name: &str, text: &str) -> RigEdge {
+        let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write edge.toml");
         let cfg: EdgeConfig =
             config::from_text(&path, text).unwrap_or_else(|e| panic!("edge config: {e}\n{text}"));
