@@ -530,23 +530,26 @@ async fn a_third_party_http2_client_connects_through_the_edge() {
     );
 }
 
+/// Agents on the default transport (`auto`) and an edge that serves no
+/// QUIC (TLS only, DR on, the CA's CRL).
+fn tls_only() -> Builder {
+    Builder::new().listen(Listen::Tls).crl()
+}
+
 /// The lifeboat client with the default `transport = "auto"`, against an
 /// edge that serves no QUIC: its flows ride one HTTP/2 tunnel over TLS.
 /// 24 flows at once (uploads echoed, downloads), byte-exact; a refusal
 /// reaches the user with its word; the edge made one TLS handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_client_carries_its_flows_over_one_http2_tunnel() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", ""));
-    let tls = edge.tls.expect("tls");
-    rig.start_connector(0, tls, "auto", "");
-    let em = Arc::clone(&edge.metrics);
+    let t = tls_only().client(None).start_unready().await;
+    let em = Arc::clone(&t.edge_metrics);
     eventually("connector registered", Duration::from_secs(15), || {
         em.connectors_connected.with_label_values(&[GROUP]).get() == 1
     })
     .await;
-    let client = rig.start_client(&rig.user(ALICE), tls, "auto", "").await;
-    let port = rig.app.port();
+    let client = t.start_client(ClientCert::user(ALICE)).await;
+    let port = t.app.port();
     first_flow_after(client.http, port, Duration::from_secs(20)).await;
 
     let mut flows = tokio::task::JoinSet::new();
@@ -581,7 +584,7 @@ async fn the_default_client_carries_its_flows_over_one_http2_tunnel() {
         "{refused}"
     );
 
-    let m = &edge.metrics;
+    let m = &t.edge_metrics;
     assert_eq!(
         handshakes_of(m, "client", "tls", "ok"),
         1,
@@ -601,20 +604,16 @@ async fn the_default_client_carries_its_flows_over_one_http2_tunnel() {
 /// refused `revoked`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_client_closes_its_http2_tunnel_and_flows() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", ""));
-    let tls = edge.tls.expect("tls");
-    rig.start_connector(0, tls, "auto", "");
-    let alice = rig.user(ALICE);
-    let client = rig.start_client(&alice, tls, "auto", "").await;
-    let port = rig.app.port();
+    let t = tls_only().start_unready().await;
+    let client = t.client();
+    let port = t.app.port();
     first_flow_after(client.http, port, Duration::from_secs(20)).await;
-    let m = Arc::clone(&edge.metrics);
+    let m = Arc::clone(&t.edge_metrics);
     assert_eq!(tunnels_of(&m, "client", "tls"), 1);
     let mut open = lifeboat::demo::socks_client::connect(client.socks, DR_HOST, port)
         .await
         .expect("an open flow before the revocation");
-    rig.ca.revoke(&alice);
+    t.ca.revoke(&t.user_cert(ALICE));
     let mut buf = [0u8; 16];
     let ended = tokio::time::timeout(Duration::from_secs(10), open.read(&mut buf))
         .await
@@ -652,14 +651,13 @@ async fn revoking_a_client_closes_its_http2_tunnel_and_flows() {
 /// back when its flows end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_an_http2_tunnel_gets_quota_and_leaves_others_served() {
-    let rig = Rig::new().await;
-    let limits = "max_flows_per_identity = 4";
-    let edge = rig.start_edge(&rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", limits));
-    let tls = edge.tls.expect("tls");
-    rig.start_connector(0, tls, "auto", "");
-    let bob = rig.start_client(&rig.user(BOB), tls, "auto", "").await;
-    let alice = rig.start_client(&rig.user(ALICE), tls, "auto", "").await;
-    let port = rig.app.port();
+    let t = tls_only()
+        .edge_limits("max_flows_per_identity = 4")
+        .client(Some(ClientCert::user(BOB)))
+        .also_client(ALICE)
+        .start_unready()
+        .await;
+    let (bob, alice, port) = (t.client(), t.user(ALICE), t.app.port());
     first_flow_after(bob.http, port, Duration::from_secs(20)).await;
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -671,7 +669,7 @@ async fn a_flood_on_an_http2_tunnel_gets_quota_and_leaves_others_served() {
     let refused = raw_connect(bob.http, &format!("{DR_HOST}:{port}")).await;
     assert!(refused.starts_with("HTTP/1.1 429 "), "{refused}");
     assert!(refused.contains("Lifeboat-Error: quota"), "{refused}");
-    let m = &edge.metrics;
+    let m = &t.edge_metrics;
     assert_eq!(
         m.refused_unmatched(lifeboat::refusal::Refusal::Quota).get(),
         1
