@@ -10,8 +10,7 @@ use lifeboat::dr::{DrMode, Trigger};
 use lifeboat::trust::Role;
 
 use super::{
-    free_port, Ca, CertFiles, DnsServer, EdgeSpec, Rig, RigEdge, Topology, ALICE, FOREIGN_TD,
-    TRIGGER,
+    Ca, CertFiles, DnsServer, EdgeSpec, Rig, RigEdge, Topology, ALICE, FOREIGN_TD, TRIGGER,
 };
 
 /// What connectors and clients dial with: their `transport`.
@@ -43,10 +42,9 @@ pub enum Listen {
     Quic,
     /// TLS only.
     Tls,
-    /// QUIC and TLS, each on a port of its own.
+    /// QUIC and TLS, on one port number (the edge binds both on one port 0),
+    /// as `auto` expects.
     Both,
-    /// QUIC and TLS on one port (free when the edge starts), as `auto` expects.
-    OnePort,
 }
 
 impl Listen {
@@ -55,20 +53,16 @@ impl Listen {
         match t {
             Transport::Quic => Self::Quic,
             Transport::Tls => Self::Tls,
-            Transport::Auto => Self::OnePort,
+            Transport::Auto => Self::Both,
         }
     }
 
     /// The body of the edge's `[listen]`.
-    fn lines(self) -> String {
+    fn lines(self) -> &'static str {
         match self {
-            Self::Quic => "quic = \"127.0.0.1:0\"".into(),
-            Self::Tls => "tls = \"127.0.0.1:0\"".into(),
-            Self::Both => "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"".into(),
-            Self::OnePort => {
-                let port = free_port();
-                format!("quic = \"127.0.0.1:{port}\"\ntls = \"127.0.0.1:{port}\"")
-            }
+            Self::Quic => "quic = \"127.0.0.1:0\"",
+            Self::Tls => "tls = \"127.0.0.1:0\"",
+            Self::Both => "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
         }
     }
 }
@@ -246,7 +240,7 @@ impl Builder {
 
     /// What the connectors and clients dial with (default: `auto`, as in
     /// the product). Unless [`Builder::listen`] says otherwise, each edge
-    /// listens as the transport needs: QUIC, TLS, or both on one port.
+    /// listens as the transport needs: QUIC, TLS, or both on one port number.
     pub fn transport(mut self, t: Transport) -> Self {
         self.transport = t;
         self
@@ -339,7 +333,7 @@ impl Builder {
                 ports: &ports,
             })
         };
-        let first = edge_text(&listen.lines());
+        let first = edge_text(listen.lines());
         if let Dr::File(_) = &self.dr {
             let cfg: EdgeConfig = config::from_text(&d.join("edge.toml"), &first)
                 .unwrap_or_else(|e| panic!("edge config: {e}\n{first}"));
@@ -347,7 +341,7 @@ impl Builder {
         }
         let mut edges = vec![rig.start_edge(&first)];
         for i in 2..=self.edges {
-            edges.push(rig.start_edge_as(&format!("edge{i}"), &edge_text(&listen.lines())));
+            edges.push(rig.start_edge_as(&format!("edge{i}"), &edge_text(listen.lines())));
         }
         let dial = edges
             .iter()
