@@ -447,17 +447,15 @@ async fn failed_tls_dials_are_counted_under_tls() {
 /// the client certificate, and the edge's refusal comes as an alert after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_client_refused_by_the_edge_does_not_report_a_tunnel_up() {
-    let rig = Rig::new().await;
-    let mallory = rig.user("mallory");
-    rig.ca.revoke(&mallory);
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        "static:on",
-        "",
-    ));
-    let tls = edge.tls.expect("tls");
-    let client = rig.start_client(&mallory, tls, "tls", "").await;
-    let em = Arc::clone(&edge.metrics);
+    let t = Builder::new()
+        .transport(Transport::Tls)
+        .listen(Listen::Both)
+        .connectors(0)
+        .client(Some(ClientCert::Revoked))
+        .start_unready()
+        .await;
+    let client = t.client();
+    let em = Arc::clone(&t.edge_metrics);
     eventually(
         "the edge refused mallory as revoked",
         Duration::from_secs(10),
@@ -465,7 +463,7 @@ async fn a_tls_client_refused_by_the_edge_does_not_report_a_tunnel_up() {
     )
     .await;
     // Let the client take in what it was told.
-    let raw = raw_connect(client.http, &format!("{DR_HOST}:{}", rig.app.port())).await;
+    let raw = raw_connect(client.http, &format!("{DR_HOST}:{}", t.app.port())).await;
     assert!(raw.starts_with("HTTP/1.1 503 "), "{raw}");
     let m = &client.metrics;
     assert_eq!(
