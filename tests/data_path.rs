@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,39 +18,14 @@ const BIG: u64 = 256 * 1024 * 1024;
 /// `/bytes/N` pattern (read as it streams, never stored), return the wall time.
 async fn curl_pattern(args: &[String], n: u64) -> Duration {
     let started = Instant::now();
-    let mut child = curl()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn curl");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut check = PatternCheck::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    let read = async {
-        loop {
-            let k = out.read(&mut buf).await.expect("read curl stdout");
-            if k == 0 {
-                break;
-            }
-            check.feed(&buf[..k]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), read)
-        .await
-        .expect("curl finished within 60 s");
-    let output = child.wait_with_output().await.expect("curl exit");
+    let (got, output) = curl_streamed(args, Duration::from_secs(60)).await;
     assert!(
         output.status.success(),
         "curl {args:?} failed: {:?}: {}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(
-        check.offset, n,
-        "curl delivered {} of {n} bytes",
-        check.offset
-    );
+    assert_eq!(got, n, "curl delivered {got} of {n} bytes");
     started.elapsed()
 }
 

@@ -89,35 +89,15 @@ async fn curl_https_proxy_256_mib_byte_exact() {
         "-".into(),
     ]);
     let started = Instant::now();
-    let mut child = curl()
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn curl");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut check = PatternCheck::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    tokio::time::timeout(Duration::from_secs(55), async {
-        loop {
-            let k = out.read(&mut buf).await.expect("read curl stdout");
-            if k == 0 {
-                break;
-            }
-            check.feed(&buf[..k]);
-        }
-    })
-    .await
-    .expect("256 MiB within 55 s");
+    let (got, status) = curl_streamed(&args, Duration::from_secs(55)).await;
     let took = started.elapsed();
-    let status = child.wait_with_output().await.expect("curl exit");
     assert!(
         status.status.success(),
         "curl {args:?}: {:?} {}",
         status.status,
         String::from_utf8_lossy(&status.stderr)
     );
-    assert_eq!(check.offset, BIG, "bytes delivered");
+    assert_eq!(got, BIG, "bytes delivered");
     eprintln!(
         "256 MiB through curl -> edge tls listener -> QUIC connector in {took:?} ({:.0} MiB/s)",
         BIG as f64 / 1048576.0 / took.as_secs_f64()
