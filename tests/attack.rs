@@ -468,7 +468,7 @@ async fn one_host_cannot_take_every_handshake_slot() {
         .start_unready()
         .await;
     let tls = t.edge_tls();
-    let trust = user_trust(&t, "mallory");
+    let trust = t.ca.trust(&t.user_cert("mallory"));
     let config = std::sync::Arc::new(trust.client_config(&[b"lifeboat/1"]));
     let mut stalled = Vec::new();
     for _ in 0..20 {
@@ -679,7 +679,7 @@ async fn unfinished_quic_handshakes_lock_nobody_out() {
         .start_unready()
         .await;
     let quic = t.edge_quic();
-    let trust = user_trust(&t, "mallory");
+    let trust = t.ca.trust(&t.user_cert("mallory"));
     let std_sock = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
     let inner = quinn::TokioRuntime.wrap_udp_socket(std_sock).expect("wrap");
     let mut deaf = quinn::Endpoint::new_with_abstract_socket(
@@ -707,20 +707,4 @@ async fn unfinished_quic_handshakes_lock_nobody_out() {
         started.elapsed()
     );
     drop(pending);
-}
-
-/// The trust of client `user` (CA, certificate, key), for hand-made dials.
-fn user_trust(rig: &Rig, user: &str) -> std::sync::Arc<lifeboat::trust::Trust> {
-    let cert = rig.user(user);
-    lifeboat::trust::Trust::load(
-        lifeboat::trust::TlsFiles {
-            ca: rig.ca.pem(),
-            cert: cert.cert,
-            key: cert.key,
-            crl: None,
-            key_exchange: Default::default(),
-        },
-        TD,
-    )
-    .expect("trust")
 }

@@ -18,7 +18,7 @@ use lifeboat::config::Limits;
 use lifeboat::dr::DrMode;
 use lifeboat::pki::{self, IssueOptions};
 use lifeboat::transport::{close_code, quic, tls, ALPN_CLIENT};
-use lifeboat::trust::{Role, TlsFiles, Trust};
+use lifeboat::trust::{Role, Trust};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -46,22 +46,6 @@ fn expired_user(rig: &Rig, user: &str, ago: time::Duration) -> CertFiles {
     o.not_after = Some(now - ago);
     let (cert, key) = pki::issue(&o).expect("pki issue");
     CertFiles { cert, key }
-}
-
-/// The client-side trust of `cert` (lifeboat's own client config: it
-/// loads an expired certificate with a warning, and caches sessions).
-fn client_trust(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
-    Trust::load(
-        TlsFiles {
-            ca: rig.ca.pem(),
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-            crl: None,
-            key_exchange: Default::default(),
-        },
-        TD,
-    )
-    .expect("client trust")
 }
 
 fn request(app_port: u16) -> String {
@@ -202,9 +186,13 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
         .contains("lifeboat_cert_grace_accepted_total 0"));
 
     // Both test users, so that in `test` mode only the certificate refuses.
-    let alice = client_trust(&rig, &expired_user(&rig, ALICE, time::Duration::hours(1)));
-    let bob = client_trust(&rig, &expired_user(&rig, BOB, time::Duration::hours(3)));
-    let carol = client_trust(&rig, &rig.user("carol"));
+    let alice = rig
+        .ca
+        .trust(&expired_user(&rig, ALICE, time::Duration::hours(1)));
+    let bob = rig
+        .ca
+        .trust(&expired_user(&rig, BOB, time::Duration::hours(3)));
+    let carol = rig.ca.trust(&rig.user("carol"));
     let alice_tls = tls::connector(&alice, b"http/1.1");
     let carol_tls = tls::connector(&carol, b"http/1.1");
 

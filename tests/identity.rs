@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use lifeboat::transport::{close_code, quic, ALPN_CLIENT, ALPN_CONNECTOR};
-use lifeboat::trust::{Role, TlsFiles, Trust};
+use lifeboat::trust::Role;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -104,21 +104,6 @@ async fn connector_cert_used_by_a_client_is_refused_wrong_role() {
     t.shutdown().await;
 }
 
-/// Load `lifeboat::trust::Trust` for `cert` (pinning the deployment's CA).
-fn trust_for(t: &Topology, cert: &CertFiles) -> Arc<Trust> {
-    Trust::load(
-        TlsFiles {
-            ca: t.ca.pem(),
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-            crl: None,
-            key_exchange: Default::default(),
-        },
-        TD,
-    )
-    .expect("load trust")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_cert_used_by_a_connector_is_not_registered_wrong_role() {
     let t = Builder::quic().connectors(0).client(None).start().await;
@@ -149,7 +134,7 @@ async fn client_cert_used_by_a_connector_is_not_registered_wrong_role() {
     );
 
     // A peer that does it anyway: the connector ALPN with a client certificate.
-    let trust = trust_for(&t, &alice);
+    let trust = t.ca.trust(&alice);
     let limits = lifeboat::config::Limits::default();
     let ep = quic::client_endpoint(
         "127.0.0.1:0".parse().expect("literal"),

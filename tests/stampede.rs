@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, handshakes_of, Builder, CertFiles, Listen, Rig, DR_HOST, TD};
+use common::{eventually, handshakes_of, Builder, Listen, Rig, DR_HOST};
 use lifeboat::client::tunnel::Tunnel;
 use lifeboat::config::{DnsSection, Limits, TransportChoice};
 use lifeboat::loadgen::{self, Options};
@@ -24,7 +24,6 @@ use lifeboat::metrics::Metrics;
 use lifeboat::preamble::Dest;
 use lifeboat::transport::dial::{Dialer, HEAD_START};
 use lifeboat::transport::{quic, shed, tls, ALPN_CLIENT};
-use lifeboat::trust::{TlsFiles, Trust};
 use tokio_util::sync::CancellationToken;
 
 const CLIENTS: usize = 200;
@@ -104,18 +103,6 @@ async fn tls_clients_arriving_at_once_are_all_served_after_being_shed() {
     stampede(TransportChoice::Tls, "tls").await;
 }
 
-/// `cert` with the rig's CA, as a role loads them.
-fn trust_of(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
-    let files = TlsFiles {
-        ca: rig.ca.pem(),
-        cert: cert.cert.clone(),
-        key: cert.key.clone(),
-        crl: None,
-        key_exchange: Default::default(),
-    };
-    Trust::load(files, TD).expect("trust files")
-}
-
 /// An edge that sheds every dial, run against the client's tunnel keeper
 /// (as `lifeboat client` and loadgen run it) dialling it with `choice`:
 /// `shed_one` waits for one dial, sheds it and says when the dial came.
@@ -133,7 +120,7 @@ async fn shed_every_dial<F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Instant>,
 {
-    let trust = trust_of(rig, &rig.user("alice"));
+    let trust = rig.ca.trust(&rig.user("alice"));
     let limits = Limits::default();
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let dialer = Dialer {
@@ -194,7 +181,7 @@ async fn shed_every_dial<F, Fut>(
 async fn a_quic_client_shed_comes_back_after_the_hint() {
     let rig = Rig::new().await;
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let ep = quic::server_endpoint(any, &trust_of(&rig, &rig.edge_cert), &Limits::default())
+    let ep = quic::server_endpoint(any, &rig.ca.trust(&rig.edge_cert), &Limits::default())
         .expect("edge endpoint");
     let addr = ep.local_addr().expect("edge address");
     let ep = &ep;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use lifeboat::dr::DrMode;
 use lifeboat::transport::tls::ALPN_HTTP1;
-use lifeboat::trust::{TlsFiles, Trust};
 use rustls::pki_types::ServerName;
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -726,21 +725,6 @@ async fn a_third_party_client_negotiates_x25519mlkem768_with_the_default_edge() 
     assert_eq!(edge_tls_handshakes(&edge.metrics, "ok"), 0);
 }
 
-/// Alice's (or anyone's) trust, as a lifeboat client would load it.
-fn trust_of(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
-    Trust::load(
-        TlsFiles {
-            ca: rig.ca.pem(),
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-            crl: None,
-            key_exchange: Default::default(),
-        },
-        TD,
-    )
-    .expect("load trust")
-}
-
 type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
 
 async fn tls_connect(
@@ -795,8 +779,8 @@ async fn resumed_sessions_keep_the_identity_and_die_with_revocation() {
     let port = t.app.port();
     let alice = t.user_cert(ALICE);
     let bob = t.user_cert(BOB);
-    let alice_cfg = Arc::new(trust_of(&t, &alice).client_config(&[ALPN_HTTP1]));
-    let bob_cfg = Arc::new(trust_of(&t, &bob).client_config(&[ALPN_HTTP1]));
+    let alice_cfg = Arc::new(t.ca.trust(&alice).client_config(&[ALPN_HTTP1]));
+    let bob_cfg = Arc::new(t.ca.trust(&bob).client_config(&[ALPN_HTTP1]));
 
     let mut s = tls_connect(&alice_cfg, tls).await.expect("alice 1");
     assert_eq!(kind(&s), Some(HandshakeKind::Full));
@@ -866,7 +850,7 @@ async fn handshake_rates_full_and_resumed() {
     const N: usize = 500;
     let t = tls_edge(DrMode::On).await;
     let tls = t.edge_tls();
-    let trust = trust_of(&t, &t.user_cert(ALICE));
+    let trust = t.ca.trust(&t.user_cert(ALICE));
     let mut full = trust.client_config(&[ALPN_HTTP1]);
     full.resumption = rustls::client::Resumption::disabled();
     let full = Arc::new(full);
