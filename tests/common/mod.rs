@@ -45,7 +45,7 @@ pub use dns::*;
 #[allow(unused_imports)]
 pub use flows::*;
 #[allow(unused_imports)]
-pub use parts::{free_port, ClientHandle, EdgeSpec, Rig, RigEdge};
+pub use parts::{free_port, run_client, run_connector, ClientHandle, EdgeSpec, Rig, RigEdge};
 #[allow(unused_imports)]
 pub use proc::{get as admin_get, Proc, BIN};
 #[allow(unused_imports)]
@@ -103,7 +103,7 @@ pub fn toml_path(p: &Path) -> String {
 }
 
 /// `[limits]` of every role: short enough for tests, long enough for 2 cores.
-const LIMITS: &str = r#"handshake_timeout = "5s"
+pub const LIMITS: &str = r#"handshake_timeout = "5s"
 connect_timeout = "3s"
 drain_timeout = "2s"
 "#;

@@ -329,12 +329,7 @@ hosts = {{ {hosts} }}
         text: &str,
     ) -> (Arc<Metrics>, JoinHandle<Result<(), RunError>>) {
         let path = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&path, text).expect("write connector.toml");
-        let cfg: ConnectorConfig = config::from_text(&path, text)
-            .unwrap_or_else(|e| panic!("connector config: {e}\n{text}"));
-        let metrics = Arc::new(Metrics::new("connector"));
-        let c = Connector::bind(cfg, &path, Arc::clone(&metrics)).expect("connector bind");
-        (metrics, tokio::spawn(c.run(self.drain.clone())))
+        run_connector(&path, text, self.drain.clone())
     }
 
     /// Start a client presenting `cert`, dialling `edge` with `transport`,
@@ -417,16 +412,7 @@ http = "127.0.0.1:0"
             .into_temp_path()
             .keep()
             .expect("keep client config");
-        std::fs::write(&path, text).expect("write client.toml");
-        let cfg: ClientConfig =
-            config::from_text(&path, text).unwrap_or_else(|e| panic!("client config: {e}\n{text}"));
-        let metrics = Arc::new(Metrics::new("client"));
-        let mode = lifeboat::dr::trigger::start(None, Arc::clone(&metrics), self.drain.clone())
-            .expect("client DR mode");
-        let client = Client::bind(cfg, &path, mode, Arc::clone(&metrics))
-            .await
-            .expect("client bind");
-        let addrs = client.local_addrs();
+        let (metrics, addrs, task) = run_client(&path, text, self.drain.clone()).await;
         let find = |want: fn(&ListenerKind) -> bool, what: &str| {
             addrs
                 .iter()
@@ -434,16 +420,52 @@ http = "127.0.0.1:0"
                 .unwrap_or_else(|| panic!("{what} listener"))
                 .1
         };
-        let socks = find(|k| matches!(k, ListenerKind::Socks), "socks");
-        let http = find(|k| matches!(k, ListenerKind::Http), "http");
-        let task = tokio::spawn(client.run(self.drain.clone()));
         ClientHandle {
-            socks,
-            http,
+            socks: find(|k| matches!(k, ListenerKind::Socks), "socks"),
+            http: find(|k| matches!(k, ListenerKind::Http), "http"),
             metrics,
             task,
         }
     }
+}
+
+/// Write `text` to `path`, bind a connector in process and run it until `drain`.
+pub fn run_connector(
+    path: &Path,
+    text: &str,
+    drain: CancellationToken,
+) -> (Arc<Metrics>, JoinHandle<Result<(), RunError>>) {
+    std::fs::write(path, text).expect("write connector config");
+    let cfg: ConnectorConfig =
+        config::from_text(path, text).unwrap_or_else(|e| panic!("connector config: {e}\n{text}"));
+    let metrics = Arc::new(Metrics::new("connector"));
+    let c = Connector::bind(cfg, path, Arc::clone(&metrics)).expect("connector bind");
+    (metrics, tokio::spawn(c.run(drain)))
+}
+
+/// Write `text` to `path`, bind a client (DR mode from the edge) in process
+/// and run it until `drain`; does not wait for its tunnel. Its metrics and
+/// the addresses of its listeners.
+pub async fn run_client(
+    path: &Path,
+    text: &str,
+    drain: CancellationToken,
+) -> (
+    Arc<Metrics>,
+    Vec<(ListenerKind, SocketAddr)>,
+    JoinHandle<Result<(), RunError>>,
+) {
+    std::fs::write(path, text).expect("write client config");
+    let cfg: ClientConfig =
+        config::from_text(path, text).unwrap_or_else(|e| panic!("client config: {e}\n{text}"));
+    let metrics = Arc::new(Metrics::new("client"));
+    let mode = lifeboat::dr::trigger::start(None, Arc::clone(&metrics), drain.clone())
+        .expect("client DR mode");
+    let client = Client::bind(cfg, path, mode, Arc::clone(&metrics))
+        .await
+        .expect("client bind");
+    let addrs = client.local_addrs();
+    (metrics, addrs, tokio::spawn(client.run(drain)))
 }
 
 /// `["a:p", "b:p"]`: a TOML array of edge addresses.
