@@ -476,38 +476,37 @@ async fn drill_and_loadgen_report_a_dead_edge() {
 /// and flows go through the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_connector_replaces_its_dead_tunnel_at_once() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        "static:on",
-        "",
-    ));
-    let quic = edge.quic.expect("quic");
-    let text = rig.connector_toml(0, quic, AUTO, "");
-    let path = rig.dir.path().join("connector0.toml");
+    let t = Builder::new()
+        .crl()
+        .connectors(0)
+        .client(None)
+        .start_unready()
+        .await;
+    let text = t.connector_toml(0, t.edge_quic(), AUTO, "");
+    let path = t.dir.path().join("connector0.toml");
     std::fs::write(&path, text).expect("write connector config");
     let mut connector = Proc::role("connector", &path);
-    let client = rig.start_client(&rig.user(BOB), quic, AUTO, "").await;
-    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
-    assert_eq!(connectors_connected(&edge.metrics), 1);
+    let client = t.start_client(ClientCert::user(BOB)).await;
+    first_flow_after(client.http, t.app.port(), Duration::from_secs(20)).await;
+    assert_eq!(t.connectors_connected(), 1);
 
     connector.signal("-KILL");
     connector.exited(Duration::from_secs(5)).await;
     let connector = Proc::role("connector", &path);
     let restarted = Instant::now();
-    first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
+    first_flow_after(client.http, t.app.port(), Duration::from_secs(10)).await;
     println!(
         "connector SIGKILLed and restarted: flows through it {:?} after the restart",
         restarted.elapsed()
     );
     assert_eq!(
-        connectors_connected(&edge.metrics),
+        t.connectors_connected(),
         1,
         "the dead tunnel is not counted beside the new one"
     );
     // Every flow goes through the live tunnel, none to the dead one.
     for _ in 0..5 {
-        let app = fetch_via(client.http, rig.app.port(), "/bytes/100")
+        let app = fetch_via(client.http, t.app.port(), "/bytes/100")
             .await
             .expect("flow");
         assert!(app.starts_with(b"HTTP/1.1 200"));
