@@ -126,6 +126,7 @@ pub struct Builder {
     edge_limits: String,
     connector_limits: String,
     any_port: bool,
+    dr_extra: String,
 }
 
 impl Default for Builder {
@@ -147,6 +148,7 @@ impl Default for Builder {
             edge_limits: String::new(),
             connector_limits: String::new(),
             any_port: false,
+            dr_extra: String::new(),
         }
     }
 }
@@ -181,6 +183,12 @@ impl Builder {
             nameserver: dns.addr,
             extra: extra_dr.into(),
         })
+    }
+
+    /// Lines added to the edge's `[dr]` after `test_users` (`cert_grace`, ...).
+    pub fn dr_extra(mut self, lines: &str) -> Self {
+        self.dr_extra = lines.into();
+        self
     }
 
     pub fn test_users(mut self, users: &[&str]) -> Self {
@@ -422,6 +430,9 @@ impl Builder {
         let mut lines = format!("trigger = {trigger:?}\ntest_users = [{users}]\n");
         if let Dr::Dns { extra, .. } = &self.dr {
             lines.push_str(&format!("poll_interval = \"1s\"\n{extra}\n"));
+        }
+        if !self.dr_extra.is_empty() {
+            lines.push_str(&format!("{}\n", self.dr_extra));
         }
         lines
     }
