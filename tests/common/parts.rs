@@ -276,27 +276,8 @@ server_groups = ["dc1"]
         let hosts = [DR_HOST, WILDCARD_HOST, NON_DR_HOST, UNKNOWN_HOST]
             .map(|h| format!("{h:?} = \"127.0.0.1\""))
             .join(", ");
-        format!(
-            r#"trust_domain = "{TD}"
-edges = {edges}
-transport = "{transport}"
-
-[tls]
-ca = {ca}
-cert = {cert}
-key = {key}
-
-[dns]
-hosts = {{ {hosts} }}
-
-[limits]
-{LIMITS}{limits}
-"#,
-            edges = edge_list(edges),
-            ca = toml_path(&self.ca.pem()),
-            cert = toml_path(&cert.cert),
-            key = toml_path(&cert.key),
-        )
+        let dns = format!("[dns]\nhosts = {{ {hosts} }}\n");
+        agent_config(cert, &self.ca.pem(), edges, transport, &dns, limits)
     }
 
     /// Start connector `i` dialling `edge` with `transport` (`limits` added to `[limits]`).
@@ -365,28 +346,8 @@ hosts = {{ {hosts} }}
         transport: &str,
         limits: &str,
     ) -> String {
-        format!(
-            r#"trust_domain = "{TD}"
-edges = {edges}
-transport = "{transport}"
-
-[tls]
-ca = {ca}
-cert = {cert}
-key = {key}
-
-[listen]
-socks = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
-[limits]
-{LIMITS}{limits}
-"#,
-            edges = edge_list(edges),
-            ca = toml_path(ca),
-            cert = toml_path(&cert.cert),
-            key = toml_path(&cert.key),
-        )
+        let listen = "[listen]\nsocks = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n";
+        agent_config(cert, ca, edges, transport, listen, limits)
     }
 
     /// Start a client like [`Rig::start_client`] whose `edges` are `edges`.
@@ -466,6 +427,38 @@ pub async fn run_client(
         .expect("client bind");
     let addrs = client.local_addrs();
     (metrics, addrs, tokio::spawn(client.run(drain)))
+}
+
+/// A connector's or client's config: presenting `cert` and pinning `ca`,
+/// dialling `edges` with `transport`, with `section` (its own, ending in a
+/// newline) before `[limits]`, to which `limits` is added.
+fn agent_config(
+    cert: &CertFiles,
+    ca: &Path,
+    edges: &[SocketAddr],
+    transport: &str,
+    section: &str,
+    limits: &str,
+) -> String {
+    format!(
+        r#"trust_domain = "{TD}"
+edges = {edges}
+transport = "{transport}"
+
+[tls]
+ca = {ca}
+cert = {cert}
+key = {key}
+
+{section}
+[limits]
+{LIMITS}{limits}
+"#,
+        edges = edge_list(edges),
+        ca = toml_path(ca),
+        cert = toml_path(&cert.cert),
+        key = toml_path(&cert.key),
+    )
 }
 
 /// `["a:p", "b:p"]`: a TOML array of edge addresses.

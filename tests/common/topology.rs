@@ -264,16 +264,7 @@ impl Topology {
     pub fn client_files(&self, cert: &ClientCert) -> (CertFiles, PathBuf) {
         let d = self.dir.path();
         match cert {
-            ClientCert::User(u) => {
-                let f = CertFiles {
-                    cert: self.ca.dir.join(format!("{u}.pem")),
-                    key: self.ca.dir.join(format!("{u}.key")),
-                };
-                if !f.cert.exists() {
-                    return (self.ca.issue(Role::Client, u, None), self.ca.pem());
-                }
-                (f, self.ca.pem())
-            }
+            ClientCert::User(u) => (self.rig.user(u), self.ca.pem()),
             ClientCert::ForeignCa => {
                 let impostor = Ca::init(&d.join("impostor"), TD);
                 let f = impostor.issue(Role::Client, "eve", None);
