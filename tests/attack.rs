@@ -59,48 +59,48 @@ async fn silent_connections_without_a_certificate_lock_nobody_out() {
 /// `max_flows_per_identity = 3` while alice's flows go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_identity_cannot_take_every_slot() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"",
-        "static:on",
-        "max_tunnels = 10\nmax_tunnels_per_identity = 4\nmax_flows_per_identity = 3\n",
-    ));
-    let quic = edge.quic.expect("quic");
+    let t = Builder::quic()
+        .crl()
+        .edge_limits("max_tunnels = 10\nmax_tunnels_per_identity = 4\nmax_flows_per_identity = 3\n")
+        .connectors(0)
+        .client(None)
+        .start_unready()
+        .await;
     let mut bobs = Vec::new();
     for _ in 0..6 {
-        bobs.push(rig.start_client(&rig.user(BOB), quic, "quic", "").await);
+        bobs.push(t.start_client(ClientCert::user(BOB)).await);
     }
-    let edge_m = std::sync::Arc::clone(&edge.metrics);
+    let edge_m = std::sync::Arc::clone(&t.edge_metrics);
     eventually(
         "bob's tunnels over quota refused",
         Duration::from_secs(10),
         || handshakes_of(&edge_m, "client", "quic", "quota") >= 2,
     )
     .await;
-    assert!(tunnels_of(&edge.metrics, "client", "quic") <= 4);
-    let conn = rig.start_connector(0, quic, "quic", "");
-    let alice = rig.start_client(&rig.user(ALICE), quic, "quic", "").await;
+    assert!(tunnels_of(&edge_m, "client", "quic") <= 4);
+    let (conn, _) = t.start_connector_with(&t.connector_cert(0), "connector0");
+    let alice = t.start_client(ClientCert::user(ALICE)).await;
     eventually("the connector gets in", Duration::from_secs(10), || {
-        connectors_connected(&edge.metrics) == 1
+        t.connectors_connected() == 1
     })
     .await;
-    first_flow_after(alice.http, rig.app.port(), Duration::from_secs(10)).await;
+    first_flow_after(alice.http, t.app.port(), Duration::from_secs(10)).await;
     assert_eq!(tunnels_of(&conn, "edge", "quic"), 1);
 
     // Bob holds three flows open through one client; the fourth is refused.
     let bob = &bobs[0];
-    first_flow_after(bob.http, rig.app.port(), Duration::from_secs(10)).await;
+    first_flow_after(bob.http, t.app.port(), Duration::from_secs(10)).await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let s = open_flow(bob.http, rig.app.port()).await;
+        let s = open_flow(bob.http, t.app.port()).await;
         held.push(s);
     }
-    let refused = raw_connect(bob.http, &format!("{DR_HOST}:{}", rig.app.port())).await;
+    let refused = raw_connect(bob.http, &format!("{DR_HOST}:{}", t.app.port())).await;
     assert!(
         refused.starts_with("HTTP/1.1 429") && refused.contains("Lifeboat-Error: quota"),
         "{refused}"
     );
-    let app = fetch_via(alice.http, rig.app.port(), "/bytes/100")
+    let app = fetch_via(alice.http, t.app.port(), "/bytes/100")
         .await
         .expect("alice's flow");
     assert!(app.starts_with(b"HTTP/1.1 200"));
@@ -110,7 +110,7 @@ async fn one_identity_cannot_take_every_slot() {
         edge_m.flows_active.get() == 0
     })
     .await;
-    let app = fetch_via(bob.http, rig.app.port(), "/bytes/100")
+    let app = fetch_via(bob.http, t.app.port(), "/bytes/100")
         .await
         .expect("bob's flow");
     assert!(app.starts_with(b"HTTP/1.1 200"));
