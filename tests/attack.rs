@@ -17,27 +17,31 @@ use tokio::net::TcpStream;
 /// ClientHello is in, and the oldest silent ones make room for new ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_without_a_certificate_lock_nobody_out() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        "static:on",
-        "max_handshakes_inflight = 4\n",
-    ));
-    let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
+    let t = Builder::quic()
+        .listen(Listen::Both)
+        .crl()
+        .edge_limits("max_handshakes_inflight = 4\n")
+        .connectors(0)
+        .client(None)
+        .start_unready()
+        .await;
+    let tls = t.edge_tls();
     let mut idle = Vec::new();
     for _ in 0..300 {
         idle.push(TcpStream::connect(tls).await.expect("connect"));
     }
     let started = Instant::now();
-    let conn = rig.start_connector(0, tls, "tls", "");
+    let (conn, _) = t.start_connector_over(&t.connector_cert(0), "connector0", Transport::Tls);
     eventually("a TLS connector gets in", Duration::from_secs(10), || {
-        connectors_connected(&edge.metrics) == 1
+        t.connectors_connected() == 1
     })
     .await;
-    let tls_client = rig.start_client(&rig.user(BOB), tls, "tls", "").await;
-    first_flow_after(tls_client.http, rig.app.port(), Duration::from_secs(10)).await;
-    let quic_client = rig.start_client(&rig.user(ALICE), quic, "quic", "").await;
-    first_flow_after(quic_client.http, rig.app.port(), Duration::from_secs(10)).await;
+    let tls_client = t
+        .start_client_over(ClientCert::user(BOB), Transport::Tls)
+        .await;
+    first_flow_after(tls_client.http, t.app.port(), Duration::from_secs(10)).await;
+    let quic_client = t.start_client(ClientCert::user(ALICE)).await;
+    first_flow_after(quic_client.http, t.app.port(), Duration::from_secs(10)).await;
     println!(
         "with 300 silent connections held: connector, TLS and QUIC clients served within {:?}",
         started.elapsed()
@@ -46,8 +50,10 @@ async fn silent_connections_without_a_certificate_lock_nobody_out() {
     for _ in 0..300 {
         idle.push(TcpStream::connect(tls).await.expect("connect"));
     }
-    let late = rig.start_client(&rig.user("carol"), tls, "tls", "").await;
-    first_flow_after(late.http, rig.app.port(), Duration::from_secs(10)).await;
+    let late = t
+        .start_client_over(ClientCert::user("carol"), Transport::Tls)
+        .await;
+    first_flow_after(late.http, t.app.port(), Duration::from_secs(10)).await;
     assert!(tunnels_of(&conn, "edge", "tls") == 1);
     drop(idle);
 }

@@ -251,13 +251,39 @@ impl Topology {
         cert: &CertFiles,
         name: &str,
     ) -> (Arc<Metrics>, JoinHandle<Result<(), RunError>>) {
+        self.start_connector_over(cert, name, self.transport)
+    }
+
+    /// [`Topology::start_connector_with`] dialling with `transport` instead
+    /// (see [`Topology::start_client_over`]).
+    pub fn start_connector_over(
+        &self,
+        cert: &CertFiles,
+        name: &str,
+        transport: Transport,
+    ) -> (Arc<Metrics>, JoinHandle<Result<(), RunError>>) {
         let text = self.connector_config(
             cert,
-            &self.dial,
-            self.transport.as_str(),
+            &self.dial_over(transport),
+            transport.as_str(),
             &self.connector_limits,
         );
         self.spawn_connector(name, &text)
+    }
+
+    /// The addresses an agent dialling with `transport` lists: every edge's
+    /// on the topology's own transport, else the first edge's QUIC or TLS
+    /// address (`auto`: QUIC's if it has one).
+    fn dial_over(&self, transport: Transport) -> Vec<SocketAddr> {
+        if transport == self.transport {
+            return self.dial.clone();
+        }
+        let addr = match transport {
+            Transport::Quic => self.quic,
+            Transport::Tls => self.tls,
+            Transport::Auto => self.quic.or(self.tls),
+        };
+        vec![addr.unwrap_or_else(|| panic!("the edge has no listener for {transport:?}"))]
     }
 
     /// The certificate files (and the CA file it pins) for a client cert choice.
@@ -297,16 +323,7 @@ impl Topology {
     /// first edge's QUIC or TLS address; `auto` dials QUIC's if it has one).
     pub async fn start_client_over(&self, cert: ClientCert, transport: Transport) -> ClientHandle {
         let (files, ca) = self.client_files(&cert);
-        let dial = if transport == self.transport {
-            self.dial.clone()
-        } else {
-            let addr = match transport {
-                Transport::Quic => self.quic,
-                Transport::Tls => self.tls,
-                Transport::Auto => self.quic.or(self.tls),
-            };
-            vec![addr.unwrap_or_else(|| panic!("the edge has no listener for {transport:?}"))]
-        };
+        let dial = self.dial_over(transport);
         let text = self.client_config(&files, &ca, &dial, transport.as_str(), "");
         self.spawn_client(&text).await
     }
