@@ -17,27 +17,31 @@ use tokio::net::TcpStream;
 /// ClientHello is in, and the oldest silent ones make room for new ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_without_a_certificate_lock_nobody_out() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        "static:on",
-        "max_handshakes_inflight = 4\n",
-    ));
-    let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
+    let t = Builder::quic()
+        .listen(Listen::Both)
+        .crl()
+        .edge_limits("max_handshakes_inflight = 4\n")
+        .connectors(0)
+        .client(None)
+        .start_unready()
+        .await;
+    let tls = t.edge_tls();
     let mut idle = Vec::new();
     for _ in 0..300 {
         idle.push(TcpStream::connect(tls).await.expect("connect"));
     }
     let started = Instant::now();
-    let conn = rig.start_connector(0, tls, "tls", "");
+    let (conn, _) = t.start_connector_over(&t.connector_cert(0), "connector0", Transport::Tls);
     eventually("a TLS connector gets in", Duration::from_secs(10), || {
-        connectors_connected(&edge.metrics) == 1
+        t.connectors_connected() == 1
     })
     .await;
-    let tls_client = rig.start_client(&rig.user(BOB), tls, "tls", "").await;
-    first_flow_after(tls_client.http, rig.app.port(), Duration::from_secs(10)).await;
-    let quic_client = rig.start_client(&rig.user(ALICE), quic, "quic", "").await;
-    first_flow_after(quic_client.http, rig.app.port(), Duration::from_secs(10)).await;
+    let tls_client = t
+        .start_client_over(ClientCert::user(BOB), Transport::Tls)
+        .await;
+    first_flow_after(tls_client.http, t.app.port(), Duration::from_secs(10)).await;
+    let quic_client = t.start_client(ClientCert::user(ALICE)).await;
+    first_flow_after(quic_client.http, t.app.port(), Duration::from_secs(10)).await;
     println!(
         "with 300 silent connections held: connector, TLS and QUIC clients served within {:?}",
         started.elapsed()
@@ -46,8 +50,10 @@ async fn silent_connections_without_a_certificate_lock_nobody_out() {
     for _ in 0..300 {
         idle.push(TcpStream::connect(tls).await.expect("connect"));
     }
-    let late = rig.start_client(&rig.user("carol"), tls, "tls", "").await;
-    first_flow_after(late.http, rig.app.port(), Duration::from_secs(10)).await;
+    let late = t
+        .start_client_over(ClientCert::user("carol"), Transport::Tls)
+        .await;
+    first_flow_after(late.http, t.app.port(), Duration::from_secs(10)).await;
     assert!(tunnels_of(&conn, "edge", "tls") == 1);
     drop(idle);
 }
@@ -59,48 +65,48 @@ async fn silent_connections_without_a_certificate_lock_nobody_out() {
 /// `max_flows_per_identity = 3` while alice's flows go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_identity_cannot_take_every_slot() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"",
-        "static:on",
-        "max_tunnels = 10\nmax_tunnels_per_identity = 4\nmax_flows_per_identity = 3\n",
-    ));
-    let quic = edge.quic.expect("quic");
+    let t = Builder::quic()
+        .crl()
+        .edge_limits("max_tunnels = 10\nmax_tunnels_per_identity = 4\nmax_flows_per_identity = 3\n")
+        .connectors(0)
+        .client(None)
+        .start_unready()
+        .await;
     let mut bobs = Vec::new();
     for _ in 0..6 {
-        bobs.push(rig.start_client(&rig.user(BOB), quic, "quic", "").await);
+        bobs.push(t.start_client(ClientCert::user(BOB)).await);
     }
-    let edge_m = std::sync::Arc::clone(&edge.metrics);
+    let edge_m = std::sync::Arc::clone(&t.edge_metrics);
     eventually(
         "bob's tunnels over quota refused",
         Duration::from_secs(10),
         || handshakes_of(&edge_m, "client", "quic", "quota") >= 2,
     )
     .await;
-    assert!(tunnels_of(&edge.metrics, "client", "quic") <= 4);
-    let conn = rig.start_connector(0, quic, "quic", "");
-    let alice = rig.start_client(&rig.user(ALICE), quic, "quic", "").await;
+    assert!(tunnels_of(&edge_m, "client", "quic") <= 4);
+    let (conn, _) = t.start_connector_with(&t.connector_cert(0), "connector0");
+    let alice = t.start_client(ClientCert::user(ALICE)).await;
     eventually("the connector gets in", Duration::from_secs(10), || {
-        connectors_connected(&edge.metrics) == 1
+        t.connectors_connected() == 1
     })
     .await;
-    first_flow_after(alice.http, rig.app.port(), Duration::from_secs(10)).await;
+    first_flow_after(alice.http, t.app.port(), Duration::from_secs(10)).await;
     assert_eq!(tunnels_of(&conn, "edge", "quic"), 1);
 
     // Bob holds three flows open through one client; the fourth is refused.
     let bob = &bobs[0];
-    first_flow_after(bob.http, rig.app.port(), Duration::from_secs(10)).await;
+    first_flow_after(bob.http, t.app.port(), Duration::from_secs(10)).await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let s = open_flow(bob.http, rig.app.port()).await;
+        let s = open_flow(bob.http, t.app.port()).await;
         held.push(s);
     }
-    let refused = raw_connect(bob.http, &format!("{DR_HOST}:{}", rig.app.port())).await;
+    let refused = raw_connect(bob.http, &format!("{DR_HOST}:{}", t.app.port())).await;
     assert!(
         refused.starts_with("HTTP/1.1 429") && refused.contains("Lifeboat-Error: quota"),
         "{refused}"
     );
-    let app = fetch_via(alice.http, rig.app.port(), "/bytes/100")
+    let app = fetch_via(alice.http, t.app.port(), "/bytes/100")
         .await
         .expect("alice's flow");
     assert!(app.starts_with(b"HTTP/1.1 200"));
@@ -110,7 +116,7 @@ async fn one_identity_cannot_take_every_slot() {
         edge_m.flows_active.get() == 0
     })
     .await;
-    let app = fetch_via(bob.http, rig.app.port(), "/bytes/100")
+    let app = fetch_via(bob.http, t.app.port(), "/bytes/100")
         .await
         .expect("bob's flow");
     assert!(app.starts_with(b"HTTP/1.1 200"));
@@ -121,15 +127,12 @@ async fn one_identity_cannot_take_every_slot() {
 /// tunnel and refuses the reconnect as expired (no `cert_grace` here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_expiring_during_a_tunnel_ends_it() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
-    let quic = edge.quic.expect("quic");
-    let _conn = rig.start_connector(0, quic, "quic", "");
-    let short = rig.ca.issue_expiring_in("dave", 4);
-    let client = rig.start_client(&short, quic, "quic", "").await;
-    first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
+    let t = Builder::quic().crl().client(None).start_unready().await;
+    let short = t.ca.issue_expiring_in("dave", 4);
+    let client = t.start_client(ClientCert::Files(short)).await;
+    first_flow_after(client.http, t.app.port(), Duration::from_secs(10)).await;
     assert_eq!(tunnels_of(&client.metrics, "edge", "quic"), 1);
-    let edge_m = std::sync::Arc::clone(&edge.metrics);
+    let edge_m = std::sync::Arc::clone(&t.edge_metrics);
     eventually(
         "the edge closed the tunnel at the certificate's expiry",
         Duration::from_secs(12),
@@ -148,22 +151,23 @@ async fn a_certificate_expiring_during_a_tunnel_ends_it() {
 /// listener that stay silent are closed by the edge and counted as `idle`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_flows_end_at_flow_idle_timeout_on_both_transports() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        "static:on",
-        "flow_idle_timeout = \"1s\"\n",
-    ));
-    let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
-    let _conn = rig.start_connector(0, quic, "quic", "");
-    let qc = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
-    let tc = rig.start_client(&rig.user(ALICE), tls, "tls", "").await;
-    for client in [&qc, &tc] {
-        first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
+    let t = Builder::quic()
+        .listen(Listen::Both)
+        .crl()
+        .edge_limits("flow_idle_timeout = \"1s\"\n")
+        .client(Some(ClientCert::user(BOB)))
+        .start_unready()
+        .await;
+    let qc = t.client();
+    let tc = &t
+        .start_client_over(ClientCert::user(ALICE), Transport::Tls)
+        .await;
+    for client in [qc, tc] {
+        first_flow_after(client.http, t.app.port(), Duration::from_secs(10)).await;
     }
     let mut silent = Vec::new();
-    for client in [&qc, &tc] {
-        let s = open_flow(client.http, rig.app.port()).await;
+    for client in [qc, tc] {
+        let s = open_flow(client.http, t.app.port()).await;
         silent.push(s);
     }
     let started = Instant::now();
@@ -181,7 +185,7 @@ async fn silent_flows_end_at_flow_idle_timeout_on_both_transports() {
         "silent flows closed after {:?} (flow_idle_timeout 1s)",
         started.elapsed()
     );
-    let idle = edge.metrics.flows_closed.with_label_values(&["idle"]).get();
+    let idle = t.edge_closed("idle");
     assert_eq!(idle, 2, "both counted as idle");
 }
 
@@ -193,7 +197,7 @@ async fn silent_flows_end_at_flow_idle_timeout_on_both_transports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_into_an_app_that_never_reads_do_not_stall_the_others() {
     let t = bob_and_alice_over_one_connector("").await;
-    let (bob, alice, sink_port, app_port) = (&t.bob, &t.alice, t.sink_port, t.rig.app.port());
+    let (bob, alice, sink_port, app_port) = (&t.bob, &t.alice, t.sink_port, t.topo.app.port());
 
     // Bob's 24 flows push until their writes block (bounded: 30 s). They
     // fill every buffer on the way and stall (a write blocked for a second
@@ -213,8 +217,8 @@ async fn flows_into_an_app_that_never_reads_do_not_stall_the_others() {
     println!(
         "5 x 4 MiB for alice beside 24 stalled flows: {:?}; stalled flows closed at the edge {}, at the connector {}",
         started.elapsed(),
-        stalled(&t.edge.metrics),
-        stalled(&t.connector),
+        stalled(&t.topo.edge_metrics),
+        stalled(&t.topo.connectors[0]),
     );
     pushers.abort_all();
 }
@@ -235,7 +239,7 @@ fn stalled(m: &lifeboat::metrics::Metrics) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_flows_per_tunnel_stalled_both_ways_do_not_stall_another_user() {
     let t = bob_and_alice_over_one_connector("").await;
-    let (bob, alice, sink_port, app_port) = (&t.bob, &t.alice, t.sink_port, t.rig.app.port());
+    let (bob, alice, sink_port, app_port) = (&t.bob, &t.alice, t.sink_port, t.topo.app.port());
 
     let max = default_max_flows_per_tunnel();
     let (uploads, mut refused) = open_many(bob.http, sink_port, max / 2).await;
@@ -261,7 +265,7 @@ async fn max_flows_per_tunnel_stalled_both_ways_do_not_stall_another_user() {
     .unwrap_or_else(|e| {
         let closed: Vec<_> = lifeboat::metrics::CLOSE_REASONS
             .iter()
-            .map(|r| (r, t.edge.metrics.flows_closed.with_label_values(&[r]).get()))
+            .map(|r| (r, t.topo.edge_closed(r)))
             .collect();
         panic!("alice's upload: {e}; edge closed flows: {closed:?}")
     });
@@ -272,7 +276,10 @@ async fn max_flows_per_tunnel_stalled_both_ways_do_not_stall_another_user() {
         .expect("alice's download beside bob's stalled flows");
     let (_, body) = split_http(&app);
     assert_eq!(body.len(), 4 << 20, "alice's download complete");
-    let (at_edge, at_connector) = (stalled(&t.edge.metrics), stalled(&t.connector));
+    let (at_edge, at_connector) = (
+        stalled(&t.topo.edge_metrics),
+        stalled(&t.topo.connectors[0]),
+    );
     println!(
         "bob asked for {max} flows ({} refused), stalled both ways: alice's 4 MiB up in {up:?}, \
          down in {:?}; stalled flows closed at the edge {at_edge}, at the connector {at_connector}",
@@ -303,7 +310,7 @@ async fn max_flows_per_tunnel_idle_flows_do_not_lock_out_another_user() {
     let (idle, refused) = open_many(t.bob.http, t.sink_port, max).await;
     assert!(refused.is_empty(), "{refused:?}");
     assert_eq!(idle.len(), max);
-    alice_is_served(&t.rig, t.alice.http).await;
+    alice_is_served(&t.topo, t.alice.http).await;
     drop(idle);
 }
 
@@ -318,7 +325,7 @@ async fn one_user_gets_half_a_connector_tunnel_and_no_more() {
     assert_eq!(idle.len(), 32, "bob's share of the connector tunnel");
     assert_eq!(refused.len(), 32);
     assert_all_quota(&refused);
-    alice_is_served(&t.rig, t.alice.http).await;
+    alice_is_served(&t.topo, t.alice.http).await;
     drop(idle);
 }
 
@@ -326,9 +333,7 @@ async fn one_user_gets_half_a_connector_tunnel_and_no_more() {
 /// segments take any port of the DR names, over its one connector; both
 /// edge and connector with `limits` added. Alice's first flow is through.
 struct TwoUsers {
-    rig: Rig,
-    edge: RigEdge,
-    connector: std::sync::Arc<lifeboat::metrics::Metrics>,
+    topo: Topology,
     bob: ClientHandle,
     alice: ClientHandle,
     /// A port that accepts and never reads ([`sink`]).
@@ -336,19 +341,18 @@ struct TwoUsers {
 }
 
 async fn bob_and_alice_over_one_connector(limits: &str) -> TwoUsers {
-    let rig = Rig::new().await;
     let (sink_port, held) = sink().await;
     drop(held); // detached: the sink runs until the test ends
-    let edge = rig.start_edge(&any_port_edge(&rig, limits));
-    let quic = edge.quic.expect("quic");
-    let connector = rig.start_connector(0, quic, "auto", limits);
-    let bob = rig.start_client(&rig.user(BOB), quic, "auto", "").await;
-    let alice = rig.start_client(&rig.user(ALICE), quic, "auto", "").await;
-    first_flow_after(alice.http, rig.app.port(), Duration::from_secs(10)).await;
+    let topo = any_port_edge(limits)
+        .connector_limits(limits)
+        .client(None)
+        .start_unready()
+        .await;
+    let bob = topo.start_client(ClientCert::user(BOB)).await;
+    let alice = topo.start_client(ClientCert::user(ALICE)).await;
+    first_flow_after(alice.http, topo.app.port(), Duration::from_secs(10)).await;
     TwoUsers {
-        rig,
-        edge,
-        connector,
+        topo,
         bob,
         alice,
         sink_port,
@@ -397,15 +401,15 @@ async fn sink() -> (u16, tokio::task::JoinHandle<()>) {
     (port, held)
 }
 
-/// An edge config (QUIC, DR on, `limits` added) whose segments serve every
-/// port of their names, so flows can reach a [`sink`].
-fn any_port_edge(rig: &Rig, limits: &str) -> String {
-    let app_port = rig.app.port();
-    rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", limits)
-        .replace(
-            &format!("tcp_ports = [\"{app_port}\"]"),
-            "tcp_ports = [\"1-65535\"]",
-        )
+/// Agents on the default transport and an edge (QUIC only, DR on, `limits`
+/// added) whose segments serve every port of their names, so flows can
+/// reach a [`sink`].
+fn any_port_edge(limits: &str) -> Builder {
+    Builder::new()
+        .listen(Listen::Quic)
+        .crl()
+        .any_port()
+        .edge_limits(limits)
 }
 
 /// `n` flows through the client's HTTP listener to `port` that push
@@ -462,15 +466,15 @@ fn push(flows: Vec<TcpStream>, for_: Duration) -> tokio::task::JoinSet<()> {
 /// `handshake_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_host_cannot_take_every_handshake_slot() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        "static:on",
-        "max_handshakes_inflight = 8\n",
-    ));
-    let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
-    let _conn = rig.start_connector(0, quic, "quic", "");
-    let trust = user_trust(&rig, "mallory");
+    let t = Builder::quic()
+        .listen(Listen::Both)
+        .crl()
+        .edge_limits("max_handshakes_inflight = 8\n")
+        .client(None)
+        .start_unready()
+        .await;
+    let tls = t.edge_tls();
+    let trust = t.ca.trust(&t.user_cert("mallory"));
     let config = std::sync::Arc::new(trust.client_config(&[b"lifeboat/1"]));
     let mut stalled = Vec::new();
     for _ in 0..20 {
@@ -486,7 +490,7 @@ async fn one_host_cannot_take_every_handshake_slot() {
         tcp.write_all(&first).await.expect("send ClientHello");
         stalled.push(tcp);
     }
-    let m = std::sync::Arc::clone(&edge.metrics);
+    let m = std::sync::Arc::clone(&t.edge_metrics);
     eventually(
         "the host's handshakes beyond its share are shed",
         Duration::from_secs(5),
@@ -494,8 +498,10 @@ async fn one_host_cannot_take_every_handshake_slot() {
     )
     .await;
     let started = Instant::now();
-    let user = rig.start_client(&rig.user(BOB), tls, "tls", "").await;
-    first_flow_after(user.http, rig.app.port(), Duration::from_secs(10)).await;
+    let user = t
+        .start_client_over(ClientCert::user(BOB), Transport::Tls)
+        .await;
+    first_flow_after(user.http, t.app.port(), Duration::from_secs(10)).await;
     println!(
         "with one host stalling 20 TLS handshakes: another user served within {:?}",
         started.elapsed()
@@ -506,28 +512,23 @@ async fn one_host_cannot_take_every_handshake_slot() {
 /// An edge (QUIC, DR on) with a connector, carol revoked and refused: the
 /// CRL from before her revocation, and carol's client.
 struct RevokedCarol {
-    rig: Rig,
-    edge: RigEdge,
+    topo: Topology,
     client: ClientHandle,
     crl_before: Vec<u8>,
 }
 
 async fn revoked_carol() -> RevokedCarol {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
-    let quic = edge.quic.expect("quic");
-    rig.start_connector(0, quic, "quic", "");
-    let crl_before = std::fs::read(rig.ca.crl()).expect("read CRL");
-    let carol = rig.user("carol");
-    rig.ca.revoke(&carol);
-    let client = rig.start_client(&carol, quic, "quic", "").await;
+    let topo = Builder::quic().crl().client(None).start_unready().await;
+    let crl_before = std::fs::read(topo.ca.crl()).expect("read CRL");
+    let carol = topo.user_cert("carol");
+    topo.ca.revoke(&carol);
+    let client = topo.start_client(ClientCert::Files(carol)).await;
     eventually("carol refused as revoked", Duration::from_secs(10), || {
-        handshakes_of(&edge.metrics, "client", "quic", "revoked") >= 1
+        topo.edge_handshakes("client", "revoked") >= 1
     })
     .await;
     RevokedCarol {
-        rig,
-        edge,
+        topo,
         client,
         crl_before,
     }
@@ -536,7 +537,7 @@ async fn revoked_carol() -> RevokedCarol {
 impl RevokedCarol {
     /// Carol is refused as revoked again, and holds no tunnel.
     async fn still_refused(&self) {
-        let m = &self.edge.metrics;
+        let m = &self.topo.edge_metrics;
         let before = handshakes_of(m, "client", "quic", "revoked");
         eventually(
             "carol still refused as revoked",
@@ -554,10 +555,10 @@ impl RevokedCarol {
 async fn an_older_crl_is_refused_and_the_newer_one_stays() {
     let t = revoked_carol().await;
     // The CRL from before carol's revocation, written back over the newer.
-    std::fs::write(t.rig.ca.crl(), &t.crl_before).expect("write the old CRL");
+    std::fs::write(t.topo.ca.crl(), &t.crl_before).expect("write the old CRL");
     let err = t
+        .topo
         .edge
-        .state
         .trust
         .reload()
         .expect_err("an older CRL is refused");
@@ -575,15 +576,15 @@ async fn an_older_crl_is_refused_and_the_newer_one_stays() {
 async fn a_crl_without_a_crl_number_is_refused_and_revoked_users_stay_out() {
     let t = revoked_carol().await;
     let failed = || {
-        t.edge
-            .metrics
+        t.topo
+            .edge_metrics
             .config_reloads
             .with_label_values(&["error"])
             .get()
     };
     assert_eq!(failed(), 0);
-    std::fs::write(t.rig.ca.crl(), &t.crl_before).expect("write the old CRL");
-    lifeboat::pki::write_flawed_crl(&t.rig.ca.dir, lifeboat::trust::CrlFlaw::NoNumber)
+    std::fs::write(t.topo.ca.crl(), &t.crl_before).expect("write the old CRL");
+    lifeboat::pki::write_flawed_crl(&t.topo.ca.dir, lifeboat::trust::CrlFlaw::NoNumber)
         .expect("a CRL without a number");
     eventually(
         "the file watcher refuses it (counted)",
@@ -592,9 +593,9 @@ async fn a_crl_without_a_crl_number_is_refused_and_revoked_users_stay_out() {
     )
     .await;
     let err = t
+        .topo
         .edge
-        .state
-        .reload(&t.edge.config)
+        .reload(&t.topo.edge_config)
         .expect_err("a reload refuses it");
     let err = format!("{err:#}");
     assert!(
@@ -613,12 +614,11 @@ async fn a_crl_without_a_crl_number_is_refused_and_revoked_users_stay_out() {
 /// those bytes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_budget_bounds_the_flows_that_stall() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&any_port_edge(&rig, "memory_budget = 8388608\n"));
-    let quic = edge.quic.expect("quic");
-    let _conn = rig.start_connector(0, quic, "auto", "");
-    let bob = rig.start_client(&rig.user(BOB), quic, "auto", "").await;
-    let app_port = rig.app.port();
+    let t = any_port_edge("memory_budget = 8388608\n")
+        .client(Some(ClientCert::user(BOB)))
+        .start_unready()
+        .await;
+    let (bob, app_port) = (t.client(), t.app.port());
     first_flow_after(bob.http, app_port, Duration::from_secs(10)).await;
     let (mut downloads, refused) = open_many(bob.http, app_port, 12).await;
     assert!(refused.is_empty(), "{refused:?}");
@@ -627,7 +627,7 @@ async fn memory_budget_bounds_the_flows_that_stall() {
             .await
             .expect("ask for 1 GiB");
     }
-    let m = std::sync::Arc::clone(&edge.metrics);
+    let m = std::sync::Arc::clone(&t.edge_metrics);
     eventually(
         "stalled flows beyond the budget closed",
         Duration::from_secs(15),
@@ -678,15 +678,14 @@ impl quinn::AsyncUdpSocket for Deaf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_quic_handshakes_lock_nobody_out() {
     use quinn::Runtime as _;
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"",
-        "static:on",
-        "max_handshakes_inflight = 8\n",
-    ));
-    let quic = edge.quic.expect("quic");
-    let _conn = rig.start_connector(0, quic, "quic", "");
-    let trust = user_trust(&rig, "mallory");
+    let t = Builder::quic()
+        .crl()
+        .edge_limits("max_handshakes_inflight = 8\n")
+        .client(None)
+        .start_unready()
+        .await;
+    let quic = t.edge_quic();
+    let trust = t.ca.trust(&t.user_cert("mallory"));
     let std_sock = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
     let inner = quinn::TokioRuntime.wrap_udp_socket(std_sock).expect("wrap");
     let mut deaf = quinn::Endpoint::new_with_abstract_socket(
@@ -707,27 +706,11 @@ async fn unfinished_quic_handshakes_lock_nobody_out() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let user = rig.start_client(&rig.user(BOB), quic, "quic", "").await;
-    first_flow_after(user.http, rig.app.port(), Duration::from_secs(10)).await;
+    let user = t.start_client(ClientCert::user(BOB)).await;
+    first_flow_after(user.http, t.app.port(), Duration::from_secs(10)).await;
     println!(
         "with 300 unfinished QUIC handshakes from one host: another user served within {:?}",
         started.elapsed()
     );
     drop(pending);
-}
-
-/// The trust of client `user` (CA, certificate, key), for hand-made dials.
-fn user_trust(rig: &Rig, user: &str) -> std::sync::Arc<lifeboat::trust::Trust> {
-    let cert = rig.user(user);
-    lifeboat::trust::Trust::load(
-        lifeboat::trust::TlsFiles {
-            ca: rig.ca.pem(),
-            cert: cert.cert,
-            key: cert.key,
-            crl: None,
-            key_exchange: Default::default(),
-        },
-        TD,
-    )
-    .expect("trust")
 }

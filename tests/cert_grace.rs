@@ -18,7 +18,7 @@ use lifeboat::config::Limits;
 use lifeboat::dr::DrMode;
 use lifeboat::pki::{self, IssueOptions};
 use lifeboat::transport::{close_code, quic, tls, ALPN_CLIENT};
-use lifeboat::trust::{Role, TlsFiles, Trust};
+use lifeboat::trust::{Role, Trust};
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -46,22 +46,6 @@ fn expired_user(rig: &Rig, user: &str, ago: time::Duration) -> CertFiles {
     o.not_after = Some(now - ago);
     let (cert, key) = pki::issue(&o).expect("pki issue");
     CertFiles { cert, key }
-}
-
-/// The client-side trust of `cert` (lifeboat's own client config: it
-/// loads an expired certificate with a warning, and caches sessions).
-fn client_trust(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
-    Trust::load(
-        TlsFiles {
-            ca: rig.ca.pem(),
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-            crl: None,
-            key_exchange: Default::default(),
-        },
-        TD,
-    )
-    .expect("client trust")
 }
 
 fn request(app_port: u16) -> String {
@@ -135,27 +119,27 @@ async fn quic_flow(edge: SocketAddr, trust: &Arc<Trust>, app_port: u16) -> Answe
     a
 }
 
-fn handshakes(edge: &RigEdge, transport: &str, result: &str) -> u64 {
-    handshakes_of(&edge.metrics, "client", transport, result)
+fn handshakes(t: &Topology, transport: &str, result: &str) -> u64 {
+    handshakes_of(&t.edge_metrics, "client", transport, result)
 }
 
 /// Rewrite the DR trigger and wait until the edge is in `mode` with the
 /// grace window it implies.
 /// `handshakes{role="client",transport,result}` reaches `n` (counted by the
 /// edge after the peer saw the refusal) and stays there.
-async fn expect_count(edge: &RigEdge, transport: &str, result: &str, n: u64) {
+async fn expect_count(t: &Topology, transport: &str, result: &str, n: u64) {
     eventually(
         &format!("{transport} handshakes counted {result}: {n}"),
         Duration::from_secs(5),
-        || handshakes(edge, transport, result) >= n,
+        || handshakes(t, transport, result) >= n,
     )
     .await;
-    assert_eq!(handshakes(edge, transport, result), n);
+    assert_eq!(handshakes(t, transport, result), n);
 }
 
-async fn set_mode(dr_file: &std::path::Path, edge: &RigEdge, text: &str, mode: DrMode) {
-    std::fs::write(dr_file, text).expect("write DR file");
-    let (rx, trust) = (edge.state.mode.clone(), Arc::clone(&edge.state.trust));
+async fn set_mode(t: &Topology, text: &str, mode: DrMode) {
+    t.set_dr(text);
+    let (rx, trust) = (t.edge.mode.clone(), Arc::clone(&t.edge.trust));
     let want_grace = mode == DrMode::On;
     eventually(
         &format!("edge in DR mode {mode}, cert_grace {want_grace}"),
@@ -167,44 +151,32 @@ async fn set_mode(dr_file: &std::path::Path, edge: &RigEdge, text: &str, mode: D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr_is_on() {
-    let rig = Rig::new().await;
-    let dr_file = rig.dir.path().join("dr.txt");
-    std::fs::write(&dr_file, ON).expect("write DR file");
-    let text = rig
-        .edge_toml(
-            "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-            &format!("file:{}", dr_file.display()),
-            "",
-        )
-        .replace(
-            &format!("test_users = [\"{ALICE}\"]"),
-            &format!("test_users = [\"{ALICE}\", \"{BOB}\"]\ncert_grace = \"2h\""),
-        );
+    let t = Builder::quic()
+        .listen(Listen::Both)
+        .crl()
+        .dr_file(ON)
+        .test_users(&[ALICE, BOB])
+        .dr_extra("cert_grace = \"2h\"")
+        .client(None)
+        .start()
+        .await;
+    let text = std::fs::read_to_string(&t.edge_config).expect("read edge config");
     assert!(text.contains("cert_grace = \"2h\""), "{text}");
-    let edge = rig.start_edge(&text);
-    let (quic_addr, tls_addr) = (edge.quic.expect("QUIC"), edge.tls.expect("TLS"));
-    let connector = rig.start_connector(0, quic_addr, "quic", "");
-    eventually("connector registered", Duration::from_secs(10), || {
-        edge.metrics
-            .connectors_connected
-            .with_label_values(&[GROUP])
-            .get()
-            == 1
-    })
-    .await;
-    set_mode(&dr_file, &edge, ON, DrMode::On).await;
-    let port = rig.app.port();
-    let grace = &edge.metrics.cert_grace_accepted;
+    let (quic_addr, tls_addr) = (t.edge_quic(), t.edge_tls());
+    set_mode(&t, ON, DrMode::On).await;
+    let port = t.app.port();
+    let grace = &t.edge_metrics.cert_grace_accepted;
     assert_eq!(grace.get(), 0);
-    assert!(edge
-        .metrics
+    assert!(t
+        .edge_metrics
         .encode()
         .contains("lifeboat_cert_grace_accepted_total 0"));
 
     // Both test users, so that in `test` mode only the certificate refuses.
-    let alice = client_trust(&rig, &expired_user(&rig, ALICE, time::Duration::hours(1)));
-    let bob = client_trust(&rig, &expired_user(&rig, BOB, time::Duration::hours(3)));
-    let carol = client_trust(&rig, &rig.user("carol"));
+    let alice =
+        t.ca.trust(&expired_user(&t, ALICE, time::Duration::hours(1)));
+    let bob = t.ca.trust(&expired_user(&t, BOB, time::Duration::hours(3)));
+    let carol = t.ca.trust(&t.user_cert("carol"));
     let alice_tls = tls::connector(&alice, b"http/1.1");
     let carol_tls = tls::connector(&carol, b"http/1.1");
 
@@ -222,11 +194,11 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
     );
     assert_eq!(quic_flow(quic_addr, &alice, port).await, Answer::Served);
     assert_eq!(grace.get(), 3);
-    assert!(edge
-        .metrics
+    assert!(t
+        .edge_metrics
         .encode()
         .contains("lifeboat_cert_grace_accepted_total 3"));
-    assert_eq!(handshakes(&edge, "tls", "expired"), 0);
+    assert_eq!(handshakes(&t, "tls", "expired"), 0);
 
     // Expired three hours ago: refused "expired" even while on.
     let bob_tls = tls::connector(&bob, b"http/1.1");
@@ -236,8 +208,8 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
         quic_flow(quic_addr, &bob, port).await,
         Answer::NoTunnel(_)
     ));
-    expect_count(&edge, "tls", "expired", 1).await;
-    expect_count(&edge, "quic", "expired", 1).await;
+    expect_count(&t, "tls", "expired", 1).await;
+    expect_count(&t, "quic", "expired", 1).await;
     assert_eq!(grace.get(), 3);
 
     // A valid certificate resumes as usual (the control for the above).
@@ -278,7 +250,7 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
 
     // Test mode: alice is a test user, but her certificate is expired:
     // refused at the handshake, not resumed from the `on` days.
-    set_mode(&dr_file, &edge, TEST, DrMode::Test).await;
+    set_mode(&t, TEST, DrMode::Test).await;
     let closed = tokio::time::timeout(Duration::from_secs(5), held.closed())
         .await
         .expect("the grace tunnel is closed when DR leaves on");
@@ -300,8 +272,8 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
         quic_flow(quic_addr, &alice, port).await,
         Answer::NoTunnel(_)
     ));
-    expect_count(&edge, "tls", "expired", 2).await;
-    expect_count(&edge, "quic", "expired", 2).await;
+    expect_count(&t, "tls", "expired", 2).await;
+    expect_count(&t, "quic", "expired", 2).await;
     // Switching grace off voided every ticket: carol's next is a full one
     // (and, not a test user, she is not allowed in test mode).
     let (a, kind) = tls_flow(tls_addr, &carol_tls, port).await;
@@ -312,17 +284,16 @@ async fn an_expired_client_certificate_is_served_within_cert_grace_only_while_dr
     );
 
     // Off: refused as expired too (not merely dr-inactive).
-    set_mode(&dr_file, &edge, OFF, DrMode::Off).await;
+    set_mode(&t, OFF, DrMode::Off).await;
     let (a, _) = tls_flow(tls_addr, &alice_tls, port).await;
     assert!(matches!(a, Answer::NoTunnel(_)), "{a:?}");
-    expect_count(&edge, "tls", "expired", 3).await;
+    expect_count(&t, "tls", "expired", 3).await;
 
     // On again: served again.
-    set_mode(&dr_file, &edge, ON, DrMode::On).await;
+    set_mode(&t, ON, DrMode::On).await;
     assert_eq!(tls_flow(tls_addr, &alice_tls, port).await.0, Answer::Served);
     assert_eq!(grace.get(), 6);
-    assert_eq!(handshakes(&edge, "tls", "ok"), 7);
+    assert_eq!(handshakes(&t, "tls", "ok"), 7);
     // alice's flow under grace and the held grace tunnel.
-    assert_eq!(handshakes(&edge, "quic", "ok"), 2);
-    drop(connector);
+    assert_eq!(handshakes(&t, "quic", "ok"), 2);
 }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,45 +18,20 @@ const BIG: u64 = 256 * 1024 * 1024;
 /// `/bytes/N` pattern (read as it streams, never stored), return the wall time.
 async fn curl_pattern(args: &[String], n: u64) -> Duration {
     let started = Instant::now();
-    let mut child = curl()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn curl");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut check = PatternCheck::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    let read = async {
-        loop {
-            let k = out.read(&mut buf).await.expect("read curl stdout");
-            if k == 0 {
-                break;
-            }
-            check.feed(&buf[..k]);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), read)
-        .await
-        .expect("curl finished within 60 s");
-    let output = child.wait_with_output().await.expect("curl exit");
+    let (got, output) = curl_streamed(args, Duration::from_secs(60)).await;
     assert!(
         output.status.success(),
         "curl {args:?} failed: {:?}: {}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(
-        check.offset, n,
-        "curl delivered {} of {n} bytes",
-        check.offset
-    );
+    assert_eq!(got, n, "curl delivered {got} of {n} bytes");
     started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_socks5_256_mib_byte_exact() {
-    let t = Builder::new().start().await;
+    let t = Builder::quic().start().await;
     let url = format!("http://{DR_HOST}:{}/bytes/{BIG}", t.app_port());
     let took = curl_pattern(
         &[
@@ -88,7 +62,7 @@ async fn curl_socks5_256_mib_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_http_connect_256_mib_byte_exact() {
-    let t = Builder::new().start().await;
+    let t = Builder::quic().start().await;
     let url = format!("http://{DR_HOST}:{}/bytes/{BIG}", t.app_port());
     let took = curl_pattern(
         &[
@@ -149,7 +123,7 @@ async fn echo_once(socks: std::net::SocketAddr, port: u16, seed: u64, len: usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_flows_over_one_tunnel() {
     const FLOWS: u64 = 1000;
-    let t = Builder::new().start().await;
+    let t = Builder::quic().start().await;
     let client_handshakes = || {
         t.client()
             .metrics
@@ -243,7 +217,7 @@ async fn read_to_eof_app(tail: usize) -> (u16, tokio::task::JoinHandle<()>) {
 async fn half_close_carries_fin_and_the_answer_still_arrives() {
     const TAIL: usize = 2 * 1024 * 1024;
     let (eof_port, _app) = read_to_eof_app(TAIL).await;
-    let t = Builder::new().segment_port(eof_port).start().await;
+    let t = Builder::quic().segment_port(eof_port).start().await;
 
     // 1. An app that answers only after EOF: FIN must travel client -> app,
     //    and the whole answer must come back over the half-open flow.
@@ -302,7 +276,7 @@ async fn half_close_carries_fin_and_the_answer_still_arrives() {
 /// The DR segment's wildcard is served through both listeners.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_segment_is_served() {
-    let t = Builder::new().start().await;
+    let t = Builder::quic().start().await;
     let url = format!("http://{WILDCARD_HOST}:{}/bytes/1000000", t.app_port());
     curl_pattern(
         &[
@@ -417,7 +391,7 @@ async fn echo_roundtrip(s: &mut TcpStream) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_on_either_end_arrives_as_a_reset() {
     let (port, mut ends) = reset_app().await;
-    let t = Builder::new().segment_port(port).start().await;
+    let t = Builder::quic().segment_port(port).start().await;
 
     // Client -> app: the client resets, the app must read ECONNRESET.
     let mut s = lifeboat::demo::socks_client::connect(t.socks(), DR_HOST, port)
@@ -490,7 +464,7 @@ async fn banner_app(banner: &'static [u8]) -> u16 {
 async fn an_app_that_speaks_first_is_heard_on_every_flow() {
     const BANNER: &[u8] = b"SSH-2.0-lifeboat-test-banner\r\n";
     let port = banner_app(BANNER).await;
-    let t = Builder::new().segment_port(port).start().await;
+    let t = Builder::quic().segment_port(port).start().await;
     let socks = t.socks();
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let mut flows = tokio::task::JoinSet::new();

@@ -56,7 +56,7 @@ async fn off_test_on_off_through_the_edge() {
     let (logs, _guard) = Logs::capture();
     let dns = DnsServer::start().await;
     dns.publish(OFF);
-    let t = Builder::new().dns(&dns, "").also_client(BOB).start().await;
+    let t = Builder::quic().dns(&dns, "").also_client(BOB).start().await;
     t.wait_mode(DrMode::Off).await;
     let port = t.app_port();
 
@@ -161,7 +161,7 @@ async fn off_test_on_off_through_the_edge() {
 async fn narrowing_on_to_test_closes_only_non_test_users() {
     let dns = DnsServer::start().await;
     dns.publish(ON);
-    let t = Builder::new().dns(&dns, "").also_client(BOB).start().await;
+    let t = Builder::quic().dns(&dns, "").also_client(BOB).start().await;
     t.wait_mode(DrMode::On).await;
     let port = t.app_port();
     let mut alice_flow = EchoFlow::open(t.user(ALICE).socks, port).await;
@@ -191,7 +191,7 @@ async fn narrowing_on_to_test_closes_only_non_test_users() {
 async fn activation_latency() {
     let dns = DnsServer::start().await;
     dns.publish(OFF);
-    let t = Builder::new().dns(&dns, "").also_client(BOB).start().await;
+    let t = Builder::quic().dns(&dns, "").also_client(BOB).start().await;
     let mut samples = Vec::new();
     for _ in 0..5 {
         dns.publish(OFF);
@@ -523,7 +523,7 @@ async fn absurd_record_times_then_off_the_edge_still_obeys() {
     let state = dir.path().join("dr.state");
     let dns = DnsServer::start().await;
     dns.publish(ON);
-    let t = Builder::new()
+    let t = Builder::quic()
         .dns(
             &dns,
             &format!("state_file = {:?}\n", state.display().to_string()),
@@ -628,7 +628,7 @@ async fn the_file_trigger_takes_dns_record_output_both_ways() {
 async fn with_nothing_outside_an_edge_in_on_keeps_serving() {
     let dns = DnsServer::start().await;
     dns.publish(ON);
-    let t = Builder::new().dns(&dns, "").also_client(BOB).start().await;
+    let t = Builder::quic().dns(&dns, "").also_client(BOB).start().await;
     t.wait_mode(DrMode::On).await;
     let port = t.app_port();
     let mut running = EchoFlow::open(t.user(BOB).socks, port).await;

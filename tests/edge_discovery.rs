@@ -6,14 +6,16 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Answer, DnsServer, EchoFlow, Logs, DR_HOST, TD};
-use lifeboat::client::{Client, ListenerKind};
-use lifeboat::config::{self, ClientConfig, ConnectorConfig, EdgeConfig};
-use lifeboat::connector::Connector;
+use common::{
+    eventually, run_client, run_connector, toml_path, Answer, DnsServer, EchoFlow, Logs, DR_HOST,
+    GROUP, LIMITS, TD,
+};
+use lifeboat::client::ListenerKind;
+use lifeboat::config::{self, EdgeConfig};
 use lifeboat::edge::Edge;
 use lifeboat::metrics::Metrics;
 use lifeboat::pki::{self, IssueOptions};
@@ -24,9 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The edges' DNS name.
 const NAME: &str = "dr-edge.example.test";
-const GROUP: &str = "dc1-dr";
-const LIMITS: &str =
-    "handshake_timeout = \"5s\"\nconnect_timeout = \"3s\"\ndrain_timeout = \"2s\"\n";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("IP literal")
@@ -37,10 +36,6 @@ fn zone(ips: &[IpAddr]) -> String {
     ips.iter()
         .map(|a| format!("{NAME}. 1 IN A {a}\n"))
         .collect()
-}
-
-fn toml_path(p: &Path) -> String {
-    format!("{:?}", p.display().to_string())
 }
 
 /// An edge running on its own address, with its own drain token.
@@ -240,13 +235,11 @@ hosts = {{ "{DR_HOST}" = "127.0.0.1" }}
             tls = self.tls("connector0"),
             ns = dns.addr,
         );
-        let path = self.dir.path().join("connector.toml");
-        std::fs::write(&path, &text).expect("write connector config");
-        let cfg: ConnectorConfig = config::from_text(&path, &text)
-            .unwrap_or_else(|e| panic!("connector config: {e}\n{text}"));
-        let c = Connector::bind(cfg, &path, Arc::new(Metrics::new("connector")))
-            .expect("connector bind");
-        tokio::spawn(c.run(drain.clone()));
+        run_connector(
+            &self.dir.path().join("connector.toml"),
+            &text,
+            drain.clone(),
+        );
     }
 
     /// The client (DR follows the edge), its edges by name through `dns`;
@@ -276,23 +269,12 @@ nameservers = ["{ns}"]
             ns = dns.addr,
         );
         let path = self.dir.path().join("client.toml");
-        std::fs::write(&path, &text).expect("write client config");
-        let cfg: ClientConfig = config::from_text(&path, &text)
-            .unwrap_or_else(|e| panic!("client config: {e}\n{text}"));
-        let metrics = Arc::new(Metrics::new("client"));
-        let mode = lifeboat::dr::trigger::start(None, Arc::clone(&metrics), drain.clone())
-            .expect("client DR mode");
-        let client = Client::bind(cfg, &path, mode, metrics)
-            .await
-            .expect("client bind");
-        let socks = client
-            .local_addrs()
+        let (_, addrs, _) = run_client(&path, &text, drain.clone()).await;
+        addrs
             .into_iter()
             .find(|(k, _)| matches!(k, ListenerKind::Socks))
             .expect("socks listener")
-            .1;
-        tokio::spawn(client.run(drain.clone()));
-        socks
+            .1
     }
 }
 

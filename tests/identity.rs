@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use lifeboat::transport::{close_code, quic, ALPN_CLIENT, ALPN_CONNECTOR};
-use lifeboat::trust::{Role, TlsFiles, Trust};
+use lifeboat::trust::Role;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -55,7 +55,7 @@ async fn assert_client_refused(t: &Topology, result: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_cert_from_a_foreign_ca_is_refused_unknown_ca() {
-    let t = Builder::new()
+    let t = Builder::quic()
         .client(Some(ClientCert::ForeignCa))
         .start_unready()
         .await;
@@ -65,7 +65,7 @@ async fn client_cert_from_a_foreign_ca_is_refused_unknown_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_client_cert_is_refused_expired() {
-    let t = Builder::new()
+    let t = Builder::quic()
         .client(Some(ClientCert::Expired))
         .start_unready()
         .await;
@@ -75,7 +75,7 @@ async fn expired_client_cert_is_refused_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_client_cert_is_refused_revoked() {
-    let t = Builder::new()
+    let t = Builder::quic()
         .client(Some(ClientCert::Revoked))
         .start_unready()
         .await;
@@ -92,7 +92,7 @@ async fn revoked_client_cert_is_refused_revoked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_cert_used_by_a_client_is_refused_wrong_role() {
-    let t = Builder::new()
+    let t = Builder::quic()
         .client(Some(ClientCert::ConnectorCert))
         .start_unready()
         .await;
@@ -104,31 +104,16 @@ async fn connector_cert_used_by_a_client_is_refused_wrong_role() {
     t.shutdown().await;
 }
 
-/// Load `lifeboat::trust::Trust` for `cert` (pinning the deployment's CA).
-fn trust_for(t: &Topology, cert: &CertFiles) -> Arc<Trust> {
-    Trust::load(
-        TlsFiles {
-            ca: t.ca.pem(),
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-            crl: None,
-            key_exchange: Default::default(),
-        },
-        TD,
-    )
-    .expect("load trust")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_cert_used_by_a_connector_is_not_registered_wrong_role() {
-    let t = Builder::new().connectors(0).client(None).start().await;
+    let t = Builder::quic().connectors(0).client(None).start().await;
     let alice = t.ca.issue(Role::Client, ALICE, None);
 
     // The connector itself refuses to start with a client certificate.
     let dir = t.dir.path();
     let text = format!(
         "trust_domain = \"{TD}\"\nedges = [\"{}\"]\ntransport = \"quic\"\n[tls]\nca = {}\ncert = {}\nkey = {}\n",
-        t.edge_quic,
+        t.edge_quic(),
         toml_path(&t.ca.pem()),
         toml_path(&alice.cert),
         toml_path(&alice.key)
@@ -149,7 +134,7 @@ async fn client_cert_used_by_a_connector_is_not_registered_wrong_role() {
     );
 
     // A peer that does it anyway: the connector ALPN with a client certificate.
-    let trust = trust_for(&t, &alice);
+    let trust = t.ca.trust(&alice);
     let limits = lifeboat::config::Limits::default();
     let ep = quic::client_endpoint(
         "127.0.0.1:0".parse().expect("literal"),
@@ -160,7 +145,7 @@ async fn client_cert_used_by_a_connector_is_not_registered_wrong_role() {
     )
     .expect("endpoint");
     // The edge refuses before its welcome: `connect` fails with the edge's close.
-    let end = match quic::connect(&ep, t.edge_quic, "localhost", Duration::from_secs(5)).await {
+    let end = match quic::connect(&ep, t.edge_quic(), "localhost", Duration::from_secs(5)).await {
         Err(lifeboat::transport::TunnelError::Connection(e)) => e,
         Err(e) => panic!("expected the edge's close, got {e}"),
         Ok(_) => panic!("the edge welcomed a client certificate on a connector tunnel"),
@@ -278,14 +263,14 @@ async fn raw_quic_peer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_trust_domain_is_refused_even_when_its_ca_is_pinned() {
-    let t = Builder::new()
+    let t = Builder::quic()
         .client(None)
         .edge_pins_foreign_trust_domain()
         .start()
         .await;
     let foreign = t.foreign_td.clone().expect("foreign CA");
     let oscar = foreign.issue(Role::Client, "oscar", None);
-    let end = raw_quic_peer(t.edge_quic, ALPN_CLIENT, &oscar.cert, &oscar.key).await;
+    let end = raw_quic_peer(t.edge_quic(), ALPN_CLIENT, &oscar.cert, &oscar.key).await;
     eventually(
         "edge counts foreign-trust-domain",
         Duration::from_secs(5),
@@ -309,7 +294,7 @@ async fn foreign_trust_domain_is_refused_even_when_its_ca_is_pinned() {
     // Control: the same raw peer with a certificate of our own trust domain
     // is accepted, so the refusal above is the trust domain's alone.
     let alice = t.ca.issue(Role::Client, ALICE, None);
-    let ok = raw_quic_peer_accepted(t.edge_quic, &alice).await;
+    let ok = raw_quic_peer_accepted(t.edge_quic(), &alice).await;
     assert!(ok, "a raw peer with a valid client certificate was refused");
     assert_eq!(t.edge_handshakes("client", "ok"), 1);
     t.shutdown().await;
@@ -363,7 +348,7 @@ async fn raw_quic_peer_accepted(edge: SocketAddr, cert: &CertFiles) -> bool {
 /// sees the DR connectors' certificates lapse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_connector_cert_is_counted_as_a_connector_handshake() {
-    let t = Builder::new().connectors(0).client(None).start().await;
+    let t = Builder::quic().connectors(0).client(None).start().await;
     let old =
         t.ca.issue_expired_as(Role::Connector, "connector-old", Some(GROUP));
     let (m, _task) = t.start_connector_with(&old, "connector-old");
@@ -393,7 +378,7 @@ async fn expired_connector_cert_is_counted_as_a_connector_handshake() {
 /// is up"), and it should name the edge's reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_client_does_not_report_its_tunnel_up() {
-    let t = Builder::new()
+    let t = Builder::quic()
         .client(Some(ClientCert::Expired))
         .start_unready()
         .await;
@@ -438,7 +423,7 @@ async fn a_refused_client_does_not_report_its_tunnel_up() {
 /// with lapsed certificates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_peers_back_off_exponentially() {
-    let t = Builder::new()
+    let t = Builder::quic()
         .connectors(0)
         .client(Some(ClientCert::Expired))
         .start_unready()
@@ -467,7 +452,7 @@ async fn refused_peers_back_off_exponentially() {
 /// the revoked client, which cannot come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_connected_client_closes_its_open_tunnel_without_a_signal() {
-    let t = Builder::new().crl().start().await;
+    let t = Builder::quic().crl().start().await;
     assert_eq!(socks_reply(t.socks(), DR_HOST, t.app_port()).await, 0);
     assert_eq!(t.client().tunnels(), 1);
     // A flow that is open (idle) when the certificate is revoked.

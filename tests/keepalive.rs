@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use lifeboat::metrics::Metrics;
-use lifeboat::trust::{TlsFiles, Trust};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -352,17 +351,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FreezeAfterPong<T> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_tunnel_is_dead_within_idle_timeout_of_the_last_frame() {
     let rig = Rig::new().await;
-    let trust = Trust::load(
-        TlsFiles {
-            ca: rig.ca.pem(),
-            cert: rig.edge_cert.cert.clone(),
-            key: rig.edge_cert.key.clone(),
-            crl: None,
-            key_exchange: Default::default(),
-        },
-        TD,
-    )
-    .expect("edge trust");
+    let trust = rig.ca.trust(&rig.edge_cert);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(trust.server_config(
         &[lifeboat::trust::Role::Connector],
         &[lifeboat::transport::ALPN_CONNECTOR],

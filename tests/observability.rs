@@ -8,6 +8,8 @@
 //! which `.ci/run` installs and then sets `LIFEBOAT_REQUIRE_PROMETHEUS=1`:
 //! elsewhere a test that needs them says it skipped, in CI it fails.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
@@ -16,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{eventually, Proc};
 use lifeboat::admin::{self, Readiness};
 use lifeboat::config::{self, ClientConfig, TransportChoice};
 use lifeboat::demo::{self, Topology};
@@ -242,15 +245,6 @@ fn assert_label_hygiene(role: &str, samples: &[Sample], forbidden: &[String]) {
             };
             assert!(ok, "{role}: unexpected label {}{{{k}={v:?}}}", s.name);
         }
-    }
-}
-
-/// Poll `cond` every 20 ms until it holds; panic naming `what` after `within`.
-async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -585,75 +579,6 @@ async fn readiness_says_why_not_and_the_ready_gauge_follows() {
 
 // ------------------------------------------------------- real processes
 
-/// A `lifeboat` process, killed (and its output printed) on drop.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    what: String,
-}
-
-impl Proc {
-    fn start(args: &[&str], what: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lifeboat"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lifeboat");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("lines").push(line);
-            }
-        });
-        Self {
-            child,
-            lines,
-            what: what.into(),
-        }
-    }
-
-    /// The address of its `listening <kind> ADDR` line.
-    async fn listening(&self, kind: &str) -> SocketAddr {
-        let needle = format!("listening {kind} ");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = self.lines.lock().expect("lines").iter().find_map(|l| {
-                let rest = &l[l.find(&needle)? + needle.len()..];
-                rest.split_whitespace().next()?.parse().ok()
-            });
-            if let Some(a) = found {
-                return a;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no `{needle}` line:\n{}",
-                self.what,
-                self.lines.lock().expect("lines").join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} output:\n{}",
-                self.what,
-                self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
-            );
-        }
-    }
-}
-
 /// Certificates for an edge, a connector and a client in `dir`.
 fn pki_in(dir: &Path) {
     pki::init(dir, "dr.lifeboat.test", 2).expect("CA");
@@ -704,7 +629,7 @@ server_groups = ["dc1"]
 async fn start_edge(dir: &Path, name: &str, text: &str) -> (Proc, SocketAddr) {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write edge config");
-    let p = Proc::start(&["edge", "-c", path.to_str().expect("utf-8 path")], name);
+    let p = Proc::role("edge", &path);
     let admin = p.listening("admin").await;
     (p, admin)
 }
@@ -823,7 +748,7 @@ async fn edge_process_has_every_design_metric_from_start_up_and_each_role_says_w
         );
         let path = d.join(format!("{role}.toml"));
         std::fs::write(&path, &text).expect("write config");
-        let p = Proc::start(&[role, "-c", path.to_str().expect("utf-8")], role);
+        let p = Proc::role(role, &path);
         let admin = p.listening("admin").await;
         assert_eq!(
             http_get(admin, "/readyz").await,

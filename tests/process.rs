@@ -12,6 +12,16 @@ use common::proc::{run, text};
 use common::*;
 use lifeboat::trust::Role;
 
+/// `lifeboat pki init` of a CA in `ca/` for `dr.example.com`.
+const PKI_INIT: [&str; 6] = [
+    "pki",
+    "init",
+    "--dir",
+    "ca",
+    "--trust-domain",
+    "dr.example.com",
+];
+
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -41,18 +51,7 @@ fn openssl(args: &[&str], cwd: &Path) -> (bool, String) {
 async fn pki_init_issue_revoke_write_the_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let out = run(
-        &[
-            "pki",
-            "init",
-            "--dir",
-            "ca",
-            "--trust-domain",
-            "dr.example.com",
-        ],
-        d,
-    )
-    .await;
+    let out = run(&PKI_INIT, d).await;
     assert!(out.status.success(), "{}", text(&out));
     let ca = d.join("ca");
     for f in ["ca.pem", "ca.key", "ca.crl"] {
@@ -61,18 +60,7 @@ async fn pki_init_issue_revoke_write_the_files() {
     assert_eq!(mode(&ca.join("ca.key")), 0o600, "ca.key mode");
     // A second init must not overwrite the CA key.
     let key_before = std::fs::read(ca.join("ca.key")).expect("read");
-    let again = run(
-        &[
-            "pki",
-            "init",
-            "--dir",
-            "ca",
-            "--trust-domain",
-            "dr.example.com",
-        ],
-        d,
-    )
-    .await;
+    let again = run(&PKI_INIT, d).await;
     assert!(!again.status.success(), "second init: {}", text(&again));
     assert_eq!(std::fs::read(ca.join("ca.key")).expect("read"), key_before);
 
@@ -202,18 +190,7 @@ async fn pki_init_issue_revoke_write_the_files() {
 async fn pki_usage_errors_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let out = run(
-        &[
-            "pki",
-            "init",
-            "--dir",
-            "ca",
-            "--trust-domain",
-            "dr.example.com",
-        ],
-        d,
-    )
-    .await;
+    let out = run(&PKI_INIT, d).await;
     assert!(out.status.success(), "{}", text(&out));
     // clap's own usage errors.
     let out = run(&["pki", "issue", "--dir", "ca", "--role", "client"], d).await;

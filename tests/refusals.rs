@@ -95,7 +95,7 @@ async fn assert_refused(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destinations_outside_dr_segments_are_refused_403() {
-    let t = Builder::new().start().await;
+    let t = Builder::quic().start().await;
     let port = t.app_port();
     // Served: the exact name and the wildcard (sanity, same topology).
     assert_eq!(socks_reply(t.socks(), DR_HOST, port).await, 0);
@@ -120,7 +120,7 @@ async fn destinations_outside_dr_segments_are_refused_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dr_off_refuses_503_dr_inactive_but_keeps_connectors_warm() {
-    let t = Builder::new().dr(Dr::Static(DrMode::Off)).start().await;
+    let t = Builder::quic().dr(Dr::Static(DrMode::Off)).start().await;
     // Warm standby: the connector is registered and the segment ready.
     assert_eq!(t.connectors_connected(), 1);
     assert_eq!(
@@ -149,7 +149,7 @@ async fn dr_off_refuses_503_dr_inactive_but_keeps_connectors_warm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connector_refuses_503_no_connector() {
-    let t = Builder::new().connectors(0).start().await;
+    let t = Builder::quic().connectors(0).start().await;
     assert_eq!(
         t.edge_metrics
             .segment_ready
@@ -173,7 +173,7 @@ async fn no_connector_refuses_503_no_connector() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_port_closed_refuses_502_after_trying_both_connectors() {
     let dead = closed_port().await;
-    let t = Builder::new()
+    let t = Builder::quic()
         .connectors(2)
         .segment_port(dead)
         .start()
@@ -216,7 +216,7 @@ async fn app_port_closed_refuses_502_after_trying_both_connectors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dr_test_mode_serves_only_test_users() {
-    let t = Builder::new()
+    let t = Builder::quic()
         .dr_file("v=1;b=test;k=zpa")
         .test_users(&[ALICE])
         .start()
@@ -323,7 +323,7 @@ async fn was_reset(s: &mut TcpStream, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn narrowing_dr_mode_closes_the_flows_it_no_longer_allows() {
-    let t = Builder::new()
+    let t = Builder::quic()
         .dr_file("v=1;b=on;k=zpa")
         .test_users(&[ALICE])
         .start()
@@ -376,7 +376,7 @@ async fn narrowing_dr_mode_closes_the_flows_it_no_longer_allows() {
 /// allows" -- the client must see that as a reset, not as a clean end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_closed_by_dr_narrowing_is_reset_at_the_client() {
-    let t = Builder::new().dr_file("v=1;b=on;k=zpa").start().await;
+    let t = Builder::quic().dr_file("v=1;b=on;k=zpa").start().await;
     t.wait_mode(DrMode::On).await;
     let mut flow = open_echo(t.socks(), t.app_port()).await;
     t.set_dr("v=1;b=off;k=zpa");

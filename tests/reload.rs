@@ -61,7 +61,7 @@ fn route(t: &Topology, host: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_reload_changes_routing_without_dropping_running_flows() {
     // DR test mode (alice is a test user): policy changes apply.
-    let t = Builder::new().dr(Dr::Static(DrMode::Test)).start().await;
+    let t = Builder::quic().dr(Dr::Static(DrMode::Test)).start().await;
     assert_eq!(get(&t, DR_HOST).await, Ok(200));
     assert!(get(&t, UNKNOWN_HOST).await.is_err(), "not a DR segment yet");
 
@@ -123,7 +123,7 @@ async fn good_reload_changes_routing_without_dropping_running_flows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_reload_keeps_serving_and_counts_an_error() {
-    let t = Builder::new().dr(Dr::Static(DrMode::Test)).start().await;
+    let t = Builder::quic().dr(Dr::Static(DrMode::Test)).start().await;
     let before = std::fs::read_to_string(edge_path(&t)).unwrap();
     for bad in [
         before.replacen("tcp_ports = [", "tcp_ports = [\"0\", ", 1),
@@ -150,7 +150,7 @@ async fn bad_reload_keeps_serving_and_counts_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dr_on_refuses_segment_changes_but_applies_the_crl() {
     // DR on; the edge honours the CA's CRL file.
-    let t = Builder::new().crl().start().await;
+    let t = Builder::quic().crl().start().await;
     assert_eq!(get(&t, DR_HOST).await, Ok(200));
     // Lose alice's laptop: revoke her certificate; and (in the same edit
     // window) try to change the segments.

@@ -476,38 +476,37 @@ async fn drill_and_loadgen_report_a_dead_edge() {
 /// and flows go through the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_connector_replaces_its_dead_tunnel_at_once() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        "static:on",
-        "",
-    ));
-    let quic = edge.quic.expect("quic");
-    let text = rig.connector_toml(0, quic, AUTO, "");
-    let path = rig.dir.path().join("connector0.toml");
+    let t = Builder::new()
+        .crl()
+        .connectors(0)
+        .client(None)
+        .start_unready()
+        .await;
+    let text = t.connector_toml(0, t.edge_quic(), AUTO, "");
+    let path = t.dir.path().join("connector0.toml");
     std::fs::write(&path, text).expect("write connector config");
     let mut connector = Proc::role("connector", &path);
-    let client = rig.start_client(&rig.user(BOB), quic, AUTO, "").await;
-    first_flow_after(client.http, rig.app.port(), Duration::from_secs(20)).await;
-    assert_eq!(connectors_connected(&edge.metrics), 1);
+    let client = t.start_client(ClientCert::user(BOB)).await;
+    first_flow_after(client.http, t.app.port(), Duration::from_secs(20)).await;
+    assert_eq!(t.connectors_connected(), 1);
 
     connector.signal("-KILL");
     connector.exited(Duration::from_secs(5)).await;
     let connector = Proc::role("connector", &path);
     let restarted = Instant::now();
-    first_flow_after(client.http, rig.app.port(), Duration::from_secs(10)).await;
+    first_flow_after(client.http, t.app.port(), Duration::from_secs(10)).await;
     println!(
         "connector SIGKILLed and restarted: flows through it {:?} after the restart",
         restarted.elapsed()
     );
     assert_eq!(
-        connectors_connected(&edge.metrics),
+        t.connectors_connected(),
         1,
         "the dead tunnel is not counted beside the new one"
     );
     // Every flow goes through the live tunnel, none to the dead one.
     for _ in 0..5 {
-        let app = fetch_via(client.http, rig.app.port(), "/bytes/100")
+        let app = fetch_via(client.http, t.app.port(), "/bytes/100")
             .await
             .expect("flow");
         assert!(app.starts_with(b"HTTP/1.1 200"));
@@ -520,36 +519,28 @@ async fn a_restarted_connector_replaces_its_dead_tunnel_at_once() {
 /// connector's redials are refused as revoked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_connector_loses_its_tunnel() {
-    for transport in ["quic", "tls"] {
-        let rig = Rig::new().await;
-        let edge = rig.start_edge(&rig.edge_toml(
-            "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-            "static:on",
-            "",
-        ));
-        let addr = if transport == "quic" {
-            edge.quic
-        } else {
-            edge.tls
-        }
-        .expect("listener");
-        let conn = rig.start_connector(0, addr, transport, "");
-        eventually("connector up", Duration::from_secs(10), || {
-            connectors_connected(&edge.metrics) == 1
-        })
-        .await;
-        rig.ca.revoke(&rig.connector_cert(0));
+    for choice in [Transport::Quic, Transport::Tls] {
+        let transport = choice.as_str();
+        let t = Builder::new()
+            .transport(choice)
+            .listen(Listen::Both)
+            .crl()
+            .client(None)
+            .start()
+            .await;
+        let conn = &t.connectors[0];
+        t.ca.revoke(&t.connector_certs[0]);
         eventually(
             &format!("the edge closes the revoked connector's {transport} tunnel"),
             Duration::from_secs(10),
-            || connectors_connected(&edge.metrics) == 0 && !connected(&conn),
+            || t.connectors_connected() == 0 && !connected(conn),
         )
         .await;
         eventually(
             "its redial is refused as revoked",
             Duration::from_secs(10),
             || {
-                edge.metrics
+                t.edge_metrics
                     .handshakes
                     .with_label_values(&["connector", transport, "revoked"])
                     .get()
@@ -558,11 +549,7 @@ async fn a_revoked_connector_loses_its_tunnel() {
         )
         .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(
-            connectors_connected(&edge.metrics),
-            0,
-            "{transport}: stays out"
-        );
+        assert_eq!(t.connectors_connected(), 0, "{transport}: stays out");
     }
 }
 
@@ -652,17 +639,14 @@ async fn the_edge_warns_when_the_kernel_caps_its_udp_buffers() {
 /// exits the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_exit_close_their_tunnels_at_once() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml("quic = \"127.0.0.1:0\"", "static:on", ""));
-    let quic = edge.quic.expect("quic");
-    let _conn = rig.start_connector(0, quic, "quic", "");
+    let t = Builder::quic().crl().client(None).start_unready().await;
     let client_cfg = client_config(
-        &rig,
+        &t,
         "client.toml",
-        quic,
+        t.edge_quic(),
         "[listen]\nsocks = \"127.0.0.1:0\"\n",
     );
-    let m = std::sync::Arc::clone(&edge.metrics);
+    let m = std::sync::Arc::clone(&t.edge_metrics);
     let clients = move || tunnels_of(&m, "client", "quic");
     let mut client = Proc::role("client", &client_cfg);
     eventually("the client's tunnel is up", Duration::from_secs(10), || {
@@ -683,7 +667,7 @@ async fn clients_that_exit_close_their_tunnels_at_once() {
         exited.elapsed()
     );
 
-    let target = format!("{DR_HOST}:{}", rig.app.port());
+    let target = format!("{DR_HOST}:{}", t.app.port());
     let out = tokio::process::Command::new(BIN)
         .args(["loadgen", "-c"])
         .arg(&client_cfg)

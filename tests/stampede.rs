@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connectors_connected, eventually, handshakes_of, CertFiles, Rig, DR_HOST, TD};
+use common::{eventually, handshakes_of, Builder, Listen, Rig, DR_HOST};
 use lifeboat::client::tunnel::Tunnel;
 use lifeboat::config::{DnsSection, Limits, TransportChoice};
 use lifeboat::loadgen::{self, Options};
@@ -24,7 +24,6 @@ use lifeboat::metrics::Metrics;
 use lifeboat::preamble::Dest;
 use lifeboat::transport::dial::{Dialer, HEAD_START};
 use lifeboat::transport::{quic, shed, tls, ALPN_CLIENT};
-use lifeboat::trust::{TlsFiles, Trust};
 use tokio_util::sync::CancellationToken;
 
 const CLIENTS: usize = 200;
@@ -35,30 +34,24 @@ const RUN: Duration = Duration::from_secs(40);
 /// over `transport` through loadgen; check that all were served after
 /// being shed, and return nothing: a failure panics with the report.
 async fn stampede(transport: TransportChoice, word: &str) {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        "static:on",
+    let t = Builder::quic()
+        .listen(Listen::Both)
+        .crl()
         // Every loadgen client presents alice's certificate.
-        "max_handshakes_inflight = 4\nmax_tunnels_per_identity = 1000\n",
-    ));
-    let (quic, tls) = (edge.quic.expect("quic"), edge.tls.expect("tls"));
-    let _connector = rig.start_connector(0, quic, "quic", "");
-    let m = Arc::clone(&edge.metrics);
-    eventually("the connector is up", Duration::from_secs(10), || {
-        connectors_connected(&m) == 1
-    })
-    .await;
+        .edge_limits("max_handshakes_inflight = 4\nmax_tunnels_per_identity = 1000\n")
+        .client(None)
+        .start()
+        .await;
     let to = if transport == TransportChoice::Tls {
-        tls
+        t.edge_tls()
     } else {
-        quic
+        t.edge_quic()
     };
-    let text = rig.client_toml(&rig.user("alice"), &[to], word, "");
-    let path = rig.dir.path().join("stampede-client.toml");
+    let text = t.client_toml(&t.user_cert("alice"), &[to], word, "");
+    let path = t.dir.path().join("stampede-client.toml");
     std::fs::write(&path, text).expect("write the client config");
     let opts = Options {
-        target: Dest::parse(&format!("{DR_HOST}:{}", rig.app.port())).expect("target"),
+        target: Dest::parse(&format!("{DR_HOST}:{}", t.app.port())).expect("target"),
         flows: CLIENTS as u64,
         concurrency: 16,
         clients: CLIENTS,
@@ -93,7 +86,7 @@ async fn stampede(transport: TransportChoice, word: &str) {
         shed_seen > 0,
         "the clients saw their handshakes shed: {report}"
     );
-    let shed_at_edge = handshakes_of(&edge.metrics, "client", word, "shed");
+    let shed_at_edge = handshakes_of(&t.edge_metrics, "client", word, "shed");
     assert!(
         shed_at_edge >= shed_seen,
         "the edge counted {shed_at_edge} sheds, the clients {shed_seen}"
@@ -108,18 +101,6 @@ async fn quic_clients_arriving_at_once_are_all_served_after_being_shed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clients_arriving_at_once_are_all_served_after_being_shed() {
     stampede(TransportChoice::Tls, "tls").await;
-}
-
-/// `cert` with the rig's CA, as a role loads them.
-fn trust_of(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
-    let files = TlsFiles {
-        ca: rig.ca.pem(),
-        cert: cert.cert.clone(),
-        key: cert.key.clone(),
-        crl: None,
-        key_exchange: Default::default(),
-    };
-    Trust::load(files, TD).expect("trust files")
 }
 
 /// An edge that sheds every dial, run against the client's tunnel keeper
@@ -139,7 +120,7 @@ async fn shed_every_dial<F, Fut>(
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Instant>,
 {
-    let trust = trust_of(rig, &rig.user("alice"));
+    let trust = rig.ca.trust(&rig.user("alice"));
     let limits = Limits::default();
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let dialer = Dialer {
@@ -200,7 +181,7 @@ async fn shed_every_dial<F, Fut>(
 async fn a_quic_client_shed_comes_back_after_the_hint() {
     let rig = Rig::new().await;
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let ep = quic::server_endpoint(any, &trust_of(&rig, &rig.edge_cert), &Limits::default())
+    let ep = quic::server_endpoint(any, &rig.ca.trust(&rig.edge_cert), &Limits::default())
         .expect("edge endpoint");
     let addr = ep.local_addr().expect("edge address");
     let ep = &ep;

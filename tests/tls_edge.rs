@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use lifeboat::dr::DrMode;
 use lifeboat::transport::tls::ALPN_HTTP1;
-use lifeboat::trust::{TlsFiles, Trust};
 use rustls::pki_types::ServerName;
 use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,36 +23,30 @@ use tokio::net::TcpStream;
 const BIG: u64 = 256 * 1024 * 1024;
 
 /// An edge with both listeners on one port number, one connector (QUIC)
-/// registered, DR from `trigger`.
-async fn tls_edge(trigger: &str) -> (Rig, RigEdge) {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        trigger,
-        "",
-    ));
-    let quic = edge.quic.expect("edge QUIC address");
-    let tls = edge.tls.expect("edge TLS address");
+/// registered, DR `mode`.
+async fn tls_edge(mode: DrMode) -> Topology {
+    let t = Builder::quic()
+        .listen(Listen::Both)
+        .crl()
+        .dr(Dr::Static(mode))
+        .client(None)
+        .start()
+        .await;
+    let (quic, tls) = (t.edge_quic(), t.edge_tls());
     assert_eq!(quic.port(), tls.port(), "one port number for both");
-    rig.start_connector(0, quic, "quic", "");
-    let m = Arc::clone(&edge.metrics);
-    eventually("connector registered", Duration::from_secs(10), || {
-        m.connectors_connected.with_label_values(&[GROUP]).get() == 1
-    })
-    .await;
-    (rig, edge)
+    t
 }
 
 /// curl's proxy arguments for the edge's TLS listener, with `cert` or none.
-fn proxy_args(rig: &Rig, edge: &RigEdge, cert: Option<&CertFiles>) -> Vec<String> {
+fn proxy_args(t: &Topology, cert: Option<&CertFiles>) -> Vec<String> {
     let mut a = vec![
         "-sS".to_string(),
         "--max-time".into(),
         "50".into(),
         "--proxy".into(),
-        format!("https://{}", edge.tls.expect("tls")),
+        format!("https://{}", t.edge_tls()),
         "--proxy-cacert".into(),
-        rig.ca.pem().display().to_string(),
+        t.ca.pem().display().to_string(),
     ];
     if let Some(c) = cert {
         a.extend([
@@ -78,57 +72,37 @@ async fn run_curl(args: &[String]) -> (Option<i32>, Vec<u8>, String) {
     )
 }
 
-fn edge_tls_handshakes(edge: &RigEdge, result: &str) -> u64 {
-    handshakes_of(&edge.metrics, "client", "tls", result)
+fn edge_tls_handshakes(edge: &lifeboat::metrics::Metrics, result: &str) -> u64 {
+    handshakes_of(edge, "client", "tls", result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_https_proxy_256_mib_byte_exact() {
-    let (rig, edge) = tls_edge("static:on").await;
-    let alice = rig.user(ALICE);
-    let mut args = proxy_args(&rig, &edge, Some(&alice));
+    let t = tls_edge(DrMode::On).await;
+    let alice = t.user_cert(ALICE);
+    let mut args = proxy_args(&t, Some(&alice));
     args.extend([
         "-p".into(),
-        format!("http://{DR_HOST}:{}/bytes/{BIG}", rig.app.port()),
+        format!("http://{DR_HOST}:{}/bytes/{BIG}", t.app.port()),
         "-o".into(),
         "-".into(),
     ]);
     let started = Instant::now();
-    let mut child = curl()
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn curl");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut check = PatternCheck::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    tokio::time::timeout(Duration::from_secs(55), async {
-        loop {
-            let k = out.read(&mut buf).await.expect("read curl stdout");
-            if k == 0 {
-                break;
-            }
-            check.feed(&buf[..k]);
-        }
-    })
-    .await
-    .expect("256 MiB within 55 s");
+    let (got, status) = curl_streamed(&args, Duration::from_secs(55)).await;
     let took = started.elapsed();
-    let status = child.wait_with_output().await.expect("curl exit");
     assert!(
         status.status.success(),
         "curl {args:?}: {:?} {}",
         status.status,
         String::from_utf8_lossy(&status.stderr)
     );
-    assert_eq!(check.offset, BIG, "bytes delivered");
+    assert_eq!(got, BIG, "bytes delivered");
     eprintln!(
         "256 MiB through curl -> edge tls listener -> QUIC connector in {took:?} ({:.0} MiB/s)",
         BIG as f64 / 1048576.0 / took.as_secs_f64()
     );
-    assert_eq!(edge_tls_handshakes(&edge, "ok"), 1);
-    let m = &edge.metrics;
+    assert_eq!(edge_tls_handshakes(&t.edge_metrics, "ok"), 1);
+    let m = &t.edge_metrics;
     assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 1);
     assert!(
         m.flow_bytes.with_label_values(&["payroll", "down"]).get() >= BIG,
@@ -138,11 +112,11 @@ async fn curl_https_proxy_256_mib_byte_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_without_a_client_certificate_is_refused_at_the_handshake() {
-    let (rig, edge) = tls_edge("static:on").await;
-    let mut args = proxy_args(&rig, &edge, None);
+    let t = tls_edge(DrMode::On).await;
+    let mut args = proxy_args(&t, None);
     args.extend([
         "-p".into(),
-        format!("http://{DR_HOST}:{}/bytes/100", rig.app.port()),
+        format!("http://{DR_HOST}:{}/bytes/100", t.app.port()),
     ]);
     let (code, stdout, stderr) = run_curl(&args).await;
     assert_ne!(code, Some(0), "curl succeeded without a certificate");
@@ -154,14 +128,14 @@ async fn curl_without_a_client_certificate_is_refused_at_the_handshake() {
         "curl without a client certificate: exit {code:?}: {}",
         stderr.trim()
     );
-    let m = Arc::clone(&edge.metrics);
+    let m = Arc::clone(&t.edge_metrics);
     eventually(
         "edge counts handshakes_total{client,tls,no-certificate}",
         Duration::from_secs(5),
         || handshakes_of(&m, "client", "tls", "no-certificate") == 1,
     )
     .await;
-    assert_eq!(edge_tls_handshakes(&edge, "ok"), 0);
+    assert_eq!(edge_tls_handshakes(&t.edge_metrics, "ok"), 0);
     assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 0);
 }
 
@@ -176,12 +150,12 @@ fn proxy_answer(stderr: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_refusals_403_405_431() {
-    let (rig, edge) = tls_edge("static:on").await;
-    let alice = rig.user(ALICE);
-    let port = rig.app.port();
+    let t = tls_edge(DrMode::On).await;
+    let alice = t.user_cert(ALICE);
+    let port = t.app.port();
 
     // A segment that is not designated for DR.
-    let mut args = proxy_args(&rig, &edge, Some(&alice));
+    let mut args = proxy_args(&t, Some(&alice));
     args.extend([
         "-v".into(),
         "-p".into(),
@@ -201,7 +175,7 @@ async fn curl_refusals_403_405_431() {
     );
 
     // No -p: curl asks the proxy `GET http://...` instead of CONNECT.
-    let mut args = proxy_args(&rig, &edge, Some(&alice));
+    let mut args = proxy_args(&t, Some(&alice));
     args.extend([
         "-D".into(),
         "-".into(),
@@ -216,7 +190,7 @@ async fn curl_refusals_403_405_431() {
     assert!(head.contains("Lifeboat-Error: method"), "{head}");
 
     // A CONNECT preamble over 8 KiB (a big proxy header).
-    let mut args = proxy_args(&rig, &edge, Some(&alice));
+    let mut args = proxy_args(&t, Some(&alice));
     args.extend([
         "-v".into(),
         "--proxy-header".into(),
@@ -230,8 +204,8 @@ async fn curl_refusals_403_405_431() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{stderr}");
     assert!(answer.contains("Lifeboat-Error: too-large"), "{answer}");
 
-    assert_eq!(edge_tls_handshakes(&edge, "ok"), 3);
-    let m = &edge.metrics;
+    assert_eq!(edge_tls_handshakes(&t.edge_metrics, "ok"), 3);
+    let m = &t.edge_metrics;
     assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 0);
 }
 
@@ -304,16 +278,16 @@ fn connect_to(host: &str, port: u16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_s_client_connect_by_hand() {
-    let (rig, edge) = tls_edge("static:on").await;
-    let alice = rig.user(ALICE);
-    let tls = edge.tls.expect("tls");
-    let port = rig.app.port();
+    let t = tls_edge(DrMode::On).await;
+    let alice = t.user_cert(ALICE);
+    let tls = t.edge_tls();
+    let port = t.app.port();
     const N: usize = 1 << 20;
 
     // CONNECT, the edge's 200, then an HTTP request to the app through it.
     let get = format!("GET /bytes/{N} HTTP/1.1\r\nHost: {DR_HOST}\r\nConnection: close\r\n\r\n");
     let (_, got, stderr) = s_client(
-        &rig,
+        &t,
         tls,
         Some(&alice),
         &connect_to(DR_HOST, port),
@@ -349,7 +323,7 @@ async fn openssl_s_client_connect_by_hand() {
         ),
     ];
     for (req, status, word) in &cases {
-        let (_, got, stderr) = s_client(&rig, tls, Some(&alice), req, None).await;
+        let (_, got, stderr) = s_client(&t, tls, Some(&alice), req, None).await;
         assert!(!got.is_empty(), "{status}: s_client: {stderr}");
         let (head, body) = split_http(&got);
         assert!(
@@ -364,16 +338,16 @@ async fn openssl_s_client_connect_by_hand() {
     }
 
     // No certificate: the handshake fails, nothing is answered.
-    let (code, got, stderr) = s_client(&rig, tls, None, &connect_to(DR_HOST, port), None).await;
+    let (code, got, stderr) = s_client(&t, tls, None, &connect_to(DR_HOST, port), None).await;
     assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
     assert_ne!(code, Some(0), "s_client without a certificate: {stderr}");
     assert!(stderr.contains("certificate required"), "{stderr}");
-    let m = Arc::clone(&edge.metrics);
+    let m = Arc::clone(&t.edge_metrics);
     eventually("no-certificate counted", Duration::from_secs(5), || {
         handshakes_of(&m, "client", "tls", "no-certificate") == 1
     })
     .await;
-    assert_eq!(edge_tls_handshakes(&edge, "ok"), 4);
+    assert_eq!(edge_tls_handshakes(&t.edge_metrics, "ok"), 4);
 }
 
 /// Whether python3 runs `check` (an import of a third-party client's
@@ -407,25 +381,25 @@ async fn aioquic_client_speaks_to_the_quic_edge() {
     ) {
         return;
     }
-    let (rig, edge) = tls_edge("static:on").await;
-    let alice = rig.user(ALICE);
-    let quic = edge.quic.expect("quic");
+    let t = tls_edge(DrMode::On).await;
+    let alice = t.user_cert(ALICE);
+    let quic = t.edge_quic();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aioquic_client.py");
     const N: u64 = 1 << 20;
     let out = tokio::process::Command::new("python3")
         .arg(&script)
         .args(["--host", "127.0.0.1", "--port", &quic.port().to_string()])
         .arg("--ca")
-        .arg(rig.ca.pem())
+        .arg(t.ca.pem())
         .arg("--cert")
         .arg(&alice.cert)
         .arg("--key")
         .arg(&alice.key)
         .args([
             "--dest",
-            &format!("{DR_HOST}:{}", rig.app.port()),
+            &format!("{DR_HOST}:{}", t.app.port()),
             "--refused-dest",
-            &format!("{NON_DR_HOST}:{}", rig.app.port()),
+            &format!("{NON_DR_HOST}:{}", t.app.port()),
             "--bytes",
             &N.to_string(),
         ])
@@ -458,8 +432,8 @@ async fn aioquic_client_speaks_to_the_quic_edge() {
         "{stdout}"
     );
     // The edge saw a client tunnel over QUIC from alice, and served its flow.
-    assert_eq!(handshakes_of(&edge.metrics, "client", "quic", "ok"), 1);
-    let m = &edge.metrics;
+    assert_eq!(handshakes_of(&t.edge_metrics, "client", "quic", "ok"), 1);
+    let m = &t.edge_metrics;
     assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 1);
 }
 
@@ -472,16 +446,16 @@ async fn a_third_party_http2_client_connects_through_the_edge() {
     if !python_has("h2", "import h2", "LIFEBOAT_REQUIRE_H2", "pip install h2") {
         return;
     }
-    let (rig, edge) = tls_edge("static:on").await;
-    let alice = rig.user(ALICE);
-    let tls = edge.tls.expect("tls");
+    let t = tls_edge(DrMode::On).await;
+    let alice = t.user_cert(ALICE);
+    let tls = t.edge_tls();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2_client.py");
     const N: usize = 4 << 20;
-    let port = rig.app.port();
+    let port = t.app.port();
     let out = tokio::process::Command::new("python3")
         .arg(&script)
         .args(["127.0.0.1", &tls.port().to_string(), "127.0.0.1"])
-        .arg(rig.ca.pem())
+        .arg(t.ca.pem())
         .arg(&alice.cert)
         .arg(&alice.key)
         .args([
@@ -522,8 +496,8 @@ async fn a_third_party_http2_client_connects_through_the_edge() {
     assert_eq!(refusals[2]["status"], 431);
     assert_eq!(refusals[2]["word"], "too-large");
     // One TLS handshake, one client tunnel; the flow and both refusals counted.
-    let m = &edge.metrics;
-    assert_eq!(edge_tls_handshakes(&edge, "ok"), 1);
+    let m = &t.edge_metrics;
+    assert_eq!(edge_tls_handshakes(&t.edge_metrics, "ok"), 1);
     assert_eq!(m.flows_total.with_label_values(&["payroll", "ok"]).get(), 1);
     assert!(m.flow_bytes.with_label_values(&["payroll", "up"]).get() >= N as u64);
     assert_eq!(
@@ -538,23 +512,26 @@ async fn a_third_party_http2_client_connects_through_the_edge() {
     );
 }
 
+/// Agents on the default transport (`auto`) and an edge that serves no
+/// QUIC (TLS only, DR on, the CA's CRL).
+fn tls_only() -> Builder {
+    Builder::new().listen(Listen::Tls).crl()
+}
+
 /// The lifeboat client with the default `transport = "auto"`, against an
 /// edge that serves no QUIC: its flows ride one HTTP/2 tunnel over TLS.
 /// 24 flows at once (uploads echoed, downloads), byte-exact; a refusal
 /// reaches the user with its word; the edge made one TLS handshake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_client_carries_its_flows_over_one_http2_tunnel() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", ""));
-    let tls = edge.tls.expect("tls");
-    rig.start_connector(0, tls, "auto", "");
-    let em = Arc::clone(&edge.metrics);
+    let t = tls_only().client(None).start_unready().await;
+    let em = Arc::clone(&t.edge_metrics);
     eventually("connector registered", Duration::from_secs(15), || {
         em.connectors_connected.with_label_values(&[GROUP]).get() == 1
     })
     .await;
-    let client = rig.start_client(&rig.user(ALICE), tls, "auto", "").await;
-    let port = rig.app.port();
+    let client = t.start_client(ClientCert::user(ALICE)).await;
+    let port = t.app.port();
     first_flow_after(client.http, port, Duration::from_secs(20)).await;
 
     let mut flows = tokio::task::JoinSet::new();
@@ -589,7 +566,7 @@ async fn the_default_client_carries_its_flows_over_one_http2_tunnel() {
         "{refused}"
     );
 
-    let m = &edge.metrics;
+    let m = &t.edge_metrics;
     assert_eq!(
         handshakes_of(m, "client", "tls", "ok"),
         1,
@@ -609,20 +586,16 @@ async fn the_default_client_carries_its_flows_over_one_http2_tunnel() {
 /// refused `revoked`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_client_closes_its_http2_tunnel_and_flows() {
-    let rig = Rig::new().await;
-    let edge = rig.start_edge(&rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", ""));
-    let tls = edge.tls.expect("tls");
-    rig.start_connector(0, tls, "auto", "");
-    let alice = rig.user(ALICE);
-    let client = rig.start_client(&alice, tls, "auto", "").await;
-    let port = rig.app.port();
+    let t = tls_only().start_unready().await;
+    let client = t.client();
+    let port = t.app.port();
     first_flow_after(client.http, port, Duration::from_secs(20)).await;
-    let m = Arc::clone(&edge.metrics);
+    let m = Arc::clone(&t.edge_metrics);
     assert_eq!(tunnels_of(&m, "client", "tls"), 1);
     let mut open = lifeboat::demo::socks_client::connect(client.socks, DR_HOST, port)
         .await
         .expect("an open flow before the revocation");
-    rig.ca.revoke(&alice);
+    t.ca.revoke(&t.user_cert(ALICE));
     let mut buf = [0u8; 16];
     let ended = tokio::time::timeout(Duration::from_secs(10), open.read(&mut buf))
         .await
@@ -660,14 +633,13 @@ async fn revoking_a_client_closes_its_http2_tunnel_and_flows() {
 /// back when its flows end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_on_an_http2_tunnel_gets_quota_and_leaves_others_served() {
-    let rig = Rig::new().await;
-    let limits = "max_flows_per_identity = 4";
-    let edge = rig.start_edge(&rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", limits));
-    let tls = edge.tls.expect("tls");
-    rig.start_connector(0, tls, "auto", "");
-    let bob = rig.start_client(&rig.user(BOB), tls, "auto", "").await;
-    let alice = rig.start_client(&rig.user(ALICE), tls, "auto", "").await;
-    let port = rig.app.port();
+    let t = tls_only()
+        .edge_limits("max_flows_per_identity = 4")
+        .client(Some(ClientCert::user(BOB)))
+        .also_client(ALICE)
+        .start_unready()
+        .await;
+    let (bob, alice, port) = (t.client(), t.user(ALICE), t.app.port());
     first_flow_after(bob.http, port, Duration::from_secs(20)).await;
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -679,7 +651,7 @@ async fn a_flood_on_an_http2_tunnel_gets_quota_and_leaves_others_served() {
     let refused = raw_connect(bob.http, &format!("{DR_HOST}:{port}")).await;
     assert!(refused.starts_with("HTTP/1.1 429 "), "{refused}");
     assert!(refused.contains("Lifeboat-Error: quota"), "{refused}");
-    let m = &edge.metrics;
+    let m = &t.edge_metrics;
     assert_eq!(
         m.refused_unmatched(lifeboat::refusal::Refusal::Quota).get(),
         1
@@ -696,10 +668,9 @@ async fn a_flood_on_an_http2_tunnel_gets_quota_and_leaves_others_served() {
 }
 
 /// Runs tests/tlslite_client.py as alice against the edge's TLS listener.
-async fn tlslite_client(rig: &Rig, edge: &RigEdge, bytes: u64) -> (bool, String) {
+async fn tlslite_client(rig: &Rig, tls: std::net::SocketAddr, bytes: u64) -> (bool, String) {
     let alice = rig.user(ALICE);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tlslite_client.py");
-    let tls = edge.tls.expect("tls");
     let out = tokio::process::Command::new("python3")
         .arg(&script)
         .args(["--host", "127.0.0.1", "--port", &tls.port().to_string()])
@@ -735,12 +706,12 @@ async fn a_third_party_client_negotiates_x25519mlkem768_with_the_default_edge() 
     if !python_has("tlslite-ng", check, "LIFEBOAT_REQUIRE_TLSLITE", install) {
         return;
     }
-    let (rig, edge) = tls_edge("static:on").await;
+    let t = tls_edge(DrMode::On).await;
     const N: u64 = 100_000;
-    let (ok, out) = tlslite_client(&rig, &edge, N).await;
+    let (ok, out) = tlslite_client(&t, t.edge_tls(), N).await;
     let words: Vec<_> = lifeboat::trust::WORDS
         .iter()
-        .map(|w| (w, edge_tls_handshakes(&edge, w)))
+        .map(|w| (w, edge_tls_handshakes(&t.edge_metrics, w)))
         .filter(|(_, n)| *n > 0)
         .collect();
     assert!(
@@ -750,31 +721,16 @@ async fn a_third_party_client_negotiates_x25519mlkem768_with_the_default_edge() 
     assert!(out.contains("handshake=ok group=x25519mlkem768"), "{out}");
     assert!(out.contains("answer=HTTP/1.1 200"), "{out}");
     assert!(out.contains(&format!("app_body={N} pattern=ok")), "{out}");
-    assert_eq!(edge_tls_handshakes(&edge, "ok"), 1);
+    assert_eq!(edge_tls_handshakes(&t.edge_metrics, "ok"), 1);
 
     // The same client against a classical edge: no group in common.
-    let toml = rig.edge_toml("tls = \"127.0.0.1:0\"", "static:on", "");
+    let toml = t.edge_toml("tls = \"127.0.0.1:0\"", "static:on", "");
     let classical = toml.replacen("\n[listen]", "key_exchange = \"classical\"\n\n[listen]", 1);
     assert_ne!(classical, toml);
-    let edge = rig.start_edge(&classical);
-    let (ok, out) = tlslite_client(&rig, &edge, N).await;
+    let edge = t.start_edge(&classical);
+    let (ok, out) = tlslite_client(&t, edge.tls.expect("tls"), N).await;
     assert!(!ok && out.contains("handshake=failed"), "{out}");
-    assert_eq!(edge_tls_handshakes(&edge, "ok"), 0);
-}
-
-/// Alice's (or anyone's) trust, as a lifeboat client would load it.
-fn trust_of(rig: &Rig, cert: &CertFiles) -> Arc<Trust> {
-    Trust::load(
-        TlsFiles {
-            ca: rig.ca.pem(),
-            cert: cert.cert.clone(),
-            key: cert.key.clone(),
-            crl: None,
-            key_exchange: Default::default(),
-        },
-        TD,
-    )
-    .expect("load trust")
+    assert_eq!(edge_tls_handshakes(&edge.metrics, "ok"), 0);
 }
 
 type ClientTls = tokio_rustls::client::TlsStream<TcpStream>;
@@ -826,13 +782,13 @@ async fn flow_over(s: &mut ClientTls, port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumed_sessions_keep_the_identity_and_die_with_revocation() {
     // DR test mode: alice (a test user) is served, bob is not.
-    let (rig, edge) = tls_edge("static:test").await;
-    let tls = edge.tls.expect("tls");
-    let port = rig.app.port();
-    let alice = rig.user(ALICE);
-    let bob = rig.user(BOB);
-    let alice_cfg = Arc::new(trust_of(&rig, &alice).client_config(&[ALPN_HTTP1]));
-    let bob_cfg = Arc::new(trust_of(&rig, &bob).client_config(&[ALPN_HTTP1]));
+    let t = tls_edge(DrMode::Test).await;
+    let tls = t.edge_tls();
+    let port = t.app.port();
+    let alice = t.user_cert(ALICE);
+    let bob = t.user_cert(BOB);
+    let alice_cfg = Arc::new(t.ca.trust(&alice).client_config(&[ALPN_HTTP1]));
+    let bob_cfg = Arc::new(t.ca.trust(&bob).client_config(&[ALPN_HTTP1]));
 
     let mut s = tls_connect(&alice_cfg, tls).await.expect("alice 1");
     assert_eq!(kind(&s), Some(HandshakeKind::Full));
@@ -859,12 +815,12 @@ async fn resumed_sessions_keep_the_identity_and_die_with_revocation() {
         head.starts_with("HTTP/1.1 403 ") && head.contains("Lifeboat-Error: not-allowed"),
         "a resumed bob is still bob, not a test user: {head}"
     );
-    assert_eq!(edge_tls_handshakes(&edge, "ok"), 4);
+    assert_eq!(edge_tls_handshakes(&t.edge_metrics, "ok"), 4);
 
     // Revoke alice, reload the edge's trust (CRL): her ticket no longer
     // resumes, and the full handshake refuses her as revoked.
-    rig.ca.revoke(&alice);
-    edge.state.trust.reload().expect("trust reload");
+    t.ca.revoke(&alice);
+    t.edge.trust.reload().expect("trust reload");
     let refused = match tls_connect(&alice_cfg, tls).await {
         Err(e) => e,
         Ok(mut s) => {
@@ -886,12 +842,12 @@ async fn resumed_sessions_keep_the_identity_and_die_with_revocation() {
         inner.contains("CertificateRevoked"),
         "refused as revoked: {refused} ({inner})"
     );
-    let m = Arc::clone(&edge.metrics);
+    let m = Arc::clone(&t.edge_metrics);
     eventually("edge counts revoked", Duration::from_secs(5), || {
         handshakes_of(&m, "client", "tls", "revoked") == 1
     })
     .await;
-    assert_eq!(edge_tls_handshakes(&edge, "ok"), 4);
+    assert_eq!(edge_tls_handshakes(&t.edge_metrics, "ok"), 4);
     // Bob's ticket died with the reload too, but he is not revoked.
     let s = tls_connect(&bob_cfg, tls).await.expect("bob 3");
     assert_eq!(kind(&s), Some(HandshakeKind::Full), "tickets die on reload");
@@ -900,9 +856,9 @@ async fn resumed_sessions_keep_the_identity_and_die_with_revocation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_rates_full_and_resumed() {
     const N: usize = 500;
-    let (rig, edge) = tls_edge("static:on").await;
-    let tls = edge.tls.expect("tls");
-    let trust = trust_of(&rig, &rig.user(ALICE));
+    let t = tls_edge(DrMode::On).await;
+    let tls = t.edge_tls();
+    let trust = t.ca.trust(&t.user_cert(ALICE));
     let mut full = trust.client_config(&[ALPN_HTTP1]);
     full.resumption = rustls::client::Resumption::disabled();
     let full = Arc::new(full);
@@ -950,5 +906,8 @@ async fn handshake_rates_full_and_resumed() {
         rate(full_took),
         rate(res_took)
     );
-    assert_eq!(edge_tls_handshakes(&edge, "ok") as usize, 2 * N + 1);
+    assert_eq!(
+        edge_tls_handshakes(&t.edge_metrics, "ok") as usize,
+        2 * N + 1
+    );
 }

@@ -18,14 +18,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use lifeboat::metrics::Metrics;
 use lifeboat::transport::dial::HEAD_START;
-use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
@@ -130,35 +128,21 @@ async fn udp_relay(listen: SocketAddr, to: SocketAddr, stop: CancellationToken) 
 
 /// curl through the client's SOCKS5 listener: `n` bytes of the pattern, byte-exact.
 async fn socks_pattern(client: &ClientHandle, app_port: u16, n: u64) {
-    let mut child = curl()
-        .args(["-sS", "--max-time", "30", "--socks5-hostname"])
-        .arg(client.socks.to_string())
-        .arg(format!("http://{DR_HOST}:{app_port}/bytes/{n}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn curl");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut check = PatternCheck::default();
-    let mut buf = vec![0u8; 256 * 1024];
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let k = out.read(&mut buf).await.expect("read curl");
-            if k == 0 {
-                break;
-            }
-            check.feed(&buf[..k]);
-        }
-    })
-    .await
-    .expect("flow done within 30 s");
-    let o = child.wait_with_output().await.expect("curl exit");
+    let args = ["-sS", "--max-time", "30", "--socks5-hostname"]
+        .map(String::from)
+        .into_iter()
+        .chain([
+            client.socks.to_string(),
+            format!("http://{DR_HOST}:{app_port}/bytes/{n}"),
+        ])
+        .collect::<Vec<_>>();
+    let (got, o) = curl_streamed(&args, Duration::from_secs(30)).await;
     assert!(
         o.status.success(),
         "curl: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(check.offset, n, "bytes delivered");
+    assert_eq!(got, n, "bytes delivered");
 }
 
 /// Wait until `cond` holds (polling every 10 ms, at most `within`); the time since `since`.
@@ -447,17 +431,15 @@ async fn failed_tls_dials_are_counted_under_tls() {
 /// the client certificate, and the edge's refusal comes as an alert after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_client_refused_by_the_edge_does_not_report_a_tunnel_up() {
-    let rig = Rig::new().await;
-    let mallory = rig.user("mallory");
-    rig.ca.revoke(&mallory);
-    let edge = rig.start_edge(&rig.edge_toml(
-        "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
-        "static:on",
-        "",
-    ));
-    let tls = edge.tls.expect("tls");
-    let client = rig.start_client(&mallory, tls, "tls", "").await;
-    let em = Arc::clone(&edge.metrics);
+    let t = Builder::new()
+        .transport(Transport::Tls)
+        .listen(Listen::Both)
+        .connectors(0)
+        .client(Some(ClientCert::Revoked))
+        .start_unready()
+        .await;
+    let client = t.client();
+    let em = Arc::clone(&t.edge_metrics);
     eventually(
         "the edge refused mallory as revoked",
         Duration::from_secs(10),
@@ -465,7 +447,7 @@ async fn a_tls_client_refused_by_the_edge_does_not_report_a_tunnel_up() {
     )
     .await;
     // Let the client take in what it was told.
-    let raw = raw_connect(client.http, &format!("{DR_HOST}:{}", rig.app.port())).await;
+    let raw = raw_connect(client.http, &format!("{DR_HOST}:{}", t.app.port())).await;
     assert!(raw.starts_with("HTTP/1.1 503 "), "{raw}");
     let m = &client.metrics;
     assert_eq!(

@@ -9,7 +9,63 @@ use lifeboat::config::{self, EdgeConfig};
 use lifeboat::dr::{DrMode, Trigger};
 use lifeboat::trust::Role;
 
-use super::{Ca, CertFiles, DnsServer, EdgeSpec, Rig, Topology, ALICE, FOREIGN_TD, TRIGGER};
+use super::{
+    Ca, CertFiles, DnsServer, EdgeSpec, Rig, RigEdge, Topology, ALICE, FOREIGN_TD, TRIGGER,
+};
+
+/// What connectors and clients dial with: their `transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `quic`.
+    Quic,
+    /// `tls`: a single TLS connection (a connector) or an HTTP/2 tunnel (a client).
+    Tls,
+    /// `auto`, the product's default: QUIC first, TLS where UDP is not served.
+    Auto,
+}
+
+impl Transport {
+    /// Its word in a config's `transport`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::Tls => "tls",
+            Self::Auto => "auto",
+        }
+    }
+}
+
+/// Which listeners each edge has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// QUIC only.
+    Quic,
+    /// TLS only.
+    Tls,
+    /// QUIC and TLS, on one port number (the edge binds both on one port 0),
+    /// as `auto` expects.
+    Both,
+}
+
+impl Listen {
+    /// The listeners a transport needs: `auto` finds TLS on QUIC's port.
+    fn for_transport(t: Transport) -> Self {
+        match t {
+            Transport::Quic => Self::Quic,
+            Transport::Tls => Self::Tls,
+            Transport::Auto => Self::Both,
+        }
+    }
+
+    /// The body of the edge's `[listen]`.
+    fn lines(self) -> &'static str {
+        match self {
+            Self::Quic => "quic = \"127.0.0.1:0\"",
+            Self::Tls => "tls = \"127.0.0.1:0\"",
+            Self::Both => "quic = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"",
+        }
+    }
+}
 
 /// Where the edge's DR mode comes from.
 #[derive(Debug, Clone)]
@@ -41,6 +97,8 @@ pub enum ClientCert {
     Revoked,
     /// The first connector's certificate, used by a client.
     ConnectorCert,
+    /// These files, of the deployment's CA (issued by the test).
+    Files(CertFiles),
 }
 
 impl ClientCert {
@@ -62,6 +120,13 @@ pub struct Builder {
     revoked: Vec<String>,
     foreign_td_pinned: bool,
     access_log: bool,
+    transport: Transport,
+    listen: Option<Listen>,
+    edges: usize,
+    edge_limits: String,
+    connector_limits: String,
+    any_port: bool,
+    dr_extra: String,
 }
 
 impl Default for Builder {
@@ -77,13 +142,28 @@ impl Default for Builder {
             revoked: Vec::new(),
             foreign_td_pinned: false,
             access_log: false,
+            transport: Transport::Auto,
+            listen: None,
+            edges: 1,
+            edge_limits: String::new(),
+            connector_limits: String::new(),
+            any_port: false,
+            dr_extra: String::new(),
         }
     }
 }
 
 impl Builder {
+    /// The product's defaults: `transport = "auto"`, DR on, one edge, one
+    /// connector, alice's client.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// [`Builder::new`] with the transport pinned to QUIC (edges listening
+    /// on QUIC only).
+    pub fn quic() -> Self {
+        Self::new().transport(Transport::Quic)
     }
 
     pub fn dr(mut self, dr: Dr) -> Self {
@@ -103,6 +183,12 @@ impl Builder {
             nameserver: dns.addr,
             extra: extra_dr.into(),
         })
+    }
+
+    /// Lines added to the edge's `[dr]` after `test_users` (`cert_grace`, ...).
+    pub fn dr_extra(mut self, lines: &str) -> Self {
+        self.dr_extra = lines.into();
+        self
     }
 
     pub fn test_users(mut self, users: &[&str]) -> Self {
@@ -160,6 +246,46 @@ impl Builder {
         self
     }
 
+    /// What the connectors and clients dial with (default: `auto`, as in
+    /// the product). Unless [`Builder::listen`] says otherwise, each edge
+    /// listens as the transport needs: QUIC, TLS, or both on one port number.
+    pub fn transport(mut self, t: Transport) -> Self {
+        self.transport = t;
+        self
+    }
+
+    /// Which listeners each edge has.
+    pub fn listen(mut self, l: Listen) -> Self {
+        self.listen = Some(l);
+        self
+    }
+
+    /// How many edges run (alike but for their addresses); connectors and
+    /// clients list them all.
+    pub fn edges(mut self, n: usize) -> Self {
+        assert!(n >= 1, "a topology has at least one edge");
+        self.edges = n;
+        self
+    }
+
+    /// Lines added to each edge's `[limits]`.
+    pub fn edge_limits(mut self, lines: &str) -> Self {
+        self.edge_limits = lines.into();
+        self
+    }
+
+    /// Lines added to each connector's `[limits]`.
+    pub fn connector_limits(mut self, lines: &str) -> Self {
+        self.connector_limits = lines.into();
+        self
+    }
+
+    /// Both segments take every TCP port (`1-65535`), not only the app's.
+    pub fn any_port(mut self) -> Self {
+        self.any_port = true;
+        self
+    }
+
     /// Start it all and wait until it is ready: every connector registered
     /// and every client's tunnel up (when those run and can come up).
     pub async fn start(self) -> Topology {
@@ -195,30 +321,64 @@ impl Builder {
             std::fs::write(&edge_ca, both).expect("write edge ca");
         }
         let dr_file = d.join("dr.txt");
-        let edge_text = rig.edge_config(&EdgeSpec {
-            ca: &edge_ca,
-            crl: self.crl.then(|| rig.ca.crl()).as_deref(),
-            listen: "quic = \"127.0.0.1:0\"",
-            dr: &self.dr_lines(&dr_file),
-            nameserver: match &self.dr {
-                Dr::Dns { nameserver, .. } => Some(*nameserver),
-                Dr::Static(_) | Dr::File(_) => None,
-            },
-            limits: "",
-            access_log: self.access_log,
-            ports: &self.ports(rig.app.port()),
-        });
+        let listen = self
+            .listen
+            .unwrap_or_else(|| Listen::for_transport(self.transport));
+        let dr = self.dr_lines(&dr_file);
+        let ports = self.ports(rig.app.port());
+        let edge_text = |listen: &str| {
+            rig.edge_config(&EdgeSpec {
+                ca: &edge_ca,
+                crl: self.crl.then(|| rig.ca.crl()).as_deref(),
+                listen,
+                dr: &dr,
+                nameserver: match &self.dr {
+                    Dr::Dns { nameserver, .. } => Some(*nameserver),
+                    Dr::Static(_) | Dr::File(_) => None,
+                },
+                limits: &self.edge_limits,
+                access_log: self.access_log,
+                ports: &ports,
+            })
+        };
+        let first = edge_text(listen.lines());
         if let Dr::File(_) = &self.dr {
-            let cfg: EdgeConfig = config::from_text(&d.join("edge.toml"), &edge_text)
-                .unwrap_or_else(|e| panic!("edge config: {e}\n{edge_text}"));
+            let cfg: EdgeConfig = config::from_text(&d.join("edge.toml"), &first)
+                .unwrap_or_else(|e| panic!("edge config: {e}\n{first}"));
             assert_eq!(cfg.dr.trigger, Some(Trigger::File(dr_file.clone())));
         }
-        let edge = rig.start_edge(&edge_text);
+        let mut edges = vec![rig.start_edge(&first)];
+        for i in 2..=self.edges {
+            edges.push(rig.start_edge_as(&format!("edge{i}"), &edge_text(listen.lines())));
+        }
+        let dial = edges
+            .iter()
+            .map(|e| match self.transport {
+                Transport::Quic => e.quic.expect("edge QUIC address"),
+                Transport::Tls => e.tls.expect("edge TLS address"),
+                Transport::Auto => e.quic.or(e.tls).expect("edge address"),
+            })
+            .collect();
+        let RigEdge {
+            state,
+            metrics,
+            mode,
+            quic,
+            tls,
+            task,
+            config,
+        } = edges.remove(0);
         let mut t = Topology {
-            edge_quic: edge.quic.expect("edge QUIC address"),
-            edge: edge.state,
-            edge_mode: edge.mode,
-            edge_metrics: edge.metrics,
+            quic,
+            tls,
+            edge_config: config,
+            transport: self.transport,
+            connector_limits: self.connector_limits,
+            dial,
+            more_edges: edges,
+            edge: state,
+            edge_mode: mode,
+            edge_metrics: metrics,
             mode_wait: match self.dr {
                 Dr::Dns { .. } => Duration::from_secs(10),
                 Dr::Static(_) | Dr::File(_) => Duration::from_secs(5),
@@ -230,7 +390,7 @@ impl Builder {
             more_clients: Vec::new(),
             foreign_td,
             dr_file,
-            tasks: vec![("edge", edge.task)],
+            tasks: vec![("edge", task)],
             rig,
         };
         for i in 0..self.connectors {
@@ -271,11 +431,17 @@ impl Builder {
         if let Dr::Dns { extra, .. } = &self.dr {
             lines.push_str(&format!("poll_interval = \"1s\"\n{extra}\n"));
         }
+        if !self.dr_extra.is_empty() {
+            lines.push_str(&format!("{}\n", self.dr_extra));
+        }
         lines
     }
 
     /// The segments' `tcp_ports`: the app's port and the extra ones.
     fn ports(&self, app_port: u16) -> String {
+        if self.any_port {
+            return "\"1-65535\"".into();
+        }
         let mut ports = vec![app_port.to_string()];
         ports.extend(self.segment_ports.iter().map(u16::to_string));
         ports

@@ -2,9 +2,10 @@
 //! certificates issued by it (valid, expired, expiring, revoked).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use lifeboat::pki::{self, IssueOptions};
-use lifeboat::trust::Role;
+use lifeboat::trust::{Role, TlsFiles, Trust};
 
 /// A certificate and its key on disk.
 #[derive(Debug, Clone)]
@@ -35,6 +36,19 @@ impl Ca {
 
     pub fn crl(&self) -> PathBuf {
         self.dir.join("ca.crl")
+    }
+
+    /// The trust a role presenting `cert` loads, pinning this CA (no CRL,
+    /// the default key exchange): for hand-made dials and endpoints.
+    pub fn trust(&self, cert: &CertFiles) -> Arc<Trust> {
+        let files = TlsFiles {
+            ca: self.pem(),
+            cert: cert.cert.clone(),
+            key: cert.key.clone(),
+            crl: None,
+            key_exchange: Default::default(),
+        };
+        Trust::load(files, &self.trust_domain).expect("load trust")
     }
 
     fn options(&self, role: Role, name: &str, group: Option<&str>) -> IssueOptions {

@@ -124,6 +124,36 @@ pub fn curl() -> tokio::process::Command {
     c
 }
 
+/// Run [`curl`] with `args` and read its stdout as it streams through a
+/// [`PatternCheck`] (never stored; a byte off the `/bytes/N` pattern
+/// panics), for at most `within`: how many bytes of the pattern it wrote,
+/// and its exit status and stderr.
+pub async fn curl_streamed(args: &[String], within: Duration) -> (u64, std::process::Output) {
+    let mut child = curl()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn curl");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut check = PatternCheck::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let read = async {
+        loop {
+            let k = out.read(&mut buf).await.expect("read curl stdout");
+            if k == 0 {
+                break;
+            }
+            check.feed(&buf[..k]);
+        }
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or_else(|_| panic!("curl {args:?} not done within {within:?}"));
+    let output = child.wait_with_output().await.expect("curl exit");
+    (check.offset, output)
+}
+
 /// One HTTP request through the client's HTTP CONNECT listener to the
 /// app's `path` on `DR_HOST`; the whole answer (head and body), or why not.
 pub async fn fetch_via(http: SocketAddr, app_port: u16, path: &str) -> Result<Vec<u8>, String> {

@@ -5,8 +5,9 @@
 //! `Metrics` so tests assert on counters.
 //!
 //! Start one with the [`Builder`] (DR from a fixed mode, a file or the DNS
-//! server of [`DnsServer`]; connectors; clients), or part by part with a
-//! [`Rig`] (any `[listen]`, any transport, several edges); the real binary
+//! server of [`DnsServer`]; the transport; edges, connectors, clients), or
+//! part by part with a [`Rig`] (any `[listen]`, restarts, agents started
+//! before their edge); the real binary
 //! with [`Proc`] (`proc`). Wait on conditions with [`eventually`], never
 //! bare sleeps. Everything stops by itself: dropping a [`Topology`] or a
 //! [`Rig`] cancels its drain token, every role bounds its drain by
@@ -36,7 +37,7 @@ use lifeboat::metrics::Metrics;
 
 // Not every test binary uses every part.
 #[allow(unused_imports)]
-pub use builder::{Builder, ClientCert, Dr};
+pub use builder::{Builder, ClientCert, Dr, Listen, Transport};
 #[allow(unused_imports)]
 pub use certs::{Ca, CertFiles};
 #[allow(unused_imports)]
@@ -44,7 +45,7 @@ pub use dns::*;
 #[allow(unused_imports)]
 pub use flows::*;
 #[allow(unused_imports)]
-pub use parts::{free_port, ClientHandle, EdgeSpec, Rig, RigEdge};
+pub use parts::{free_port, run_client, run_connector, ClientHandle, EdgeSpec, Rig, RigEdge};
 #[allow(unused_imports)]
 pub use proc::{get as admin_get, Proc, BIN};
 #[allow(unused_imports)]
@@ -102,7 +103,7 @@ pub fn toml_path(p: &Path) -> String {
 }
 
 /// `[limits]` of every role: short enough for tests, long enough for 2 cores.
-const LIMITS: &str = r#"handshake_timeout = "5s"
+pub const LIMITS: &str = r#"handshake_timeout = "5s"
 connect_timeout = "3s"
 drain_timeout = "2s"
 "#;

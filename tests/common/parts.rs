@@ -222,7 +222,12 @@ server_groups = ["dc1"]
 
     /// Write `text` as `edge.toml`, bind the edge in process and run it.
     pub fn start_edge(&self, text: &str) -> RigEdge {
-        let path = self.dir.path().join("edge.toml");
+        self.start_edge_as("edge", text)
+    }
+
+    /// [`Rig::start_edge`] with `<name>.toml` as its config file.
+    pub fn start_edge_as(&self, name: &str, text: &str) -> RigEdge {
+        let path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write edge.toml");
         let cfg: EdgeConfig =
             config::from_text(&path, text).unwrap_or_else(|e| panic!("edge config: {e}\n{text}"));
@@ -271,27 +276,8 @@ server_groups = ["dc1"]
         let hosts = [DR_HOST, WILDCARD_HOST, NON_DR_HOST, UNKNOWN_HOST]
             .map(|h| format!("{h:?} = \"127.0.0.1\""))
             .join(", ");
-        format!(
-            r#"trust_domain = "{TD}"
-edges = {edges}
-transport = "{transport}"
-
-[tls]
-ca = {ca}
-cert = {cert}
-key = {key}
-
-[dns]
-hosts = {{ {hosts} }}
-
-[limits]
-{LIMITS}{limits}
-"#,
-            edges = edge_list(edges),
-            ca = toml_path(&self.ca.pem()),
-            cert = toml_path(&cert.cert),
-            key = toml_path(&cert.key),
-        )
+        let dns = format!("[dns]\nhosts = {{ {hosts} }}\n");
+        agent_config(cert, &self.ca.pem(), edges, transport, &dns, limits)
     }
 
     /// Start connector `i` dialling `edge` with `transport` (`limits` added to `[limits]`).
@@ -324,12 +310,7 @@ hosts = {{ {hosts} }}
         text: &str,
     ) -> (Arc<Metrics>, JoinHandle<Result<(), RunError>>) {
         let path = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&path, text).expect("write connector.toml");
-        let cfg: ConnectorConfig = config::from_text(&path, text)
-            .unwrap_or_else(|e| panic!("connector config: {e}\n{text}"));
-        let metrics = Arc::new(Metrics::new("connector"));
-        let c = Connector::bind(cfg, &path, Arc::clone(&metrics)).expect("connector bind");
-        (metrics, tokio::spawn(c.run(self.drain.clone())))
+        run_connector(&path, text, self.drain.clone())
     }
 
     /// Start a client presenting `cert`, dialling `edge` with `transport`,
@@ -365,28 +346,8 @@ hosts = {{ {hosts} }}
         transport: &str,
         limits: &str,
     ) -> String {
-        format!(
-            r#"trust_domain = "{TD}"
-edges = {edges}
-transport = "{transport}"
-
-[tls]
-ca = {ca}
-cert = {cert}
-key = {key}
-
-[listen]
-socks = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
-[limits]
-{LIMITS}{limits}
-"#,
-            edges = edge_list(edges),
-            ca = toml_path(ca),
-            cert = toml_path(&cert.cert),
-            key = toml_path(&cert.key),
-        )
+        let listen = "[listen]\nsocks = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n";
+        agent_config(cert, ca, edges, transport, listen, limits)
     }
 
     /// Start a client like [`Rig::start_client`] whose `edges` are `edges`.
@@ -412,16 +373,7 @@ http = "127.0.0.1:0"
             .into_temp_path()
             .keep()
             .expect("keep client config");
-        std::fs::write(&path, text).expect("write client.toml");
-        let cfg: ClientConfig =
-            config::from_text(&path, text).unwrap_or_else(|e| panic!("client config: {e}\n{text}"));
-        let metrics = Arc::new(Metrics::new("client"));
-        let mode = lifeboat::dr::trigger::start(None, Arc::clone(&metrics), self.drain.clone())
-            .expect("client DR mode");
-        let client = Client::bind(cfg, &path, mode, Arc::clone(&metrics))
-            .await
-            .expect("client bind");
-        let addrs = client.local_addrs();
+        let (metrics, addrs, task) = run_client(&path, text, self.drain.clone()).await;
         let find = |want: fn(&ListenerKind) -> bool, what: &str| {
             addrs
                 .iter()
@@ -429,16 +381,84 @@ http = "127.0.0.1:0"
                 .unwrap_or_else(|| panic!("{what} listener"))
                 .1
         };
-        let socks = find(|k| matches!(k, ListenerKind::Socks), "socks");
-        let http = find(|k| matches!(k, ListenerKind::Http), "http");
-        let task = tokio::spawn(client.run(self.drain.clone()));
         ClientHandle {
-            socks,
-            http,
+            socks: find(|k| matches!(k, ListenerKind::Socks), "socks"),
+            http: find(|k| matches!(k, ListenerKind::Http), "http"),
             metrics,
             task,
         }
     }
+}
+
+/// Write `text` to `path`, bind a connector in process and run it until `drain`.
+pub fn run_connector(
+    path: &Path,
+    text: &str,
+    drain: CancellationToken,
+) -> (Arc<Metrics>, JoinHandle<Result<(), RunError>>) {
+    std::fs::write(path, text).expect("write connector config");
+    let cfg: ConnectorConfig =
+        config::from_text(path, text).unwrap_or_else(|e| panic!("connector config: {e}\n{text}"));
+    let metrics = Arc::new(Metrics::new("connector"));
+    let c = Connector::bind(cfg, path, Arc::clone(&metrics)).expect("connector bind");
+    (metrics, tokio::spawn(c.run(drain)))
+}
+
+/// Write `text` to `path`, bind a client (DR mode from the edge) in process
+/// and run it until `drain`; does not wait for its tunnel. Its metrics and
+/// the addresses of its listeners.
+pub async fn run_client(
+    path: &Path,
+    text: &str,
+    drain: CancellationToken,
+) -> (
+    Arc<Metrics>,
+    Vec<(ListenerKind, SocketAddr)>,
+    JoinHandle<Result<(), RunError>>,
+) {
+    std::fs::write(path, text).expect("write client config");
+    let cfg: ClientConfig =
+        config::from_text(path, text).unwrap_or_else(|e| panic!("client config: {e}\n{text}"));
+    let metrics = Arc::new(Metrics::new("client"));
+    let mode = lifeboat::dr::trigger::start(None, Arc::clone(&metrics), drain.clone())
+        .expect("client DR mode");
+    let client = Client::bind(cfg, path, mode, Arc::clone(&metrics))
+        .await
+        .expect("client bind");
+    let addrs = client.local_addrs();
+    (metrics, addrs, tokio::spawn(client.run(drain)))
+}
+
+/// A connector's or client's config: presenting `cert` and pinning `ca`,
+/// dialling `edges` with `transport`, with `section` (its own, ending in a
+/// newline) before `[limits]`, to which `limits` is added.
+fn agent_config(
+    cert: &CertFiles,
+    ca: &Path,
+    edges: &[SocketAddr],
+    transport: &str,
+    section: &str,
+    limits: &str,
+) -> String {
+    format!(
+        r#"trust_domain = "{TD}"
+edges = {edges}
+transport = "{transport}"
+
+[tls]
+ca = {ca}
+cert = {cert}
+key = {key}
+
+{section}
+[limits]
+{LIMITS}{limits}
+"#,
+        edges = edge_list(edges),
+        ca = toml_path(ca),
+        cert = toml_path(&cert.cert),
+        key = toml_path(&cert.key),
+    )
 }
 
 /// `["a:p", "b:p"]`: a TOML array of edge addresses.

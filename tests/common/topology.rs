@@ -16,13 +16,29 @@ use lifeboat::trust::Role;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{eventually, Ca, CertFiles, ClientCert, ClientHandle, Rig, GROUP, TD};
+use super::{
+    eventually, tunnels_of, Ca, CertFiles, ClientCert, ClientHandle, Rig, RigEdge, Transport,
+    GROUP, TD,
+};
 
 /// A running loopback topology; the [`Rig`] parts it was built from are
 /// reachable through it (`t.dir`, `t.ca`, `t.app`, ...).
 pub struct Topology {
     pub foreign_td: Option<Ca>,
-    pub edge_quic: SocketAddr,
+    /// The first edge's listeners (see [`Topology::edge_quic`]).
+    pub(super) quic: Option<SocketAddr>,
+    pub(super) tls: Option<SocketAddr>,
+    /// The first edge's config file (for [`EdgeState::reload`]).
+    pub edge_config: PathBuf,
+    /// What connectors and clients dial with.
+    pub transport: Transport,
+    /// Added to each connector's `[limits]`.
+    pub(super) connector_limits: String,
+    /// The address of each edge they dial, the first edge's first.
+    pub dial: Vec<SocketAddr>,
+    /// The edges after the first (see [`Builder::edges`](super::Builder::edges)).
+    pub more_edges: Vec<RigEdge>,
+    /// The first edge.
     pub edge: Arc<EdgeState>,
     pub edge_mode: watch::Receiver<DrMode>,
     pub edge_metrics: Arc<Metrics>,
@@ -50,6 +66,23 @@ impl Deref for Topology {
 impl Topology {
     pub fn app_port(&self) -> u16 {
         self.app.port()
+    }
+
+    /// The first edge's QUIC address (panics if it has no QUIC listener).
+    pub fn edge_quic(&self) -> SocketAddr {
+        self.quic
+            .expect("this topology's edge has no QUIC listener")
+    }
+
+    /// `client/<name>` of the deployment's CA (issued on first use); see
+    /// [`Topology::user`] for the client of a user.
+    pub fn user_cert(&self, name: &str) -> CertFiles {
+        self.rig.user(name)
+    }
+
+    /// The first edge's TLS address (panics if it has no TLS listener).
+    pub fn edge_tls(&self) -> SocketAddr {
+        self.tls.expect("this topology's edge has no TLS listener")
     }
 
     /// The default client (panics if the builder started none).
@@ -112,27 +145,40 @@ impl Topology {
             .chain(self.more_clients.iter().map(|(_, c)| c))
     }
 
+    /// Every edge's metrics, the first edge's first.
+    fn edge_metrics_all(&self) -> impl Iterator<Item = &Metrics> {
+        std::iter::once(&*self.edge_metrics).chain(self.more_edges.iter().map(|e| &*e.metrics))
+    }
+
     /// Wait until every connector is registered and every client's tunnel is up.
     pub async fn wait_ready(&self) {
         self.wait_connectors().await;
         let want = self.clients().count() as i64;
+        let at_edges = || {
+            self.edge_metrics_all()
+                .map(|m| tunnels_up(m, "client"))
+                .sum::<i64>()
+        };
         for c in self.clients() {
             eventually(
                 "client tunnel up at both ends",
                 Duration::from_secs(10),
-                || c.tunnels() == 1 && self.edge_tunnels("client") == want,
+                || tunnels_up(&c.metrics, "edge") == 1 && at_edges() == want,
             )
             .await;
         }
     }
 
-    /// Wait until every connector is registered at the edge.
+    /// Wait until every connector is registered at every edge.
     pub async fn wait_connectors(&self) {
         let want = self.connectors.len() as i64;
         eventually(
-            &format!("{want} connector(s) registered at the edge"),
+            &format!("{want} connector(s) registered at every edge"),
             Duration::from_secs(10),
-            || self.connectors_connected() == want,
+            || {
+                self.edge_metrics_all()
+                    .all(|m| m.connectors_connected.with_label_values(&[GROUP]).get() == want)
+            },
         )
         .await;
     }
@@ -205,24 +251,46 @@ impl Topology {
         cert: &CertFiles,
         name: &str,
     ) -> (Arc<Metrics>, JoinHandle<Result<(), RunError>>) {
-        let text = self.connector_config(cert, &[self.edge_quic], "quic", "");
+        self.start_connector_over(cert, name, self.transport)
+    }
+
+    /// [`Topology::start_connector_with`] dialling with `transport` instead
+    /// (see [`Topology::start_client_over`]).
+    pub fn start_connector_over(
+        &self,
+        cert: &CertFiles,
+        name: &str,
+        transport: Transport,
+    ) -> (Arc<Metrics>, JoinHandle<Result<(), RunError>>) {
+        let text = self.connector_config(
+            cert,
+            &self.dial_over(transport),
+            transport.as_str(),
+            &self.connector_limits,
+        );
         self.spawn_connector(name, &text)
+    }
+
+    /// The addresses an agent dialling with `transport` lists: every edge's
+    /// on the topology's own transport, else the first edge's QUIC or TLS
+    /// address (`auto`: QUIC's if it has one).
+    fn dial_over(&self, transport: Transport) -> Vec<SocketAddr> {
+        if transport == self.transport {
+            return self.dial.clone();
+        }
+        let addr = match transport {
+            Transport::Quic => self.quic,
+            Transport::Tls => self.tls,
+            Transport::Auto => self.quic.or(self.tls),
+        };
+        vec![addr.unwrap_or_else(|| panic!("the edge has no listener for {transport:?}"))]
     }
 
     /// The certificate files (and the CA file it pins) for a client cert choice.
     pub fn client_files(&self, cert: &ClientCert) -> (CertFiles, PathBuf) {
         let d = self.dir.path();
         match cert {
-            ClientCert::User(u) => {
-                let f = CertFiles {
-                    cert: self.ca.dir.join(format!("{u}.pem")),
-                    key: self.ca.dir.join(format!("{u}.key")),
-                };
-                if !f.cert.exists() {
-                    return (self.ca.issue(Role::Client, u, None), self.ca.pem());
-                }
-                (f, self.ca.pem())
-            }
+            ClientCert::User(u) => (self.rig.user(u), self.ca.pem()),
             ClientCert::ForeignCa => {
                 let impostor = Ca::init(&d.join("impostor"), TD);
                 let f = impostor.issue(Role::Client, "eve", None);
@@ -241,21 +309,32 @@ impl Topology {
                 self.ca.pem(),
             ),
             ClientCert::ConnectorCert => (self.connector_certs[0].clone(), self.ca.pem()),
+            ClientCert::Files(f) => (f.clone(), self.ca.pem()),
         }
     }
 
     /// Start a client presenting `cert`, with SOCKS5 and HTTP CONNECT
     /// listeners; does not wait for its tunnel.
     pub async fn start_client(&self, cert: ClientCert) -> ClientHandle {
+        self.start_client_over(cert, self.transport).await
+    }
+
+    /// [`Topology::start_client`] dialling with `transport` instead (the
+    /// first edge's QUIC or TLS address; `auto` dials QUIC's if it has one).
+    pub async fn start_client_over(&self, cert: ClientCert, transport: Transport) -> ClientHandle {
         let (files, ca) = self.client_files(&cert);
-        let text = self.client_config(&files, &ca, &[self.edge_quic], "quic", "");
+        let dial = self.dial_over(transport);
+        let text = self.client_config(&files, &ca, &dial, transport.as_str(), "");
         self.spawn_client(&text).await
     }
 
     /// Drain every role and check each stopped cleanly within its drain timeout.
     pub async fn shutdown(mut self) {
         self.rig.drain().cancel();
-        let tasks = std::mem::take(&mut self.tasks);
+        let mut tasks = std::mem::take(&mut self.tasks);
+        for e in std::mem::take(&mut self.more_edges) {
+            tasks.push(("edge", e.task));
+        }
         let client = self.client.take();
         for (role, t) in tasks {
             let r = tokio::time::timeout(Duration::from_secs(10), t)
@@ -272,4 +351,9 @@ impl Topology {
                 .expect("client failed");
         }
     }
+}
+
+/// `tunnels_active{role}` of `m` over both transports.
+fn tunnels_up(m: &Metrics, role: &str) -> i64 {
+    tunnels_of(m, role, "quic") + tunnels_of(m, role, "tls")
 }
