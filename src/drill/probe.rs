@@ -185,7 +185,10 @@ async fn try_flow(
 /// the refusal word and reason.
 async fn open_flow(side: &mut Side, dest: &Dest, limits: &Limits) -> (String, String) {
     if let Err(e) = side.send.write(preamble::encode_request(dest)).await {
-        return (failure_word(&e), format!("sending the preamble: {e}"));
+        return (
+            failure_word(&e),
+            format!("sending the preamble: {}", io_detail(&e)),
+        );
     }
     // The edge answers within its connect timeout plus margin.
     let wait = limits.connect_timeout + Duration::from_secs(5);
@@ -214,12 +217,31 @@ async fn read_answer(
             let why = "the edge closed the flow without an answer";
             Err(("broken".into(), why.into()))
         }
-        Err(HeadError::Cut { reset: Some(e), .. }) => {
-            Err((failure_word(&e), format!("the edge reset the flow: {e}")))
-        }
+        Err(HeadError::Cut { reset: Some(e), .. }) => Err((
+            failure_word(&e),
+            format!("the edge reset the flow: {}", io_detail(&e)),
+        )),
         Err(e @ (HeadError::Parse(_) | HeadError::TooLarge)) => {
             Err(("broken".into(), format!("bad answer from the edge: {e}")))
         }
+    }
+}
+
+/// An I/O error on a flow as the operator reads it: a QUIC stream's "connection
+/// lost" says how the connection ended too.
+fn io_detail(e: &std::io::Error) -> String {
+    let lost = e.get_ref().and_then(|inner| {
+        if let Some(quinn::ReadError::ConnectionLost(c)) = inner.downcast_ref() {
+            Some(c)
+        } else if let Some(quinn::WriteError::ConnectionLost(c)) = inner.downcast_ref() {
+            Some(c)
+        } else {
+            None
+        }
+    });
+    match lost {
+        Some(c) => format!("{e}: {c}"),
+        None => e.to_string(),
     }
 }
 
