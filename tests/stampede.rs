@@ -223,3 +223,59 @@ async fn a_tls_client_shed_comes_back_after_the_hint() {
     })
     .await;
 }
+
+/// `lifeboat loadgen --transport tls` under a descriptor limit a little
+/// above its clients: each client holds one TCP connection and no UDP
+/// socket of its own (10,000 TLS clients once held 20,000 descriptors, met
+/// `ulimit -n`, and their connects failed as `unreachable`). The real
+/// binary under `prlimit`, against an edge that sheds most of them first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_loadgen_clients_fit_a_descriptor_limit_just_above_their_number() {
+    let t = Builder::quic()
+        .listen(Listen::Both)
+        .crl()
+        .edge_limits("max_handshakes_inflight = 4\nmax_tunnels_per_identity = 1000\n")
+        .client(None)
+        .start()
+        .await;
+    let text = t.client_toml(&t.user_cert("alice"), &[t.edge_tls()], "tls", "");
+    let path = t.dir.path().join("loadgen-client.toml");
+    std::fs::write(&path, text).expect("write the client config");
+    // 200 clients: their TCP connections, the runtime's own descriptors and
+    // the connections being shed fit in 320; a UDP socket each would not.
+    let clients = CLIENTS.to_string();
+    let out = tokio::process::Command::new("prlimit")
+        .arg("--nofile=320:320")
+        .arg(env!("CARGO_BIN_EXE_lifeboat"))
+        .arg("loadgen")
+        .arg("-c")
+        .arg(&path)
+        .args(["--target", &format!("{DR_HOST}:{}", t.app.port())])
+        .args([
+            "--clients",
+            &clients,
+            "--flows",
+            &clients,
+            "--concurrency",
+            "16",
+        ])
+        .args(["--duration", "40s", "--transport", "tls", "--json"])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(RUN + Duration::from_secs(10), out)
+        .await
+        .expect("loadgen stops by itself within its duration")
+        .expect("run prlimit and loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("loadgen's JSON ({e}):\n{stdout}\n--- stderr\n{stderr}"));
+    println!("{report}");
+    assert_eq!(report["clients_served"], CLIENTS, "{report}\n{stderr}");
+    assert_eq!(report["flows_failed"], 0, "{report}\n{stderr}");
+    assert!(
+        report["handshakes_refused"].get("unreachable").is_none(),
+        "no connect failed: {report}"
+    );
+}

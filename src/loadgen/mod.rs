@@ -202,14 +202,27 @@ pub async fn run(client_config: &Path, opts: Options) -> anyhow::Result<Report> 
 
 /// One dialer (its own QUIC endpoint) per client.
 fn dialers(cfg: &ClientConfig, trust: &Arc<Trust>, opts: &Options) -> anyhow::Result<Vec<Dialer>> {
+    let choice = opts.transport.unwrap_or(cfg.transport);
+    let endpoint = || {
+        quic::client_endpoint("0.0.0.0:0".parse()?, trust, ALPN_CLIENT, &cfg.limits, 0)
+            .context("a client's QUIC endpoint (is `ulimit -n` above --clients?)")
+    };
+    // Over TLS alone no client dials QUIC: one idle endpoint serves them all,
+    // rather than a UDP socket each (10,000 clients held 20,000 descriptors
+    // and met `ulimit -n`, which failed their connects as `unreachable`).
+    let shared = match choice {
+        TransportChoice::Tls => Some(endpoint()?),
+        TransportChoice::Quic | TransportChoice::Auto => None,
+    };
     let mut dialers = Vec::with_capacity(opts.clients);
     for _ in 0..opts.clients {
-        let endpoint =
-            quic::client_endpoint("0.0.0.0:0".parse()?, trust, ALPN_CLIENT, &cfg.limits, 0)
-                .context("a client's QUIC endpoint (is `ulimit -n` above --clients?)")?;
+        let quic = match &shared {
+            Some(e) => e.clone(),
+            None => endpoint()?,
+        };
         dialers.push(Dialer {
-            choice: opts.transport.unwrap_or(cfg.transport),
-            quic: endpoint,
+            choice,
+            quic,
             tls: tls::connector(trust, ALPN_H2),
             timeout: cfg.limits.handshake_timeout,
             head_start: HEAD_START,
