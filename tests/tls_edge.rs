@@ -641,6 +641,16 @@ async fn a_flood_on_an_http2_tunnel_gets_quota_and_leaves_others_served() {
         .await;
     let (bob, alice, port) = (t.client(), t.user(ALICE), t.app.port());
     first_flow_after(bob.http, port, Duration::from_secs(20)).await;
+    // That flow's quota slot comes back as the edge ends its task, just
+    // after the client saw it end: wait for it, or the fourth held flow
+    // below can meet it still taken.
+    let m = &t.edge_metrics;
+    eventually(
+        "bob's first flow ended at the edge",
+        Duration::from_secs(10),
+        || m.flows_active.get() == 0,
+    )
+    .await;
     let mut held = Vec::new();
     for _ in 0..4 {
         let s = lifeboat::demo::socks_client::connect(bob.socks, DR_HOST, port)
@@ -651,7 +661,6 @@ async fn a_flood_on_an_http2_tunnel_gets_quota_and_leaves_others_served() {
     let refused = raw_connect(bob.http, &format!("{DR_HOST}:{port}")).await;
     assert!(refused.starts_with("HTTP/1.1 429 "), "{refused}");
     assert!(refused.contains("Lifeboat-Error: quota"), "{refused}");
-    let m = &t.edge_metrics;
     assert_eq!(
         m.refused_unmatched(lifeboat::refusal::Refusal::Quota).get(),
         1
