@@ -142,7 +142,7 @@ async fn quic_side(c: &quinn::Connection) -> Result<Side, (String, String)> {
             send: SendHalf::Quic(send),
         })
         .map_err(|e| {
-            let word = word_of(crate::trust::classify_quic(&e));
+            let word = word_of(quic_word(&e));
             (word, format!("opening a stream: {e}"))
         })
 }
@@ -227,6 +227,19 @@ async fn read_answer(
     }
 }
 
+/// The word of a QUIC connection's end: the edge's own close code (a
+/// revoked or wrong-role certificate found after the handshake, as the
+/// tunnel's handshake result reads it), else what the TLS alert says. The
+/// close can reach the drill while it opens its stream or reads its answer.
+fn quic_word(e: &quinn::ConnectionError) -> &'static str {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            close_code::word(c.error_code.into_inner()).unwrap_or("other")
+        }
+        e => crate::trust::classify_quic(e),
+    }
+}
+
 /// An I/O error on a flow as the operator reads it: a QUIC stream's "connection
 /// lost" says how the connection ended too.
 fn io_detail(e: &std::io::Error) -> String {
@@ -253,7 +266,7 @@ fn failure_word(e: &std::io::Error) -> String {
     let Some(inner) = e.get_ref() else {
         return "broken".into();
     };
-    let conn = |c: &quinn::ConnectionError| crate::trust::classify_quic(c);
+    let conn = quic_word;
     let word = if let Some(r) = inner.downcast_ref::<rustls::Error>() {
         crate::trust::classify(r)
     } else if let Some(quinn::ReadError::ConnectionLost(c)) = inner.downcast_ref() {
