@@ -29,6 +29,8 @@
 #          (default target/release/lifeboat; --short: about a second per
 #          load and small counts, for CI: tests/side_by_side.rs)
 #   env:   ROUNDS=3 SECONDS_PER_LOAD=8 IDLE_CONNS=1000 STAMPEDE_CLIENTS=1000
+#          LOADS="idle wrk1 wrk32 iperf1 iperf8 stampede" (the loads to run;
+#          the table leaves the others out)
 #          PERF=DIR (perf profiles of the QUIC chain's edge and client during
 #          its first 1-stream iperf3 run; PERF_ARGS="-g" by default, or e.g.
 #          "--call-graph dwarf" for callers)  KEEP=1 (keep the work folder)
@@ -344,24 +346,31 @@ if r.get("clients_served") == int(sys.argv[2]) and r.get("all_served_seconds"):
   fi
 }
 
+LOADS=" ${LOADS:-idle wrk1 wrk32 iperf1 iperf8 stampede} "
+want() { [[ "$LOADS" == *" $1 "* ]]; }
 start=$(date +%s)
-log "== idle connections ($IDLE each, fresh processes)"
-for c in "${CHAINS[@]}"; do hold "$c" "$IDLE"; done
+if want idle; then
+  log "== idle connections ($IDLE each, fresh processes)"
+  for c in "${CHAINS[@]}"; do hold "$c" "$IDLE"; done
+fi
 for r in $(seq "$ROUNDS"); do
-  log "== round $r of $ROUNDS: wrk -c1, wrk -c32, iperf3 -P1, iperf3 -P8 (${SECS} s each)"
-  for c in direct "${CHAINS[@]}"; do wrk_run p50 "$c" 1; done
-  for c in direct "${CHAINS[@]}"; do wrk_run rps "$c" 32; done
-  for c in direct "${CHAINS[@]}"; do iperf "$c" 1; done
-  for c in direct "${CHAINS[@]}"; do iperf "$c" 8; done
+  log "== round $r of $ROUNDS:$LOADS(${SECS} s each)"
+  ! want wrk1 || for c in direct "${CHAINS[@]}"; do wrk_run p50 "$c" 1; done
+  ! want wrk32 || for c in direct "${CHAINS[@]}"; do wrk_run rps "$c" 32; done
+  ! want iperf1 || for c in direct "${CHAINS[@]}"; do iperf "$c" 1; done
+  ! want iperf8 || for c in direct "${CHAINS[@]}"; do iperf "$c" 8; done
 done
-log "== stampede ($STAMPEDE clients)"
-for c in quic tls; do stampede "$c"; done
+if want stampede; then
+  log "== stampede ($STAMPEDE clients)"
+  for c in quic tls; do stampede "$c"; done
+fi
 log "measured in $(($(date +%s) - start)) s"
 
 # ------------------------------------------------------------------ table
-python3 - "$ROUNDS" "$SECS" "$IDLE" "$STAMPEDE" <<'PY'
+python3 - "$ROUNDS" "$SECS" "$IDLE" "$STAMPEDE" "$LOADS" <<'PY'
 import collections, statistics, sys
-rounds, secs, idle, stampede = sys.argv[1:]
+rounds, secs, idle, stampede, loads = sys.argv[1:]
+loads = loads.split()
 vals = collections.defaultdict(list)
 for line in open("results.txt"):
     key, chain, v = line.split()
@@ -380,16 +389,17 @@ def f(v, digits):
     return "-" if v is None else f"{v:.{digits}f}"
 direct = lambda key, digits: f(med(key, "direct"), digits)
 rows = [
-    ("iperf1", f"bulk, iperf3 1 stream, Gbit/s (direct {direct('iperf1', 1)})", 2, False),
-    ("iperf8", f"bulk, iperf3 8 streams, Gbit/s (direct {direct('iperf8', 1)})", 2, False),
-    ("rps", f"new flows/s: nginx 1 KiB, keepalive off, wrk -c32 (direct {direct('rps', 0)})", 0, False),
-    ("p50", f"latency p50, same, wrk -c1, us (direct {direct('p50', 0)})", 0, False),
-    ("added", "latency p50 added to direct, us", 0, False),
-    ("idle_mid", f"RSS per idle connection at the edge / haproxy hop 2, KiB ({idle} held)", 1, False),
-    ("idle_all", "RSS per idle connection, the chain's 3 processes, KiB", 1, False),
-    ("stampede_s", f"stampede, {stampede} clients at once: all served, s (lifeboat only)", 2, True),
-    ("stampede_tps", "stampede: tunnels up per second (lifeboat only)", 0, True),
+    ("iperf1", "iperf1", f"bulk, iperf3 1 stream, Gbit/s (direct {direct('iperf1', 1)})", 2, False),
+    ("iperf8", "iperf8", f"bulk, iperf3 8 streams, Gbit/s (direct {direct('iperf8', 1)})", 2, False),
+    ("wrk32", "rps", f"new flows/s: nginx 1 KiB, keepalive off, wrk -c32 (direct {direct('rps', 0)})", 0, False),
+    ("wrk1", "p50", f"latency p50, same, wrk -c1, us (direct {direct('p50', 0)})", 0, False),
+    ("wrk1", "added", "latency p50 added to direct, us", 0, False),
+    ("idle", "idle_mid", f"RSS per idle connection at the edge / haproxy hop 2, KiB ({idle} held)", 1, False),
+    ("idle", "idle_all", "RSS per idle connection, the chain's 3 processes, KiB", 1, False),
+    ("stampede", "stampede_s", f"stampede, {stampede} clients at once: all served, s (lifeboat only)", 2, True),
+    ("stampede", "stampede_tps", "stampede: tunnels up per second (lifeboat only)", 0, True),
 ]
+rows = [r[1:] for r in rows if r[0] in loads]
 missing = 0
 print()
 print(f"side by side: throughput and latency the median of {rounds} round(s) of {secs} s; ratio = lifeboat / haproxy")

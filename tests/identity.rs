@@ -80,6 +80,40 @@ async fn revoked_client_cert_is_refused_revoked() {
         .start_unready()
         .await;
     assert_client_refused(&t, "revoked").await;
+    // A flow of the revoked user fails with the handshake's word, not a
+    // bare `unreachable`: loadgen's report counts it by that word.
+    let (files, ca) = t.client_files(&ClientCert::Revoked);
+    let text = t.client_config(&files, &ca, &t.dial, "quic", "");
+    let path = t.dir.path().join("revoked-loadgen.toml");
+    std::fs::write(&path, text).expect("write the client config");
+    let opts = lifeboat::loadgen::Options {
+        target: lifeboat::preamble::Dest::parse(&format!("{DR_HOST}:{}", t.app_port()))
+            .expect("target"),
+        flows: 1,
+        concurrency: 1,
+        clients: 1,
+        duration: Duration::from_secs(3),
+        http_get: None,
+        hold: Duration::ZERO,
+        transport: Some(lifeboat::config::TransportChoice::Quic),
+    };
+    let report = tokio::time::timeout(Duration::from_secs(15), lifeboat::loadgen::run(&path, opts))
+        .await
+        .expect("loadgen stops by itself")
+        .expect("loadgen runs");
+    let words: Vec<&String> = report
+        .retried
+        .keys()
+        .chain(report.refusals.keys())
+        .collect();
+    assert!(
+        report.retried.contains_key("revoked") || report.refusals.contains_key("revoked"),
+        "the flow's word: {words:?}\n{report}"
+    );
+    assert!(
+        !words.iter().any(|w| *w == "unreachable"),
+        "the flow's word: {words:?}\n{report}"
+    );
     // The CRL names only mallory: alice, from the same CA, is served.
     let alice = t.start_client(ClientCert::user(ALICE)).await;
     eventually("alice's tunnel up", Duration::from_secs(10), || {

@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::tunnel::OpenError;
+use super::tunnel::{Early, OpenError};
 use super::ClientState;
 use crate::preamble::{self, Dest, PreambleError, MAX_HEADERS};
 use crate::refusal::Refusal;
@@ -169,20 +169,23 @@ pub(super) async fn flow(state: &ClientState, mut sock: TcpStream) {
         }
         _ => return,
     };
-    let (dest, first) = match head {
-        Head::Connect(dest) => (dest, None),
-        Head::Plain { dest, head } => (dest, Some(head)),
+    // What the app sent past a CONNECT head, or a plain request's head
+    // (rewritten) and what followed it: sent with the preamble.
+    let (dest, first, connect) = match head {
+        Head::Connect(dest) => (dest, early.freeze(), true),
+        Head::Plain { dest, head } => {
+            let mut first = BytesMut::from(&head[..]);
+            first.extend_from_slice(&early);
+            (dest, first.freeze(), false)
+        }
     };
-    match super::open(state, &dest).await {
-        Ok((mut edge, from_edge)) => {
-            let sent = match first {
-                None => sock.write_all(preamble::ESTABLISHED).await.is_ok(),
-                Some(head) => edge.send.write(head).await.is_ok(),
-            };
-            if !sent || (!early.is_empty() && edge.send.write(early.freeze()).await.is_err()) {
+    let mut first = Early::known(first);
+    match super::open(state, &dest, &mut first).await {
+        Ok((edge, from_edge)) => {
+            if connect && sock.write_all(preamble::ESTABLISHED).await.is_err() {
                 return;
             }
-            super::carry(state, sock, edge, from_edge).await;
+            super::carry(state, sock, edge, from_edge, first.sent().len()).await;
         }
         Err(e) => {
             super::log_refused("http", &dest, &e);
@@ -197,7 +200,7 @@ pub(super) async fn flow(state: &ClientState, mut sock: TcpStream) {
                     reason,
                     ..
                 } => (Refusal::UpstreamFailed, reason),
-                OpenError::NoTunnel(why) => {
+                OpenError::NoTunnel { why, .. } => {
                     (Refusal::NoConnector, format!("no tunnel to an edge: {why}"))
                 }
                 OpenError::Broken(why) => {

@@ -27,7 +27,7 @@ use crate::splice::{self, RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialer, HEAD_START};
 use crate::transport::{quic, stream_code, tls, ALPN_CLIENT, ALPN_H2};
 use crate::trust::Trust;
-use tunnel::{OpenError, Tunnel};
+use tunnel::{Early, OpenError, Tunnel};
 
 /// What a local listener does with its connections.
 #[derive(Debug, Clone)]
@@ -217,17 +217,6 @@ async fn accept_loop(
 /// `lifeboat_flows_total{result}` and counted into the next line.
 static REFUSAL_LOG: LogGate = LogGate::new(10, std::time::Duration::from_secs(10));
 
-/// The result word of a flow that did not open (DESIGN's vocabulary).
-pub(crate) fn refusal_word(e: &OpenError) -> &'static str {
-    match e {
-        OpenError::Refused {
-            refusal: Some(r), ..
-        } => r.word(),
-        OpenError::Refused { refusal: None, .. } => "upstream-failed",
-        OpenError::NoTunnel(_) | OpenError::Broken(_) => "unreachable",
-    }
-}
-
 /// One warning for a flow `listener` could not open (rate-limited).
 pub(crate) fn log_refused(listener: &'static str, dest: &Dest, e: &OpenError) {
     let Some(held_back) = REFUSAL_LOG.allow(Instant::now()) else {
@@ -240,16 +229,18 @@ pub(crate) fn log_refused(listener: &'static str, dest: &Dest, e: &OpenError) {
     warn!(
         listener,
         %dest,
-        result = refusal_word(e),
+        result = e.word(),
         held_back,
         "flow refused: {reason}"
     );
 }
 
-/// Open a flow through the tunnel, honouring the client's own view of DR mode.
+/// Open a flow through the tunnel, honouring the client's own view of DR
+/// mode; `early` carries the app's first bytes when it speaks first.
 pub(crate) async fn open(
     state: &ClientState,
     dest: &Dest,
+    early: &mut Early<'_>,
 ) -> Result<(Side, bytes::Bytes), OpenError> {
     if *state.mode.borrow() == DrMode::Off {
         return Err(OpenError::Refused {
@@ -259,7 +250,7 @@ pub(crate) async fn open(
         });
     }
     let started = Instant::now();
-    let r = state.tunnel.open(dest).await;
+    let r = state.tunnel.open(dest, early).await;
     let m = &state.metrics;
     m.flow_setup.observe(started.elapsed().as_secs_f64());
     match &r {
@@ -275,15 +266,18 @@ pub(crate) async fn open(
     r
 }
 
-/// Splice an accepted local connection with an opened flow.
+/// Splice an accepted local connection with an opened flow: `early` came
+/// from the edge with its answer; `sent_up` app bytes went before it.
 pub(crate) async fn carry(
     state: &ClientState,
     sock: TcpStream,
     mut edge: Side,
     early: bytes::Bytes,
+    sent_up: usize,
 ) {
     let m = &state.metrics;
     let flow = m.flow();
+    m.agent_bytes.up.inc_by(sent_up as u64);
     let (r, w) = sock.into_split();
     let mut local = Side {
         recv: RecvHalf::tcp(r),
@@ -297,7 +291,7 @@ pub(crate) async fn carry(
         splice::splice_counted(&mut local, &mut edge, (m, flow), &state.abort, None).await;
     let reason = outcome.end.reason();
     debug!(
-        up = outcome.up,
+        up = outcome.up + sent_up as u64,
         down = outcome.down,
         result = reason,
         "flow ended"
@@ -316,7 +310,7 @@ async fn socks_flow(state: &ClientState, mut sock: TcpStream) {
             }
             Err(_) => return,
         };
-    match open(state, &dest).await {
+    match open(state, &dest, &mut Early::none()).await {
         Ok((edge, early)) => {
             if socks5::reply(&mut sock, socks5::rep::SUCCEEDED)
                 .await
@@ -324,12 +318,14 @@ async fn socks_flow(state: &ClientState, mut sock: TcpStream) {
             {
                 return;
             }
-            carry(state, sock, edge, early).await;
+            carry(state, sock, edge, early, 0).await;
         }
         Err(e) => {
             let code = match &e {
                 OpenError::Refused { refusal, .. } => socks5::reply_for(*refusal),
-                OpenError::NoTunnel(_) | OpenError::Broken(_) => socks5::rep::NETWORK_UNREACHABLE,
+                OpenError::NoTunnel { .. } | OpenError::Broken(_) => {
+                    socks5::rep::NETWORK_UNREACHABLE
+                }
             };
             log_refused("socks", &dest, &e);
             let _ = socks5::reply(&mut sock, code).await;
@@ -337,9 +333,14 @@ async fn socks_flow(state: &ClientState, mut sock: TcpStream) {
     }
 }
 
+/// A port-forward flow: the app speaks as soon as it connected, so its
+/// first bytes ride with the preamble.
 async fn forward_flow(state: &ClientState, sock: TcpStream, dest: Dest) {
-    match open(state, &dest).await {
-        Ok((edge, early)) => carry(state, sock, edge, early).await,
+    let mut early = Early::from_app(&sock);
+    let opened = open(state, &dest, &mut early).await;
+    let sent_up = early.sent().len();
+    match opened {
+        Ok((edge, early)) => carry(state, sock, edge, early, sent_up).await,
         Err(e) => log_refused("forward", &dest, &e),
     }
 }

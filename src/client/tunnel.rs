@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::preamble::Dest;
 use crate::refusal::Refusal;
 use crate::splice::Side;
-pub use crate::transport::connect::{Broken, OpenError};
+pub use crate::transport::connect::{Broken, Early, OpenError};
 use crate::transport::dial::{Dialed, Dialer};
 use crate::transport::keeper::{Ended, Keeper, TunnelRole};
 use crate::transport::link::Link;
@@ -38,7 +38,8 @@ pub enum TunnelState {
     Connecting,
     /// A tunnel carrying every flow: QUIC, or HTTP/2 over TLS.
     Up(Link),
-    Down(String),
+    /// Why not, and the last attempt's result word.
+    Down(String, &'static str),
 }
 
 /// Shared handle to the way to an edge.
@@ -121,50 +122,73 @@ impl Tunnel {
             loop {
                 match &*rx.borrow_and_update() {
                     TunnelState::Up(l) if !l.is_closed() => return Ok(l.clone()),
-                    TunnelState::Down(e) if asked => return Err(OpenError::NoTunnel(e.clone())),
-                    TunnelState::Down(_) => {
+                    TunnelState::Down(why, word) if asked => {
+                        return Err(OpenError::NoTunnel {
+                            why: why.clone(),
+                            word,
+                        })
+                    }
+                    TunnelState::Down(..) => {
                         self.demand.notify_one();
                         asked = true;
                     }
                     _ => {}
                 }
                 if rx.changed().await.is_err() {
-                    return Err(OpenError::NoTunnel("client stopping".into()));
+                    return Err(OpenError::no_tunnel("client stopping"));
                 }
             }
         };
         match tokio::time::timeout(self.tunnel_wait(), wait).await {
             Ok(r) => r,
-            Err(_) => Err(OpenError::NoTunnel("no edge answered in time".into())),
+            Err(_) => Err(OpenError::NoTunnel {
+                why: "no edge answered in time".into(),
+                word: "timeout",
+            }),
         }
     }
 
-    /// Open a flow to `dest`: CONNECT preamble, the edge's answer, then the
-    /// flow's halves and any bytes the edge sent after its answer.
+    /// Open a flow to `dest`: CONNECT preamble (and the app's first bytes,
+    /// `early`), the edge's answer, then the flow's halves and any bytes the
+    /// edge sent after its answer.
     ///
     /// A QUIC tunnel that ends before the edge answered (the edge went away,
-    /// or a restarted edge reset it) never carried the flow anywhere: it is
-    /// tried once more on the next tunnel instead of failing the user.
-    pub async fn open(&self, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
+    /// or a restarted edge reset it) is tried once more on the next tunnel
+    /// instead of failing the user -- unless the app's first bytes went out
+    /// on it: the edge may have passed them on, and they are not sent twice.
+    pub async fn open(
+        &self,
+        dest: &Dest,
+        early: &mut Early<'_>,
+    ) -> Result<(Side, Bytes), OpenError> {
         let used = self.current().await?;
-        match self.open_on(&used, dest).await {
-            Err(OpenError::Broken(e)) if used.is_closed() => {
+        match self.open_on(&used, dest, early).await {
+            Err(OpenError::Broken(e)) if used.is_closed() && early.sent().is_empty() => {
                 tracing::debug!(
                     "tunnel ended before the edge answered ({e}); opening on the next one"
                 );
                 let next = self.next_tunnel(&used).await?;
-                self.open_on(&next, dest).await
+                self.open_on(&next, dest, early).await
+            }
+            Err(OpenError::Broken(e)) if used.is_closed() => {
+                tracing::debug!(
+                    bytes = early.sent().len(),
+                    "tunnel ended before the edge answered ({e}); not opened again: \
+                     the app's first bytes may have reached it"
+                );
+                Err(OpenError::Broken(e))
             }
             Err(OpenError::Refused {
                 refusal: Some(Refusal::GoingAway),
                 ..
             }) => {
                 // The flow crossed the edge's going-away notice: it was not
-                // forwarded; the keeper moves on and the flow follows.
+                // forwarded (nor its first bytes); the keeper moves on and
+                // the flow follows.
                 tracing::debug!("the edge is going away; opening on the next tunnel");
                 self.edge_going.notify_one();
                 let next = self.next_tunnel(&used).await?;
-                self.open_on(&next, dest).await
+                self.open_on(&next, dest, early).await
             }
             r => r,
         }
@@ -179,18 +203,23 @@ impl Tunnel {
                 return Ok(link);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(OpenError::NoTunnel(
-                    "the edge is going away and no other tunnel came up in time".into(),
+                return Err(OpenError::no_tunnel(
+                    "the edge is going away and no other tunnel came up in time",
                 ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    async fn open_on(&self, link: &Link, dest: &Dest) -> Result<(Side, Bytes), OpenError> {
+    async fn open_on(
+        &self,
+        link: &Link,
+        dest: &Dest,
+        early: &mut Early<'_>,
+    ) -> Result<(Side, Bytes), OpenError> {
         // The edge answers within its connect timeout plus margin; bound our wait above that.
         let answer_timeout = self.limits.connect_timeout + Duration::from_secs(5);
-        link.connect(dest, self.limits.preamble_bytes, answer_timeout)
+        link.connect(dest, self.limits.preamble_bytes, answer_timeout, early)
             .await
     }
 }
@@ -243,8 +272,9 @@ impl TunnelRole for ClientRole {
         self.tx.send_replace(TunnelState::Connecting);
     }
 
-    fn down(&mut self, why: &str) {
-        self.tx.send_replace(TunnelState::Down(why.to_string()));
+    fn down(&mut self, why: &str, word: &'static str) {
+        self.tx
+            .send_replace(TunnelState::Down(why.to_string(), word));
     }
 
     fn serve(

@@ -228,7 +228,7 @@ impl TunnelRole for ConnectorRole {
         std::future::pending()
     }
 
-    fn down(&mut self, _why: &str) {}
+    fn down(&mut self, _why: &str, _word: &'static str) {}
 
     fn serve(
         &mut self,

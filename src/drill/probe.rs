@@ -13,7 +13,8 @@ use crate::splice::{RecvHalf, SendHalf, Side};
 use crate::transport::dial::{Dialed, Dialer, HEAD_START};
 use crate::transport::head::{self, HeadError};
 use crate::transport::{
-    close_code, quic, resolve_edges, stream_code, tls, EdgeAddr, TunnelError, ALPN_CLIENT,
+    close_code, quic, quic_end_word, resolve_edges, stream_code, tls, EdgeAddr, TunnelError,
+    ALPN_CLIENT,
 };
 use crate::trust::Trust;
 
@@ -142,7 +143,7 @@ async fn quic_side(c: &quinn::Connection) -> Result<Side, (String, String)> {
             send: SendHalf::Quic(send),
         })
         .map_err(|e| {
-            let word = word_of(quic_word(&e));
+            let word = word_of(quic_end_word(&e));
             (word, format!("opening a stream: {e}"))
         })
 }
@@ -227,19 +228,6 @@ async fn read_answer(
     }
 }
 
-/// The word of a QUIC connection's end: the edge's own close code (a
-/// revoked or wrong-role certificate found after the handshake, as the
-/// tunnel's handshake result reads it), else what the TLS alert says. The
-/// close can reach the drill while it opens its stream or reads its answer.
-fn quic_word(e: &quinn::ConnectionError) -> &'static str {
-    match e {
-        quinn::ConnectionError::ApplicationClosed(c) => {
-            close_code::word(c.error_code.into_inner()).unwrap_or("other")
-        }
-        e => crate::trust::classify_quic(e),
-    }
-}
-
 /// An I/O error on a flow as the operator reads it: a QUIC stream's "connection
 /// lost" says how the connection ended too.
 fn io_detail(e: &std::io::Error) -> String {
@@ -266,7 +254,7 @@ fn failure_word(e: &std::io::Error) -> String {
     let Some(inner) = e.get_ref() else {
         return "broken".into();
     };
-    let conn = quic_word;
+    let conn = quic_end_word;
     let word = if let Some(r) = inner.downcast_ref::<rustls::Error>() {
         crate::trust::classify(r)
     } else if let Some(quinn::ReadError::ConnectionLost(c)) = inner.downcast_ref() {

@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 
 use super::{Arrivals, Client, Options, Run, Tally};
 use crate::backoff::Backoff;
-use crate::client::tunnel::{OpenError, Tunnel, RETRY_CEILING};
+use crate::client::tunnel::{Early, OpenError, Tunnel, RETRY_CEILING};
 use crate::splice::{RecvHalf, Side};
 
 /// Open `client`'s first flow, retrying every failure as a client would,
@@ -110,7 +110,7 @@ async fn one_flow(
 
 /// Open a flow to the target: the edge's `200`, or why not.
 async fn open_flow(tunnel: &Tunnel, opts: &Options) -> Result<Side, FlowError> {
-    match tunnel.open(&opts.target).await {
+    match tunnel.open(&opts.target, &mut Early::none()).await {
         Ok((side, _early)) => Ok(side),
         Err(OpenError::Refused {
             refusal, status, ..
@@ -119,7 +119,7 @@ async fn open_flow(tunnel: &Tunnel, opts: &Options) -> Result<Side, FlowError> {
             Err(FlowError::Refused(word))
         }
         // No tunnel, or it broke before the edge answered.
-        Err(e) => Err(FlowError::Refused(crate::client::refusal_word(&e).into())),
+        Err(e) => Err(FlowError::Refused(e.word().into())),
     }
 }
 

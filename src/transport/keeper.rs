@@ -85,8 +85,8 @@ pub trait TunnelRole: Send {
     /// A dial is starting.
     fn connecting(&mut self) {}
 
-    /// No edge could be reached: `why`.
-    fn down(&mut self, why: &str);
+    /// No edge could be reached: `why`, and the last attempt's result word.
+    fn down(&mut self, why: &str, word: &'static str);
 
     /// Serve a tunnel that is up until it ends, or until `moving` is
     /// cancelled (the keeper moves to QUIC or the role stops): then new
@@ -132,9 +132,11 @@ impl Keeper {
                     {
                         Ok(up) => Some(up),
                         Err(None) => break,
-                        Err(Some((err, shed))) => {
-                            not_before = shed.map(|h| Instant::now() + super::shed::jittered(h));
-                            no_edge(&mut role, &err, shed.is_some(), &mut last_error);
+                        Err(Some(failed)) => {
+                            not_before = failed
+                                .shed
+                                .map(|h| Instant::now() + super::shed::jittered(h));
+                            no_edge(&mut role, &failed, &mut last_error);
                             None
                         }
                     }
@@ -237,16 +239,16 @@ impl Keeper {
     }
 
     /// Try each address in turn; the first tunnel the edge accepted.
-    /// `Err(None)` when stopping, else the last failure and, when every
-    /// address shed us, the longest of their hints.
+    /// `Err(None)` when stopping, else the last failure.
     async fn dial_any<R: TunnelRole>(
         &self,
         role: &mut R,
         lost: &mut Option<SocketAddr>,
         quic_bad: &HashSet<SocketAddr>,
         timeout: Duration,
-    ) -> Result<(Dialed, EdgeAddr), Option<(String, Option<Duration>)>> {
+    ) -> Result<(Dialed, EdgeAddr), Option<NoEdge>> {
         let mut err = String::from("no edge address resolved");
+        let mut word = "unreachable";
         // The longest hint, while every address tried so far shed us.
         let (mut hint, mut all_shed, mut tried) = (Duration::ZERO, true, false);
         for edge in role.targets(*lost) {
@@ -270,11 +272,16 @@ impl Keeper {
                         .inc();
                     debug!(edge = %edge.addr, "dial failed: {e}");
                     err = format!("{}: {e}", edge.addr);
+                    word = e.reason();
                     *lost = Some(edge.addr);
                 }
             }
         }
-        Err(Some((err, (tried && all_shed).then_some(hint))))
+        Err(Some(NoEdge {
+            why: err,
+            word,
+            shed: (tried && all_shed).then_some(hint),
+        }))
     }
 
     /// Wait until the next attempt may start: the backoff's delay after
@@ -308,18 +315,29 @@ impl Keeper {
     }
 }
 
-/// No edge took our handshake (`err`): warned once per distinct error, or
-/// only logged at debug when every address `shed` us (the edge is up and
-/// busy, a stampede: counted in `handshakes_total{result="shed"}`); the
-/// role hears of it and asks for the addresses again.
-fn no_edge<R: TunnelRole>(role: &mut R, err: &str, shed: bool, last_error: &mut Option<String>) {
-    if shed {
+/// Why no edge took our handshake.
+struct NoEdge {
+    /// The last failure, with its address.
+    why: String,
+    /// Its result word.
+    word: &'static str,
+    /// When every address shed us: the longest of their hints.
+    shed: Option<Duration>,
+}
+
+/// No edge took our handshake: warned once per distinct error, or only
+/// logged at debug when every address shed us (the edge is up and busy, a
+/// stampede: counted in `handshakes_total{result="shed"}`); the role hears
+/// of it and asks for the addresses again.
+fn no_edge<R: TunnelRole>(role: &mut R, failed: &NoEdge, last_error: &mut Option<String>) {
+    let err = &failed.why;
+    if failed.shed.is_some() {
         debug!("the edge shed our handshake: {err}; back after its hint");
-    } else if last_error.as_deref() != Some(err) {
+    } else if last_error.as_ref() != Some(err) {
         warn!("{}: {err}; retrying with backoff", R::UNREACHABLE);
-        *last_error = Some(err.to_string());
+        *last_error = Some(err.clone());
     }
-    role.down(err);
+    role.down(err, failed.word);
     role.refresh();
 }
 

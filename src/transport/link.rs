@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::connect::{self, OpenError};
+use super::connect::{self, Early, OpenError};
 use super::half::{RecvHalf, SendHalf, Side};
 use super::mux::MuxLink;
 use super::{close_code, TransportKind};
@@ -97,16 +97,18 @@ impl Link {
 
     /// Open a flow to `dest` as the client (see `connect`): the edge's
     /// answer within `answer_timeout`, its head within `limit` bytes; the
-    /// flow's halves and any bytes the edge sent after its answer.
+    /// flow's halves and any bytes the edge sent after its answer. The
+    /// app's first bytes (`early`) go out before the answer.
     pub async fn connect(
         &self,
         dest: &Dest,
         limit: usize,
         answer_timeout: Duration,
+        early: &mut Early<'_>,
     ) -> Result<(Side, Bytes), OpenError> {
         match self {
-            Self::Quic(c) => connect::quic(c, dest, limit, answer_timeout).await,
-            Self::H2(m) => connect::h2(m, dest, limit, answer_timeout).await,
+            Self::Quic(c) => connect::quic(c, dest, limit, answer_timeout, early).await,
+            Self::H2(m) => connect::h2(m, dest, limit, answer_timeout, early).await,
         }
     }
 

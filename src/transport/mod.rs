@@ -68,6 +68,19 @@ pub mod close_code {
     }
 }
 
+/// The result word of a QUIC connection that ended: the edge's own close
+/// code when it closed with one (a certificate revoked or of the wrong role
+/// is refused after a TLS 1.3 client thinks its handshake is done, so the
+/// close can come at any later step), else what the TLS alert says.
+pub fn quic_end_word(e: &quinn::ConnectionError) -> &'static str {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            close_code::word(c.error_code.into_inner()).unwrap_or("other")
+        }
+        e => crate::trust::classify_quic(e),
+    }
+}
+
 /// Stream error codes (QUIC RESET_STREAM / STOP_SENDING).
 pub mod stream_code {
     /// The other side of the flow went away with an error.
@@ -149,16 +162,14 @@ impl TunnelError {
             return "shed";
         }
         match self {
-            Self::Connection(quinn::ConnectionError::ApplicationClosed(c)) => {
-                close_code::word(c.error_code.into_inner()).unwrap_or("other")
-            }
-            Self::Connection(e) => crate::trust::classify_quic(e),
+            Self::Connection(e) => quic_end_word(e),
             Self::Timeout(_) => "timeout",
             Self::NoWelcome(_) => "no-welcome",
             Self::ClosedEarly(_) => "closed-early",
             Self::Config(_) => "config",
             Self::PeerIdentity(_) => "no-identity",
             Self::Tls(e) => crate::trust::classify_io(e),
+            Self::Io(e) if crate::accept::out_of_descriptors(e) => "fd-limit",
             Self::Unreachable(_) | Self::Io(_) => "unreachable",
             Self::Connect(_) | Self::NoAddress(_) => "other",
         }

@@ -55,6 +55,8 @@ pub struct RigEdge {
 pub struct ClientHandle {
     pub socks: SocketAddr,
     pub http: SocketAddr,
+    /// Its `[[forward]]` listeners, in config order.
+    pub forwards: Vec<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub task: JoinHandle<Result<(), RunError>>,
 }
@@ -350,6 +352,26 @@ server_groups = ["dc1"]
         agent_config(cert, ca, edges, transport, listen, limits)
     }
 
+    /// [`Rig::client_config`] with a port-forward listener (port 0) to
+    /// each of `to` (`host:port`).
+    pub fn forwarding_client_config(
+        &self,
+        cert: &CertFiles,
+        ca: &Path,
+        edges: &[SocketAddr],
+        transport: &str,
+        to: &[&str],
+    ) -> String {
+        let mut section = "[listen]\nsocks = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n".to_string();
+        for dest in to {
+            let _ = write!(
+                section,
+                "\n[[forward]]\nlisten = \"127.0.0.1:0\"\nto = \"{dest}\"\n"
+            );
+        }
+        agent_config(cert, ca, edges, transport, &section, "")
+    }
+
     /// Start a client like [`Rig::start_client`] whose `edges` are `edges`.
     pub async fn start_client_to(
         &self,
@@ -384,6 +406,11 @@ server_groups = ["dc1"]
         ClientHandle {
             socks: find(|k| matches!(k, ListenerKind::Socks), "socks"),
             http: find(|k| matches!(k, ListenerKind::Http), "http"),
+            forwards: addrs
+                .iter()
+                .filter(|(k, _)| matches!(k, ListenerKind::Forward(_)))
+                .map(|(_, a)| *a)
+                .collect(),
             metrics,
             task,
         }

@@ -328,6 +328,20 @@ impl Topology {
         self.spawn_client(&text).await
     }
 
+    /// A client of `user` dialling with `transport`, with a port-forward
+    /// listener to each of `to` (`host:port`), in [`ClientHandle::forwards`].
+    pub async fn start_forwarding_client(
+        &self,
+        user: &str,
+        transport: Transport,
+        to: &[&str],
+    ) -> ClientHandle {
+        let (files, ca) = self.client_files(&ClientCert::User(user.into()));
+        let dial = self.dial_over(transport);
+        let text = self.forwarding_client_config(&files, &ca, &dial, transport.as_str(), to);
+        self.spawn_client(&text).await
+    }
+
     /// Drain every role and check each stopped cleanly within its drain timeout.
     pub async fn shutdown(mut self) {
         self.rig.drain().cancel();
