@@ -9,6 +9,9 @@
 #   lifeboat QUIC: app client -> client forward listener -> edge -> connector -> app
 #                  (client and connector `transport = "quic"`)
 #   lifeboat TLS:  the same with `transport = "tls"` for client and connector
+#   floor:         app client -> 3 haproxy hops in plain TCP (no TLS, no
+#                  checks) -> app: what three relays cost on this machine
+#                  at the least (bulk and wrk loads only)
 #
 # Loads: iperf3 with 1 and 8 streams (an iperf3 server is the app); nginx
 # serving a 1 KiB file with keepalive off under wrk -c32 (new flows/s) and
@@ -60,10 +63,11 @@ fi
 # forward listeners; app k (1 iperf3, 2 nginx, 3 idle) is reached at
 # <entry>+k.
 IPERF=29001 NGINX=29002 IDLEAPP=29003
-HOP1=29010 HOP2=29020 HOP3=29030
+HOP1=29010 HOP2=29020 HOP3=29030 FLOOR1=29060 FLOOR2=29070 FLOOR3=29080
 QEDGE=29040 QFWD=29040 TEDGE=29050 TFWD=29050
 TD=side.lifeboat.test APPHOST=app.side.test
-for p in $(seq 29001 29003) $(seq 29011 29013) $(seq 29021 29023) $(seq 29031 29033) $(seq 29040 29043) $(seq 29050 29053); do
+for p in $(seq 29001 29003) $(seq 29011 29013) $(seq 29021 29023) $(seq 29031 29033) $(seq 29040 29043) $(seq 29050 29053) \
+  $(seq 29061 29063) $(seq 29071 29073) $(seq 29081 29083); do
   if [ -n "$(ss -Hltun "( sport = :$p )")" ]; then echo "port $p is in use: another run, or another program" >&2; exit 1; fi
 done
 
@@ -124,9 +128,6 @@ nginx -p "$W/nginx" -c "$W/nginx/nginx.conf" -g 'daemon off;' 2>nginx/logs/stder
 pids+=($!)
 # The idle app: answers a connection's first byte with one byte (so a
 # client knows its connection went all the way), then reads to the end.
-# The client speaks first: a greeting sent before any client byte is lost
-# now and then on a QUIC connector tunnel (the edge drops what follows the
-# connector's reply in the same read), which would measure that instead.
 python3 - "$IDLEAPP" <<'PY' &
 import asyncio, sys
 async def answer(r, w):
@@ -161,8 +162,12 @@ VERIFY="ca-file $W/pki/ca.pem verify required"
 hop_cfg hop1 "$HOP1" "" "$HOP2" "ssl crt $W/hp/alice.pem $VERIFY"
 hop_cfg hop2 "$HOP2" "ssl crt $W/hp/edge1.pem $VERIFY" "$HOP3" "ssl crt $W/hp/edge1.pem $VERIFY"
 hop_cfg hop3 "$HOP3" "ssl crt $W/hp/edge2.pem $VERIFY" 29000 ""
+# The floor: the same three hops in plain TCP.
+hop_cfg floor1 "$FLOOR1" "" "$FLOOR2" ""
+hop_cfg floor2 "$FLOOR2" "" "$FLOOR3" ""
+hop_cfg floor3 "$FLOOR3" "" 29000 ""
 declare -A PID
-for h in hop1 hop2 hop3; do
+for h in hop1 hop2 hop3 floor1 floor2 floor3; do
   haproxy -db -f "hp/$h.cfg" >"hp/$h.log" 2>&1 &
   pids+=($!)
   PID[$h]=$!
@@ -199,14 +204,14 @@ lb_chain quic quic "$QEDGE" "$QFWD"
 lb_chain tls tls "$TEDGE" "$TFWD"
 
 CHAINS=(haproxy quic tls)
-declare -A ENTRY=([direct]=29000 [haproxy]=$HOP1 [quic]=$QFWD [tls]=$TFWD)
+declare -A ENTRY=([direct]=29000 [haproxy]=$HOP1 [quic]=$QFWD [tls]=$TFWD [floor]=$FLOOR1)
 declare -A MIDDLE=([haproxy]=${PID[hop2]} [quic]=${PID[quic-edge]} [tls]=${PID[tls-edge]})
 declare -A ALL=([haproxy]="${PID[hop1]} ${PID[hop2]} ${PID[hop3]}"
   [quic]="${PID[quic-client]} ${PID[quic-edge]} ${PID[quic-connector]}"
   [tls]="${PID[tls-client]} ${PID[tls-edge]} ${PID[tls-connector]}")
 
 # Ready: a request through each chain to nginx succeeds (bounded).
-for c in direct "${CHAINS[@]}"; do
+for c in direct "${CHAINS[@]}" floor; do
   ok=
   for _ in $(seq 150); do
     if curl -sf -o /dev/null --max-time 2 "http://127.0.0.1:$((ENTRY[$c] + 2))/1k.bin"; then ok=1; break; fi
@@ -355,10 +360,10 @@ if want idle; then
 fi
 for r in $(seq "$ROUNDS"); do
   log "== round $r of $ROUNDS:$LOADS(${SECS} s each)"
-  ! want wrk1 || for c in direct "${CHAINS[@]}"; do wrk_run p50 "$c" 1; done
-  ! want wrk32 || for c in direct "${CHAINS[@]}"; do wrk_run rps "$c" 32; done
-  ! want iperf1 || for c in direct "${CHAINS[@]}"; do iperf "$c" 1; done
-  ! want iperf8 || for c in direct "${CHAINS[@]}"; do iperf "$c" 8; done
+  ! want wrk1 || for c in direct "${CHAINS[@]}" floor; do wrk_run p50 "$c" 1; done
+  ! want wrk32 || for c in direct "${CHAINS[@]}" floor; do wrk_run rps "$c" 32; done
+  ! want iperf1 || for c in direct "${CHAINS[@]}" floor; do iperf "$c" 1; done
+  ! want iperf8 || for c in direct "${CHAINS[@]}" floor; do iperf "$c" 8; done
 done
 if want stampede; then
   log "== stampede ($STAMPEDE clients)"
@@ -381,7 +386,7 @@ for line in open("results.txt"):
 def med(key, chain):
     v = vals.get((key, chain))
     return statistics.median(v) if v else None
-for c in ("haproxy", "quic", "tls"):  # the latency each chain adds to a new flow
+for c in ("haproxy", "quic", "tls", "floor"):  # the latency each chain adds to a new flow
     a, d = med("p50", c), med("p50", "direct")
     if a is not None and d is not None:
         vals["added", c] = [a - d]
@@ -404,13 +409,14 @@ missing = 0
 print()
 print(f"side by side: throughput and latency the median of {rounds} round(s) of {secs} s; ratio = lifeboat / haproxy")
 print()
-print("| load | haproxy | lifeboat QUIC | lifeboat TLS | QUIC / haproxy | TLS / haproxy |")
-print("|---|---|---|---|---|---|")
+print("| load | haproxy | lifeboat QUIC | lifeboat TLS | QUIC / haproxy | TLS / haproxy | floor: 3 plain TCP relays |")
+print("|---|---|---|---|---|---|---|")
 for key, label, digits, only in rows:
-    h, q, t = (med(key, c) for c in ("haproxy", "quic", "tls"))
+    h, q, t, fl = (med(key, c) for c in ("haproxy", "quic", "tls", "floor"))
     ratio = lambda x: "-" if x is None or not h else f"{x / h:.2f}"
     cells = [f(q, digits), f(t, digits)]
     cells = (["n/a"] + cells + ["n/a", "n/a"]) if only else ([f(h, digits)] + cells + [ratio(q), ratio(t)])
+    cells.append("n/a" if key.startswith(("idle", "stampede")) else f(fl, digits))
     missing += sum(c == "-" for c in cells)
     print(f"| {label} | " + " | ".join(cells) + " |")
 sys.exit(1 if missing else 0)
