@@ -43,8 +43,35 @@ async fn a_forwarded_app_that_speaks_first_is_carried_byte_exact_on_both_transpo
     let to = format!("{DR_HOST}:{}", t.app.port());
     let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let req = echo_request(&body);
-    for transport in [Transport::Auto, Transport::Tls] {
-        let c = t.start_forwarding_client(ALICE, transport, &[&to]).await;
+    let refused_to = format!("{NON_DR_HOST}:{}", t.app.port());
+    for (transport, kind) in [(Transport::Auto, "quic"), (Transport::Tls, "tls")] {
+        let c = t
+            .start_forwarding_client(ALICE, transport, &[&to, &refused_to])
+            .await;
+        // A flow the edge refuses (not a DR segment) after its first bytes
+        // went out: they are dropped, the app's connection is closed, and
+        // the tunnel carries on (over HTTP/2 the edge answers a stream
+        // whose DATA it never read).
+        let mut refused = TcpStream::connect(c.forwards[1]).await.expect("connect");
+        refused
+            .write_all(&req[..4096])
+            .await
+            .expect("write request");
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), refused.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("{transport:?}: the refused flow is closed within 10 s"));
+        assert!(
+            matches!(end, Ok(0) | Err(_)) && rest.is_empty(),
+            "{transport:?}: the refused flow's app got {end:?} {rest:?}"
+        );
+        let m = Arc::clone(&c.metrics);
+        eventually(
+            &format!("{transport:?}: the client counts the refusal by its word"),
+            Duration::from_secs(5),
+            || m.refused_unmatched(Refusal::NotDrSegment).get() == 1,
+        )
+        .await;
         let mut app = TcpStream::connect(c.forwards[0]).await.expect("connect");
         // All of it at once, before anything came back: the first read the
         // client takes rides with the preamble, the rest follows the answer.
@@ -66,8 +93,8 @@ async fn a_forwarded_app_that_speaks_first_is_carried_byte_exact_on_both_transpo
             resp.len() - split - 4,
             body.len()
         );
-        // The bytes sent before the answer are counted with the rest.
-        let m = Arc::clone(&c.metrics);
+        // The bytes sent before the answer are counted with the rest (the
+        // refused flow's were never carried).
         let want = req.len() as u64;
         eventually(
             &format!("{transport:?}: the client counts every byte the app sent"),
@@ -75,6 +102,11 @@ async fn a_forwarded_app_that_speaks_first_is_carried_byte_exact_on_both_transpo
             || m.agent_bytes.up.get() == want,
         )
         .await;
+        assert_eq!(
+            handshakes_of(&c.metrics, "edge", kind, "ok"),
+            1,
+            "{transport:?}: both flows rode the first tunnel"
+        );
     }
 }
 
