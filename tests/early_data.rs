@@ -6,9 +6,11 @@
 //! went out is not opened again on the next tunnel (the edge may have
 //! passed them on: a request must not be done twice); a flow whose app sent
 //! nothing still is; a `going-away` refusal (nothing was passed on) sends
-//! them again on the next tunnel.
+//! them again on the next tunnel. The HTTP listener sends a plain proxy
+//! request's head the same way; a GET (HEAD, OPTIONS) is opened again, a
+//! POST is not.
 //!
-//! The last three need an edge that breaks at an exact moment: a fake edge
+//! All but the first need an edge that breaks at an exact moment: a fake edge
 //! built from the edge's own pieces (`quic::server_endpoint`, the welcome),
 //! in front of the real client.
 
@@ -232,6 +234,27 @@ async fn read_n(r: &mut (impl AsyncReadExt + Unpin), n: usize, what: &str) -> Ve
     buf
 }
 
+/// What `app` reads until its connection ends (within 5 s).
+async fn read_all(app: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut got))
+        .await
+        .expect("the app's answer within 5 s")
+        .expect("read");
+    got
+}
+
+/// The fake edge connects `flow` and the app behind it answers `204`,
+/// which reaches `app`.
+async fn answer_204(flow: &mut FakeFlow, app: &mut TcpStream) {
+    flow.send
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+        .await
+        .expect("answer");
+    let _ = flow.send.finish();
+    assert_eq!(read_all(app).await, b"HTTP/1.1 204 No Content\r\n\r\n");
+}
+
 /// The app's side sees its connection end (EOF or reset) within 5 s.
 async fn closed(app: &mut TcpStream) {
     let mut b = [0u8; 64];
@@ -320,15 +343,50 @@ async fn a_going_away_refusal_sends_the_first_bytes_again_on_the_next_tunnel() {
     let second = lab.edge.tunnel().await;
     let mut flow = next_flow(&second, REQUEST.len()).await;
     assert_eq!(flow.after, REQUEST, "the request, once, on the next tunnel");
-    flow.send
-        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+    answer_204(&mut flow, &mut app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_proxy_get_is_opened_again_when_the_tunnel_breaks_a_post_is_not() {
+    let lab = Lab::start().await;
+    let proxy = |method: &str, path: &str| {
+        format!("{method} http://{DR_HOST}{path} HTTP/1.1\r\nHost: {DR_HOST}\r\nContent-Length: 0\r\n\r\n")
+    };
+    // What the edge gets: the head rewritten to origin form.
+    let origin = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: {DR_HOST}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .into_bytes()
+    };
+    // A GET asks nothing to be done: sent again on the next tunnel.
+    let mut get = TcpStream::connect(lab.client.http).await.expect("connect");
+    get.write_all(proxy("GET", "/x").as_bytes())
         .await
-        .expect("answer");
-    let _ = flow.send.finish();
-    let mut resp = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut resp))
+        .expect("write");
+    let want = origin("GET", "/x");
+    let flow = next_flow(&lab.first, want.len()).await;
+    assert_eq!(flow.after, want);
+    lab.first.close(0x77u32.into(), b"edge crashed");
+    let second = lab.edge.tunnel().await;
+    let mut flow = next_flow(&second, want.len()).await;
+    assert_eq!(flow.after, want, "the GET, again, on the next tunnel");
+    answer_204(&mut flow, &mut get).await;
+    // A POST may do something: not sent twice.
+    let mut post = TcpStream::connect(lab.client.http).await.expect("connect");
+    post.write_all(proxy("POST", "/pay").as_bytes())
         .await
-        .expect("the app's answer within 5 s")
-        .expect("read");
-    assert_eq!(resp, b"HTTP/1.1 204 No Content\r\n\r\n");
+        .expect("write");
+    let want = origin("POST", "/pay");
+    let flow = next_flow(&second, want.len()).await;
+    assert_eq!(flow.after, want);
+    second.close(0x77u32.into(), b"edge crashed");
+    // The proxy's app hears why, and the connection ends.
+    let resp = read_all(&mut post).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(
+        resp.starts_with("HTTP/1.1 5") && resp.contains("Lifeboat-Error: "),
+        "{resp}"
+    );
+    let third = lab.edge.tunnel().await;
+    let again = tokio::time::timeout(Duration::from_secs(1), third.accept_bi()).await;
+    assert!(again.is_err(), "the POST was sent again: {again:?}");
 }

@@ -21,8 +21,10 @@ use crate::refusal::Refusal;
 pub(super) enum Head {
     /// `CONNECT`: answer 200, then the flow carries raw bytes.
     Connect(Dest),
-    /// A plain request: the flow starts with this rewritten head.
-    Plain { dest: Dest, head: Bytes },
+    /// A plain request: the flow starts with this rewritten head; `safe`
+    /// for a method that asks nothing to be done (GET, HEAD, OPTIONS: RFC
+    /// 9110 9.2.1), which may be sent twice.
+    Plain { dest: Dest, head: Bytes, safe: bool },
 }
 
 /// Hop-by-hop headers of the client's request that the origin must not
@@ -135,6 +137,7 @@ fn plain(
     Head::Plain {
         dest,
         head: head.freeze(),
+        safe: matches!(method, "GET" | "HEAD" | "OPTIONS"),
     }
 }
 
@@ -170,16 +173,23 @@ pub(super) async fn flow(state: &ClientState, mut sock: TcpStream) {
         _ => return,
     };
     // What the app sent past a CONNECT head, or a plain request's head
-    // (rewritten) and what followed it: sent with the preamble.
-    let (dest, first, connect) = match head {
-        Head::Connect(dest) => (dest, early.freeze(), true),
-        Head::Plain { dest, head } => {
-            let mut first = BytesMut::from(&head[..]);
-            first.extend_from_slice(&early);
-            (dest, first.freeze(), false)
+    // (rewritten) and what followed it: sent with the preamble. A safe
+    // request with nothing after it may be sent again on the next tunnel.
+    let (dest, mut first, connect) = match head {
+        Head::Connect(dest) => (dest, Early::known(early.freeze()), true),
+        Head::Plain { dest, head, safe } => {
+            let replayable = safe && early.is_empty();
+            let mut bytes = BytesMut::from(&head[..]);
+            bytes.extend_from_slice(&early);
+            let first = Early::known(bytes.freeze());
+            let first = if replayable {
+                first.replayable()
+            } else {
+                first
+            };
+            (dest, first, false)
         }
     };
-    let mut first = Early::known(first);
     match super::open(state, &dest, &mut first).await {
         Ok((edge, from_edge)) => {
             if connect && sock.write_all(preamble::ESTABLISHED).await.is_err() {
@@ -220,10 +230,29 @@ mod tests {
 
     fn plain(req: &str) -> (Dest, String, usize) {
         match parse_head(req.as_bytes(), 8192) {
-            Ok(Some((Head::Plain { dest, head }, used))) => {
+            Ok(Some((Head::Plain { dest, head, .. }, used))) => {
                 (dest, String::from_utf8(head.to_vec()).unwrap(), used)
             }
             other => panic!("{req:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn safe_methods_may_be_sent_twice_others_not() {
+        for (method, want) in [
+            ("GET", true),
+            ("HEAD", true),
+            ("OPTIONS", true),
+            ("POST", false),
+            ("PUT", false),
+            ("DELETE", false),
+            ("PATCH", false),
+        ] {
+            let req = format!("{method} http://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n");
+            match parse_head(req.as_bytes(), 8192) {
+                Ok(Some((Head::Plain { safe, .. }, _))) => assert_eq!(safe, want, "{method}"),
+                other => panic!("{req:?}: {other:?}"),
+            }
         }
     }
 

@@ -155,7 +155,8 @@ impl Tunnel {
     /// A QUIC tunnel that ends before the edge answered (the edge went away,
     /// or a restarted edge reset it) is tried once more on the next tunnel
     /// instead of failing the user -- unless the app's first bytes went out
-    /// on it: the edge may have passed them on, and they are not sent twice.
+    /// on it: the edge may have passed them on, and they are not sent twice
+    /// (unless they may: [`Early::replayable`]).
     pub async fn open(
         &self,
         dest: &Dest,
@@ -163,7 +164,7 @@ impl Tunnel {
     ) -> Result<(Side, Bytes), OpenError> {
         let used = self.current().await?;
         match self.open_on(&used, dest, early).await {
-            Err(OpenError::Broken(e)) if used.is_closed() && early.sent().is_empty() => {
+            Err(OpenError::Broken(e)) if used.is_closed() && early.may_open_again() => {
                 tracing::debug!(
                     "tunnel ended before the edge answered ({e}); opening on the next one"
                 );

@@ -108,15 +108,13 @@ pub const EARLY_MAX: usize = 16 * 1024;
 pub struct Early<'a> {
     app: Option<&'a TcpStream>,
     sent: Bytes,
+    replayable: bool,
 }
 
 impl<'a> Early<'a> {
     /// No early bytes: the app waits for our answer (SOCKS5, HTTP CONNECT).
     pub fn none() -> Self {
-        Self {
-            app: None,
-            sent: Bytes::new(),
-        }
+        Self::known(Bytes::new())
     }
 
     /// Bytes the app sent already, with the head it asked us for the flow
@@ -125,14 +123,29 @@ impl<'a> Early<'a> {
         Self {
             app: None,
             sent: bytes,
+            replayable: false,
         }
+    }
+
+    /// The bytes may be sent twice: a safe request (GET, HEAD, OPTIONS)
+    /// with nothing after it, which the client opens again on the next
+    /// tunnel like a flow that sent nothing.
+    pub fn replayable(mut self) -> Self {
+        self.replayable = true;
+        self
+    }
+
+    /// Whether a flow whose tunnel broke before the answer may be opened
+    /// again: nothing went out, or what went out may go twice.
+    pub fn may_open_again(&self) -> bool {
+        self.sent.is_empty() || self.replayable
     }
 
     /// Take the first bytes `app` sends before the edge answers.
     pub fn from_app(app: &'a TcpStream) -> Self {
         Self {
             app: Some(app),
-            sent: Bytes::new(),
+            ..Self::none()
         }
     }
 
