@@ -13,6 +13,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,10 @@ const RUN: Duration = Duration::from_secs(40);
 /// Start an edge with 4 handshake slots and a connector; run 200 clients
 /// over `transport` through loadgen; check that all were served after
 /// being shed, and return nothing: a failure panics with the report.
-async fn stampede(transport: TransportChoice, word: &str) {
+/// An edge (QUIC and TLS) with 4 handshake slots and a connector, and a
+/// loadgen client config (alice, dialling over `transport`) at `file` in
+/// its folder.
+async fn shedding_edge(transport: TransportChoice, file: &str) -> (common::Topology, PathBuf) {
     let t = Builder::quic()
         .listen(Listen::Both)
         .crl()
@@ -42,14 +46,19 @@ async fn stampede(transport: TransportChoice, word: &str) {
         .client(None)
         .start()
         .await;
-    let to = if transport == TransportChoice::Tls {
-        t.edge_tls()
+    let (to, word) = if transport == TransportChoice::Tls {
+        (t.edge_tls(), "tls")
     } else {
-        t.edge_quic()
+        (t.edge_quic(), "quic")
     };
     let text = t.client_toml(&t.user_cert("alice"), &[to], word, "");
-    let path = t.dir.path().join("stampede-client.toml");
+    let path = t.dir.path().join(file);
     std::fs::write(&path, text).expect("write the client config");
+    (t, path)
+}
+
+async fn stampede(transport: TransportChoice, word: &str) {
+    let (t, path) = shedding_edge(transport, "stampede-client.toml").await;
     let opts = Options {
         target: Dest::parse(&format!("{DR_HOST}:{}", t.app.port())).expect("target"),
         flows: CLIENTS as u64,
@@ -231,16 +240,7 @@ async fn a_tls_client_shed_comes_back_after_the_hint() {
 /// binary under `prlimit`, against an edge that sheds most of them first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_loadgen_clients_fit_a_descriptor_limit_just_above_their_number() {
-    let t = Builder::quic()
-        .listen(Listen::Both)
-        .crl()
-        .edge_limits("max_handshakes_inflight = 4\nmax_tunnels_per_identity = 1000\n")
-        .client(None)
-        .start()
-        .await;
-    let text = t.client_toml(&t.user_cert("alice"), &[t.edge_tls()], "tls", "");
-    let path = t.dir.path().join("loadgen-client.toml");
-    std::fs::write(&path, text).expect("write the client config");
+    let (t, path) = shedding_edge(TransportChoice::Tls, "loadgen-client.toml").await;
     // 200 clients: their TCP connections, the runtime's own descriptors and
     // the connections being shed fit in 320; a UDP socket each would not.
     let clients = CLIENTS.to_string();
