@@ -46,7 +46,7 @@ async fn a_forwarded_app_that_speaks_first_is_carried_byte_exact_on_both_transpo
     let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let req = echo_request(&body);
     let refused_to = format!("{NON_DR_HOST}:{}", t.app.port());
-    for (transport, kind) in [(Transport::Auto, "quic"), (Transport::Tls, "tls")] {
+    for transport in [Transport::Auto, Transport::Tls] {
         let c = t
             .start_forwarding_client(ALICE, transport, &[&to, &refused_to])
             .await;
@@ -104,11 +104,15 @@ async fn a_forwarded_app_that_speaks_first_is_carried_byte_exact_on_both_transpo
             || m.agent_bytes.up.get() == want,
         )
         .await;
-        assert_eq!(
-            handshakes_of(&c.metrics, "edge", kind, "ok"),
-            1,
-            "{transport:?}: both flows rode the first tunnel"
-        );
+        // The HTTP/2 tunnel outlived the refused stream and its unread DATA
+        // (`auto` may move between QUIC and TLS by itself: not counted).
+        if transport == Transport::Tls {
+            assert_eq!(
+                handshakes_of(&c.metrics, "edge", "tls", "ok"),
+                1,
+                "both flows rode the first HTTP/2 tunnel"
+            );
+        }
     }
 }
 

@@ -104,7 +104,8 @@ pub const EARLY_MAX: usize = 16 * 1024;
 /// the flow again on the next tunnel: the edge may have passed them to the
 /// app, and sending them twice could do a request twice (the replay
 /// problem of TLS early data). Only an answer that says the flow was not
-/// carried (`going-away`) sends them again.
+/// carried (`going-away`) sends them again, or bytes that may go twice
+/// ([`Early::replayable`]).
 pub struct Early<'a> {
     app: Option<&'a TcpStream>,
     sent: Bytes,
