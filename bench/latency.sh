@@ -32,26 +32,8 @@ cleanup() { stop "${pids[@]}"; rm -rf "$W"; }
 trap cleanup EXIT
 cd "$W"
 
-python3 - "$APP" <<'PY' &
-import asyncio, sys
-async def echo(r, w):
-    try:
-        while True:
-            d = await r.read(65536)
-            if not d:
-                break
-            w.write(d)
-            await w.drain()
-    except OSError:
-        pass
-    w.close()
-async def main():
-    s = await asyncio.start_server(echo, "127.0.0.1", int(sys.argv[1]), backlog=4096)
-    async with s:
-        await asyncio.sleep(3600)
-asyncio.run(main())
-PY
-pids+=($!)
+. "$HERE/topology.sh"
+topology_echo_app "$APP"
 
 # Three relays in plain TCP, RELAY -> RELAY+1 -> RELAY+2 -> the app.
 for i in 0 1 2; do
@@ -62,7 +44,6 @@ for i in 0 1 2; do
   pids+=($!)
 done
 
-. "$HERE/topology.sh"
 topology_pki latency.lifeboat.test
 # lifeboat TRANSPORT: start edge, connector and client (forward FWD -> the
 # app) with TRANSPORT tunnels; their PIDs in LB.

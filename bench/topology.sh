@@ -33,6 +33,29 @@ PY
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done
 }
 
+# topology_echo_app PORT: an app that sends back what it reads; returns
+# once it listens.
+topology_echo_app() {
+  python3 - "$1" <<'PY' &
+import asyncio, sys
+async def echo(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    except OSError:
+        pass
+    w.close()
+async def main():
+    s = await asyncio.start_server(echo, "127.0.0.1", int(sys.argv[1]), backlog=4096)
+    async with s:
+        await asyncio.sleep(3600)
+asyncio.run(main())
+PY
+  pids+=($!)
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.1; done
+}
+
 # topology_configs TRUST_DOMAIN EDGE_PORT APP_HOST APP_PORT CLIENT_TRANSPORT [EDGE_LISTEN [EDGE_LIMITS]]:
 # edge.toml (QUIC and TLS on EDGE_PORT, DR on, one segment APP_HOST:APP_PORT;
 # EDGE_LISTEN added to [listen], EDGE_LIMITS as [limits]), connector.toml

@@ -7,7 +7,7 @@
 //! another host). The edge's refusals (status, `Lifeboat-Error` word and
 //! reason) are passed on either way.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,7 +24,11 @@ pub(super) enum Head {
     /// A plain request: the flow starts with this rewritten head; `safe`
     /// for a method that asks nothing to be done (GET, HEAD, OPTIONS: RFC
     /// 9110 9.2.1), which may be sent twice.
-    Plain { dest: Dest, head: Bytes, safe: bool },
+    Plain {
+        dest: Dest,
+        head: BytesMut,
+        safe: bool,
+    },
 }
 
 /// Hop-by-hop headers of the client's request that the origin must not
@@ -136,7 +140,7 @@ fn plain(
     head.put_slice(b"Connection: close\r\n\r\n");
     Head::Plain {
         dest,
-        head: head.freeze(),
+        head,
         safe: matches!(method, "GET" | "HEAD" | "OPTIONS"),
     }
 }
@@ -177,16 +181,14 @@ pub(super) async fn flow(state: &ClientState, mut sock: TcpStream) {
     // request with nothing after it may be sent again on the next tunnel.
     let (dest, mut first, connect) = match head {
         Head::Connect(dest) => (dest, Early::known(early.freeze()), true),
-        Head::Plain { dest, head, safe } => {
+        Head::Plain {
+            dest,
+            mut head,
+            safe,
+        } => {
             let replayable = safe && early.is_empty();
-            let mut bytes = BytesMut::from(&head[..]);
-            bytes.extend_from_slice(&early);
-            let first = Early::known(bytes.freeze());
-            let first = if replayable {
-                first.replayable()
-            } else {
-                first
-            };
+            head.extend_from_slice(&early);
+            let first = Early::known(head.freeze()).replayable(replayable);
             (dest, first, false)
         }
     };
@@ -195,7 +197,10 @@ pub(super) async fn flow(state: &ClientState, mut sock: TcpStream) {
             if connect && sock.write_all(preamble::ESTABLISHED).await.is_err() {
                 return;
             }
-            super::carry(state, sock, edge, from_edge, first.sent().len()).await;
+            let sent_up = first.sent().len();
+            // The bytes are the stream's now: not held for the flow's life.
+            drop(first);
+            super::carry(state, sock, edge, from_edge, sent_up).await;
         }
         Err(e) => {
             super::log_refused("http", &dest, &e);

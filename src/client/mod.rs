@@ -339,6 +339,8 @@ async fn forward_flow(state: &ClientState, sock: TcpStream, dest: Dest) {
     let mut early = Early::from_app(&sock);
     let opened = open(state, &dest, &mut early).await;
     let sent_up = early.sent().len();
+    // The bytes are the stream's now: not held for the flow's life.
+    drop(early);
     match opened {
         Ok((edge, early)) => carry(state, sock, edge, early, sent_up).await,
         Err(e) => log_refused("forward", &dest, &e),

@@ -254,15 +254,14 @@ fn failure_word(e: &std::io::Error) -> String {
     let Some(inner) = e.get_ref() else {
         return "broken".into();
     };
-    let conn = quic_end_word;
     let word = if let Some(r) = inner.downcast_ref::<rustls::Error>() {
         crate::trust::classify(r)
     } else if let Some(quinn::ReadError::ConnectionLost(c)) = inner.downcast_ref() {
-        conn(c)
+        quic_end_word(c)
     } else if let Some(quinn::WriteError::ConnectionLost(c)) = inner.downcast_ref() {
-        conn(c)
+        quic_end_word(c)
     } else if let Some(c) = inner.downcast_ref::<quinn::ConnectionError>() {
-        conn(c)
+        quic_end_word(c)
     } else {
         "other"
     };

@@ -128,11 +128,11 @@ impl<'a> Early<'a> {
         }
     }
 
-    /// The bytes may be sent twice: a safe request (GET, HEAD, OPTIONS)
-    /// with nothing after it, which the client opens again on the next
-    /// tunnel like a flow that sent nothing.
-    pub fn replayable(mut self) -> Self {
-        self.replayable = true;
+    /// Whether the bytes `may` be sent twice: a safe request (GET, HEAD,
+    /// OPTIONS) with nothing after it, which the client opens again on the
+    /// next tunnel like a flow that sent nothing.
+    pub fn replayable(mut self, may: bool) -> Self {
+        self.replayable = may;
         self
     }
 

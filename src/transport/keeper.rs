@@ -133,6 +133,7 @@ impl Keeper {
                         Ok(up) => Some(up),
                         Err(None) => break,
                         Err(Some(failed)) => {
+                            // At most 3/2 of shed::MAX (45 s) ahead: no overflow.
                             not_before = failed
                                 .shed
                                 .map(|h| Instant::now() + super::shed::jittered(h));
@@ -266,13 +267,13 @@ impl Keeper {
                         None => all_shed = false,
                     }
                     let kind = self.dialer.failed_kind(bad, &e);
+                    word = e.reason();
                     self.metrics
                         .handshakes
-                        .with_label_values(&["edge", kind.as_str(), e.reason()])
+                        .with_label_values(&["edge", kind.as_str(), word])
                         .inc();
                     debug!(edge = %edge.addr, "dial failed: {e}");
                     err = format!("{}: {e}", edge.addr);
-                    word = e.reason();
                     *lost = Some(edge.addr);
                 }
             }
